@@ -1,0 +1,16 @@
+//! Business types and rules with no I/O: money and currencies, identifiers, the `/refund`
+//! grammar, and a refund request with its state machine.
+
+pub mod command;
+pub mod ids;
+pub mod money;
+pub mod request;
+
+pub use command::{AmountAsked, Command, CommandError, Note, RefundCommand, RefundReason};
+pub use ids::{ChargeId, CustomerId, IdError, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
+pub use money::{AmountError, AmountInput, Currency, Money};
+pub use request::{
+    Actor, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane,
+    MessageRef, NewRequest, Notice, RefundRecord, RefundRequest, RequestStatus, StateError,
+    Transition,
+};

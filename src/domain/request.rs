@@ -1,0 +1,671 @@
+//! A refund request, its states, and every transition between them.
+//!
+//! Each transition checks the request's current state, changes it, and returns a
+//! [`Transition`]: who acted and which side effects ([`Effect`]s) must follow. Storage writes the
+//! new state, the audit entry and the effects' jobs in one transaction; nothing here does I/O.
+
+use super::command::{AmountAsked, Note, RefundReason};
+use super::ids::{ChargeId, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
+use super::money::Money;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// Where a request is in its life. See DESIGN.md for the diagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// Stored; the charge is being checked at Stripe.
+    Requested,
+    /// Checked; the approval card is in the finance channel.
+    AwaitingApproval,
+    /// Approved; the refund is about to be (or being) sent to Stripe.
+    Approved,
+    /// Stripe accepted the refund.
+    Submitted,
+    /// Stripe reports the refund pending.
+    Pending,
+    Succeeded,
+    Failed,
+    Canceled,
+    Denied,
+    /// The charge could not be refunded as asked; nothing was sent to Stripe.
+    Rejected,
+    Withdrawn,
+    Expired,
+}
+
+impl RequestStatus {
+    pub fn label(&self) -> &'static str {
+        match self {
+            RequestStatus::Requested => "Checking with Stripe",
+            RequestStatus::AwaitingApproval => "Waiting for approval",
+            RequestStatus::Approved => "Approved, sending to Stripe",
+            RequestStatus::Submitted => "Submitted to Stripe",
+            RequestStatus::Pending => "Pending at Stripe",
+            RequestStatus::Succeeded => "Refunded",
+            RequestStatus::Failed => "Failed",
+            RequestStatus::Canceled => "Canceled at Stripe",
+            RequestStatus::Denied => "Denied",
+            RequestStatus::Rejected => "Not refundable",
+            RequestStatus::Withdrawn => "Withdrawn",
+            RequestStatus::Expired => "Expired",
+        }
+    }
+
+    /// Order of the refund's life once approved; statuses only move up. `None` before approval
+    /// and for requests that ended without a refund.
+    fn refund_rank(&self) -> Option<u8> {
+        Some(match self {
+            RequestStatus::Approved => 0,
+            RequestStatus::Submitted => 1,
+            RequestStatus::Pending => 2,
+            // A refund can succeed at first and fail later (Stripe's refund_fail test card),
+            // never the other way round.
+            RequestStatus::Succeeded => 3,
+            RequestStatus::Failed | RequestStatus::Canceled => 4,
+            _ => return None,
+        })
+    }
+
+    /// The request status a Stripe refund status stands for.
+    pub fn from_stripe_refund_status(status: &str) -> Option<RequestStatus> {
+        Some(match status {
+            "pending" | "requires_action" => RequestStatus::Pending,
+            "succeeded" => RequestStatus::Succeeded,
+            "failed" => RequestStatus::Failed,
+            "canceled" => RequestStatus::Canceled,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Card details shown to approvers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardFacts {
+    pub brand: String,
+    pub last4: String,
+}
+
+/// What Stripe said about the charge when the request was checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChargeFacts {
+    pub charge: ChargeId,
+    pub payment_intent: Option<PaymentIntentId>,
+    pub amount: Money,
+    pub amount_refunded: Money,
+    pub created: DateTime<Utc>,
+    pub customer_email: Option<String>,
+    pub card: Option<CardFacts>,
+}
+
+impl ChargeFacts {
+    /// What is still refundable.
+    pub fn remaining(&self) -> Money {
+        self.amount
+            .checked_sub(&self.amount_refunded)
+            .unwrap_or_else(|| Money::new(0, self.amount.currency()))
+    }
+}
+
+/// Who decided, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub by: UserId,
+    pub at: DateTime<Utc>,
+}
+
+/// The refund Stripe made for this request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRecord {
+    pub id: RefundId,
+    /// Stripe's own status word, as last reported.
+    pub stripe_status: String,
+    pub failure_reason: Option<String>,
+}
+
+/// A Slack message this app posted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRef {
+    pub channel: String,
+    pub ts: String,
+}
+
+/// What a person asked for, before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRequest {
+    pub requester: UserId,
+    pub origin_channel: String,
+    pub target: PaymentRef,
+    pub amount: AmountAsked,
+    pub reason: RefundReason,
+    pub note: Option<Note>,
+}
+
+/// A refund request and everything known about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundRequest {
+    pub id: RequestId,
+    pub requester: UserId,
+    pub origin_channel: String,
+    pub target: PaymentRef,
+    pub asked: AmountAsked,
+    pub reason: RefundReason,
+    pub note: Option<Note>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub status: RequestStatus,
+    /// Set once Stripe has been asked about the charge.
+    pub charge: Option<ChargeFacts>,
+    /// The amount to refund, in the charge's currency; set with `charge`.
+    pub amount: Option<Money>,
+    pub approved: Option<Decision>,
+    pub denied: Option<Decision>,
+    pub deny_reason: Option<String>,
+    pub card: Option<MessageRef>,
+    pub refund: Option<RefundRecord>,
+    /// Why the request was rejected or failed, in words for people.
+    pub problem: Option<String>,
+}
+
+/// Someone or something that moved a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Actor {
+    User(UserId),
+    Stripe,
+    System,
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::User(u) => write!(f, "{u}"),
+            Actor::Stripe => f.write_str("stripe"),
+            Actor::System => f.write_str("refund-desk"),
+        }
+    }
+}
+
+/// Something to tell people, in the card's thread or privately.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Notice {
+    Rejected,
+    Approved,
+    Denied,
+    Submitted,
+    StripeStatus(RequestStatus),
+    CustomerEmailed { to: String },
+    CustomerNotEmailed { why: String },
+}
+
+/// Kinds of email sent to the customer; at most one of each per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailKind {
+    RefundSucceeded,
+}
+
+impl EmailKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EmailKind::RefundSucceeded => "refund_succeeded",
+        }
+    }
+}
+
+/// A side effect a transition causes; each becomes a durable job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Read the charge or payment intent at Stripe and decide whether it can be refunded.
+    CheckPayment,
+    PostCard,
+    /// Edit the card to show the current state.
+    RefreshCard,
+    ThreadReply(Notice),
+    NotifyRequester(Notice),
+    /// `POST /v1/refunds` with the request's idempotency key.
+    CreateRefund,
+    EmailCustomer(EmailKind),
+}
+
+/// Effects of one request run in order within a lane; lanes do not wait on each other, so a
+/// Slack outage never holds back a refund, nor a slow Stripe a card edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    Stripe = 1,
+    Slack = 2,
+    Email = 3,
+}
+
+impl Effect {
+    pub fn lane(&self) -> Lane {
+        match self {
+            Effect::CheckPayment | Effect::CreateRefund => Lane::Stripe,
+            Effect::PostCard
+            | Effect::RefreshCard
+            | Effect::ThreadReply(_)
+            | Effect::NotifyRequester(_) => Lane::Slack,
+            Effect::EmailCustomer(_) => Lane::Email,
+        }
+    }
+}
+
+/// The outcome of a successful transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub actor: Actor,
+    pub from: RequestStatus,
+    pub effects: Vec<Effect>,
+    /// Detail for the audit trail.
+    pub detail: Option<String>,
+}
+
+/// The users who may approve or deny.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Approvers(BTreeSet<UserId>);
+
+impl Approvers {
+    pub fn new(users: impl IntoIterator<Item = UserId>) -> Self {
+        Approvers(users.into_iter().collect())
+    }
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.0.contains(user)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &UserId> {
+        self.0.iter()
+    }
+}
+
+/// Why a click or a submission changed nothing; said privately to whoever tried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    #[error("Only finance approvers can approve or deny refunds, so {0} is unchanged.")]
+    NotAnApprover(RequestId),
+    #[error("You asked for {0}, so someone else in finance has to approve or deny it.")]
+    OwnRequest(RequestId),
+    #[error("{id} is no longer waiting for approval: {status}{by}.")]
+    AlreadyDecided {
+        id: RequestId,
+        status: RequestStatus,
+        by: String,
+    },
+    #[error("A denial needs a reason the requester can act on.")]
+    EmptyReason,
+}
+
+/// A transition that does not apply to the request's current state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{id} is {status:?}, so it cannot be {action}")]
+pub struct StateError {
+    pub id: RequestId,
+    pub status: RequestStatus,
+    pub action: &'static str,
+}
+
+impl RefundRequest {
+    pub fn new(id: RequestId, new: NewRequest, now: DateTime<Utc>) -> Self {
+        RefundRequest {
+            id,
+            requester: new.requester,
+            origin_channel: new.origin_channel,
+            target: new.target,
+            asked: new.amount,
+            reason: new.reason,
+            note: new.note,
+            created_at: now,
+            updated_at: now,
+            status: RequestStatus::Requested,
+            charge: None,
+            amount: None,
+            approved: None,
+            denied: None,
+            deny_reason: None,
+            card: None,
+            refund: None,
+            problem: None,
+        }
+    }
+
+    /// The transition that stores a new request: check the payment next.
+    pub fn created(&self) -> Transition {
+        Transition {
+            actor: Actor::User(self.requester.clone()),
+            from: RequestStatus::Requested,
+            effects: vec![Effect::CheckPayment],
+            detail: Some(format!("asked for {} on {}", self.asked_text(), self.target)),
+        }
+    }
+
+    pub fn asked_text(&self) -> String {
+        match &self.asked {
+            AmountAsked::Full => "the full remaining amount".to_string(),
+            AmountAsked::Exact(a) => a.text().to_string(),
+        }
+    }
+
+    fn expect(&self, status: RequestStatus, action: &'static str) -> Result<(), StateError> {
+        if self.status == status {
+            Ok(())
+        } else {
+            Err(StateError { id: self.id, status: self.status, action })
+        }
+    }
+
+    fn move_to(&mut self, to: RequestStatus, now: DateTime<Utc>) -> RequestStatus {
+        let from = self.status;
+        self.status = to;
+        self.updated_at = now;
+        from
+    }
+
+    /// Stripe confirmed the charge can be refunded as asked: post the card.
+    pub fn accept(&mut self, facts: ChargeFacts, amount: Money, now: DateTime<Utc>) -> Result<Transition, StateError> {
+        self.expect(RequestStatus::Requested, "sent for approval")?;
+        self.charge = Some(facts);
+        self.amount = Some(amount);
+        let from = self.move_to(RequestStatus::AwaitingApproval, now);
+        Ok(Transition {
+            actor: Actor::System,
+            from,
+            effects: vec![Effect::PostCard],
+            detail: Some(format!("{amount} refundable; sent for approval")),
+        })
+    }
+
+    /// The charge cannot be refunded as asked: end the request and say why.
+    pub fn reject(&mut self, why: String, facts: Option<ChargeFacts>, now: DateTime<Utc>) -> Result<Transition, StateError> {
+        self.expect(RequestStatus::Requested, "rejected")?;
+        self.charge = facts.or(self.charge.take());
+        self.problem = Some(why.clone());
+        let from = self.move_to(RequestStatus::Rejected, now);
+        Ok(Transition {
+            actor: Actor::System,
+            from,
+            effects: vec![Effect::NotifyRequester(Notice::Rejected)],
+            detail: Some(why),
+        })
+    }
+
+    fn check_decider(&self, user: &UserId, approvers: &Approvers) -> Result<(), DecisionError> {
+        if self.status != RequestStatus::AwaitingApproval {
+            let by = match (&self.approved, &self.denied) {
+                (Some(d), _) | (None, Some(d)) => format!(" (decided by <@{}>)", d.by),
+                _ => String::new(),
+            };
+            return Err(DecisionError::AlreadyDecided { id: self.id, status: self.status, by });
+        }
+        if *user == self.requester {
+            return Err(DecisionError::OwnRequest(self.id));
+        }
+        if !approvers.contains(user) {
+            return Err(DecisionError::NotAnApprover(self.id));
+        }
+        Ok(())
+    }
+
+    /// Whether `user` may decide this request now (used before opening the deny form).
+    pub fn may_decide(&self, user: &UserId, approvers: &Approvers) -> Result<(), DecisionError> {
+        self.check_decider(user, approvers)
+    }
+
+    /// An approver who is not the requester approves: send the refund to Stripe.
+    pub fn approve(&mut self, by: &UserId, approvers: &Approvers, now: DateTime<Utc>) -> Result<Transition, DecisionError> {
+        self.check_decider(by, approvers)?;
+        self.approved = Some(Decision { by: by.clone(), at: now });
+        let from = self.move_to(RequestStatus::Approved, now);
+        Ok(Transition {
+            actor: Actor::User(by.clone()),
+            from,
+            effects: vec![
+                Effect::CreateRefund,
+                Effect::RefreshCard,
+                Effect::ThreadReply(Notice::Approved),
+            ],
+            detail: None,
+        })
+    }
+
+    /// An approver denies, with a reason the requester will read.
+    pub fn deny(&mut self, by: &UserId, reason: &str, approvers: &Approvers, now: DateTime<Utc>) -> Result<Transition, DecisionError> {
+        self.check_decider(by, approvers)?;
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(DecisionError::EmptyReason);
+        }
+        self.denied = Some(Decision { by: by.clone(), at: now });
+        self.deny_reason = Some(reason.to_string());
+        let from = self.move_to(RequestStatus::Denied, now);
+        Ok(Transition {
+            actor: Actor::User(by.clone()),
+            from,
+            effects: vec![
+                Effect::RefreshCard,
+                Effect::ThreadReply(Notice::Denied),
+                Effect::NotifyRequester(Notice::Denied),
+            ],
+            detail: Some(reason.to_string()),
+        })
+    }
+
+    /// Stripe answered the refund call with a refund object.
+    pub fn record_submitted(&mut self, refund: RefundId, stripe_status: &str, now: DateTime<Utc>) -> Result<Transition, StateError> {
+        if self.status.refund_rank().is_none() {
+            return Err(StateError { id: self.id, status: self.status, action: "submitted to Stripe" });
+        }
+        if self.refund.is_none() {
+            self.refund = Some(RefundRecord { id: refund, stripe_status: stripe_status.to_string(), failure_reason: None });
+        }
+        let mut effects = vec![];
+        let from = self.status;
+        // A webhook may have been faster than Stripe's answer to our call; then it already
+        // moved the request on and told the thread.
+        if self.status == RequestStatus::Approved {
+            self.move_to(RequestStatus::Submitted, now);
+            effects = vec![Effect::ThreadReply(Notice::Submitted), Effect::RefreshCard];
+        }
+        Ok(Transition { actor: Actor::Stripe, from, effects, detail: Some(format!("stripe status {stripe_status}")) })
+    }
+
+    /// Stripe refused the refund call outright (already refunded, disputed, ...).
+    pub fn fail_submission(&mut self, why: String, now: DateTime<Utc>) -> Result<Transition, StateError> {
+        self.expect(RequestStatus::Approved, "failed at submission")?;
+        self.problem = Some(why.clone());
+        let from = self.move_to(RequestStatus::Failed, now);
+        Ok(Transition {
+            actor: Actor::Stripe,
+            from,
+            effects: vec![
+                Effect::RefreshCard,
+                Effect::ThreadReply(Notice::StripeStatus(RequestStatus::Failed)),
+                Effect::NotifyRequester(Notice::StripeStatus(RequestStatus::Failed)),
+            ],
+            detail: Some(why),
+        })
+    }
+
+    /// What Stripe reports about this request's refund (from a webhook). Moves only forward;
+    /// returns `None` when it changes nothing.
+    pub fn record_stripe_refund(
+        &mut self,
+        refund: RefundId,
+        stripe_status: &str,
+        failure_reason: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Option<Transition> {
+        let current = self.status.refund_rank()?;
+        if let Some(r) = &self.refund
+            && r.id != refund
+        {
+            // Another refund on the same charge, not ours.
+            return None;
+        }
+        let to = RequestStatus::from_stripe_refund_status(stripe_status)?;
+        let target = to.refund_rank()?;
+        if target <= current {
+            if self.refund.is_none() {
+                self.refund = Some(RefundRecord { id: refund, stripe_status: stripe_status.to_string(), failure_reason });
+                self.updated_at = now;
+            }
+            return None;
+        }
+        self.refund = Some(RefundRecord {
+            id: refund,
+            stripe_status: stripe_status.to_string(),
+            failure_reason: failure_reason.clone(),
+        });
+        if to == RequestStatus::Failed {
+            self.problem = failure_reason.clone().or_else(|| Some("Stripe reported the refund failed".into()));
+        }
+        let from = self.move_to(to, now);
+        let mut effects = vec![Effect::RefreshCard, Effect::ThreadReply(Notice::StripeStatus(to))];
+        match to {
+            RequestStatus::Succeeded => {
+                effects.push(Effect::NotifyRequester(Notice::StripeStatus(to)));
+                effects.push(Effect::EmailCustomer(EmailKind::RefundSucceeded));
+            }
+            RequestStatus::Failed | RequestStatus::Canceled => {
+                effects.push(Effect::NotifyRequester(Notice::StripeStatus(to)));
+            }
+            _ => {}
+        }
+        Some(Transition { actor: Actor::Stripe, from, effects, detail: Some(format!("stripe status {stripe_status}")) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::money::Currency;
+
+    fn user(u: &str) -> UserId {
+        UserId::parse(u).unwrap()
+    }
+
+    fn waiting() -> RefundRequest {
+        let now = Utc::now();
+        let mut r = RefundRequest::new(
+            RequestId::new(1),
+            NewRequest {
+                requester: user("UREQ"),
+                origin_channel: "C1".into(),
+                target: PaymentRef::parse("ch_1").unwrap(),
+                amount: AmountAsked::Full,
+                reason: RefundReason::Duplicate,
+                note: None,
+            },
+            now,
+        );
+        let usd = Currency::parse("usd").unwrap();
+        let facts = ChargeFacts {
+            charge: ChargeId::parse("ch_1").unwrap(),
+            payment_intent: None,
+            amount: Money::new(2500, usd),
+            amount_refunded: Money::new(0, usd),
+            created: now,
+            customer_email: None,
+            card: None,
+        };
+        r.accept(facts, Money::new(2500, usd), now).unwrap();
+        r
+    }
+
+    fn approvers() -> Approvers {
+        Approvers::new([user("UFIN"), user("UREQ")])
+    }
+
+    #[test]
+    fn approval_sends_the_refund_and_tells_the_thread() {
+        let mut r = waiting();
+        let t = r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap();
+        assert_eq!(r.status, RequestStatus::Approved);
+        assert_eq!(t.from, RequestStatus::AwaitingApproval);
+        assert!(t.effects.contains(&Effect::CreateRefund));
+        assert!(t.effects.contains(&Effect::RefreshCard));
+    }
+
+    #[test]
+    fn the_requester_cannot_approve_even_as_an_approver() {
+        let mut r = waiting();
+        let before = r.clone();
+        assert_eq!(r.approve(&user("UREQ"), &approvers(), Utc::now()), Err(DecisionError::OwnRequest(r.id)));
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn non_approvers_cannot_decide() {
+        let mut r = waiting();
+        let err = r.approve(&user("UOTHER"), &approvers(), Utc::now()).unwrap_err();
+        assert_eq!(err, DecisionError::NotAnApprover(r.id));
+        let err = r.deny(&user("UOTHER"), "no", &approvers(), Utc::now()).unwrap_err();
+        assert_eq!(err, DecisionError::NotAnApprover(r.id));
+        assert_eq!(r.status, RequestStatus::AwaitingApproval);
+    }
+
+    #[test]
+    fn a_second_decision_changes_nothing() {
+        let mut r = waiting();
+        r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap();
+        let err = r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap_err();
+        assert!(matches!(err, DecisionError::AlreadyDecided { .. }));
+        assert!(r.deny(&user("UFIN"), "late", &approvers(), Utc::now()).is_err());
+        assert_eq!(r.status, RequestStatus::Approved);
+    }
+
+    #[test]
+    fn denial_needs_a_reason() {
+        let mut r = waiting();
+        assert_eq!(r.deny(&user("UFIN"), "  ", &approvers(), Utc::now()), Err(DecisionError::EmptyReason));
+        let t = r.deny(&user("UFIN"), "outside policy", &approvers(), Utc::now()).unwrap();
+        assert_eq!(r.status, RequestStatus::Denied);
+        assert!(!t.effects.contains(&Effect::CreateRefund));
+    }
+
+    #[test]
+    fn stripe_statuses_only_move_forward() {
+        let mut r = waiting();
+        r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap();
+        let re = RefundId::parse("re_1").unwrap();
+        let t = r.record_stripe_refund(re.clone(), "succeeded", None, Utc::now()).unwrap();
+        assert_eq!(r.status, RequestStatus::Succeeded);
+        assert!(t.effects.contains(&Effect::EmailCustomer(EmailKind::RefundSucceeded)));
+        assert_eq!(r.record_stripe_refund(re.clone(), "pending", None, Utc::now()), None);
+        assert_eq!(r.status, RequestStatus::Succeeded);
+        // Stripe's answer to our own call, arriving after the webhook, does not move it back.
+        let t = r.record_submitted(re.clone(), "pending", Utc::now()).unwrap();
+        assert!(t.effects.is_empty());
+        assert_eq!(r.status, RequestStatus::Succeeded);
+        // A refund that succeeded may still fail later.
+        let t = r.record_stripe_refund(re, "failed", Some("expired_or_canceled_card".into()), Utc::now()).unwrap();
+        assert_eq!(r.status, RequestStatus::Failed);
+        assert!(!t.effects.iter().any(|e| matches!(e, Effect::EmailCustomer(_))));
+    }
+
+    #[test]
+    fn events_for_another_refund_are_ignored() {
+        let mut r = waiting();
+        r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap();
+        r.record_submitted(RefundId::parse("re_ours").unwrap(), "pending", Utc::now()).unwrap();
+        assert_eq!(r.record_stripe_refund(RefundId::parse("re_other").unwrap(), "succeeded", None, Utc::now()), None);
+        assert_eq!(r.status, RequestStatus::Submitted);
+    }
+
+    #[test]
+    fn stripe_events_cannot_move_a_request_that_was_never_approved() {
+        let mut r = waiting();
+        assert_eq!(r.record_stripe_refund(RefundId::parse("re_1").unwrap(), "succeeded", None, Utc::now()), None);
+        assert_eq!(r.status, RequestStatus::AwaitingApproval);
+    }
+}

@@ -1,0 +1,15 @@
+//! refund-desk: refund Stripe payments from Slack while finance keeps control.
+//!
+//! A map of the crate:
+//! - [`domain`]: money, ids, the `/refund` grammar, a request's state machine (no I/O);
+//! - [`config`]: settings from the environment and the TOML file, secrets wrapped;
+//! - [`storage`]: sled trees, transactional transitions, the durable job queue;
+//! - [`slack`]: inbound routes and signature checks, Block Kit views, the Web API client;
+//! - [`stripe`]: the API client, webhook verification and parsing;
+//! - [`email`]: SMTP and the customer's messages;
+//! - [`worker`]: the job runner and one handler per effect;
+//! - [`app`]: wiring, HTTP router, graceful shutdown;
+//! - [`standins`]: local Slack, Stripe and SMTP stand-ins for the demo and the tests;
+//! - [`demo`]: the offline end-to-end demo.
+
+pub mod domain;
