@@ -12,4 +12,6 @@
 //! - [`standins`]: local Slack, Stripe and SMTP stand-ins for the demo and the tests;
 //! - [`demo`]: the offline end-to-end demo.
 
+pub mod config;
 pub mod domain;
+pub mod storage;

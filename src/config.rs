@@ -1,0 +1,368 @@
+//! Settings from the environment and the optional TOML file; the only place that reads either.
+//!
+//! The environment wins over the file. Secrets are wrapped in [`SecretString`], so they never
+//! reach a log, an error or `Debug` output.
+
+use crate::domain::{Approvers, UserId};
+use secrecy::{ExposeSecret, SecretString};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+/// Every setting refund-desk reads, by its environment name.
+pub const KNOWN_SETTINGS: [&str; 16] = [
+    "REFUND_DESK_LISTEN",
+    "REFUND_DESK_DATA_DIR",
+    "SLACK_SIGNING_SECRET",
+    "SLACK_BOT_TOKEN",
+    "SLACK_APP_TOKEN",
+    "SLACK_API_URL",
+    "SLACK_FINANCE_CHANNEL",
+    "SLACK_APPROVERS",
+    "SLACK_APPROVER_GROUP",
+    "SLACK_REQUESTERS",
+    "STRIPE_SECRET_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_API_URL",
+    "SMTP_URL",
+    "EMAIL_FROM",
+    "REFUND_DESK_CONFIG",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is required but not set")]
+    Missing(&'static str),
+    #[error("{name} is not valid: {why}")]
+    Invalid { name: &'static str, why: String },
+    #[error("the config file {path} could not be read: {why}")]
+    File { path: String, why: String },
+}
+
+fn invalid(name: &'static str, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid { name, why: why.to_string() }
+}
+
+#[derive(Debug, Clone)]
+pub struct SlackSettings {
+    pub signing_secret: SecretString,
+    pub bot_token: SecretString,
+    pub app_token: Option<SecretString>,
+    /// Web API base, without a trailing slash.
+    pub api_url: String,
+    pub finance_channel: String,
+    pub approvers: Approvers,
+    pub approver_group: Option<String>,
+    /// `None`: anyone may use `/refund`.
+    pub requesters: Option<Vec<UserId>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StripeSettings {
+    pub secret_key: SecretString,
+    /// Several during rotation; any may sign an event.
+    pub webhook_secrets: Vec<SecretString>,
+    pub api_url: Url,
+    /// Per-call deadline.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmailSettings {
+    /// Holds the SMTP password when there is one.
+    pub smtp_url: SecretString,
+    pub from: lettre::message::Mailbox,
+}
+
+/// How the job runner retries.
+#[derive(Debug, Clone)]
+pub struct JobSettings {
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub first_retry: Duration,
+    pub max_retry: Duration,
+}
+
+impl Default for JobSettings {
+    fn default() -> Self {
+        JobSettings {
+            concurrency: 8,
+            max_attempts: 12,
+            first_retry: Duration::from_millis(500),
+            max_retry: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub slack: SlackSettings,
+    pub stripe: StripeSettings,
+    /// `None`: customers get no email.
+    pub email: Option<EmailSettings>,
+    pub jobs: JobSettings,
+    /// The `[policy]` table, kept for the policy engine.
+    pub policy: Option<toml::Table>,
+}
+
+/// Where settings come from: a name → value lookup (the environment in production, a map in
+/// tests), plus the TOML file it may name.
+pub struct Sources {
+    values: HashMap<String, String>,
+    policy: Option<toml::Table>,
+}
+
+impl Sources {
+    /// The process environment, and the file `REFUND_DESK_CONFIG` names.
+    pub fn from_env() -> Result<Sources, ConfigError> {
+        Sources::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Any lookup, for tests and the demo.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Sources, ConfigError> {
+        let mut values = HashMap::new();
+        let mut policy = None;
+        if let Some(path) = lookup("REFUND_DESK_CONFIG").filter(|p| !p.trim().is_empty()) {
+            let file_err = |why: String| ConfigError::File { path: path.clone(), why };
+            let text = std::fs::read_to_string(&path).map_err(|e| file_err(e.to_string()))?;
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file_err(e.message().to_string()))?;
+            for (key, value) in table {
+                if key == "policy" {
+                    policy = value.as_table().cloned();
+                    continue;
+                }
+                let name = key.to_ascii_uppercase();
+                if !KNOWN_SETTINGS.contains(&name.as_str()) {
+                    return Err(file_err(format!("unknown setting `{key}`")));
+                }
+                let text = match value {
+                    toml::Value::String(s) => s,
+                    toml::Value::Array(items) => items
+                        .iter()
+                        .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
+                values.insert(name, text);
+            }
+        }
+        for name in KNOWN_SETTINGS {
+            if let Some(v) = lookup(name) {
+                values.insert(name.to_string(), v);
+            }
+        }
+        Ok(Sources { values, policy })
+    }
+
+    fn get(&self, name: &'static str) -> Option<&str> {
+        self.values.get(name).map(|s| s.trim()).filter(|s| !s.is_empty())
+    }
+    fn require(&self, name: &'static str) -> Result<&str, ConfigError> {
+        self.get(name).ok_or(ConfigError::Missing(name))
+    }
+}
+
+fn user_list(name: &'static str, text: &str) -> Result<Vec<UserId>, ConfigError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| UserId::parse(s).map_err(|e| invalid(name, e)))
+        .collect()
+}
+
+fn base_url(name: &'static str, text: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text).map_err(|e| invalid(name, e))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(name, "must be an http:// or https:// URL"));
+    }
+    Ok(url)
+}
+
+impl Settings {
+    pub fn load() -> Result<Settings, ConfigError> {
+        Settings::from_sources(&Sources::from_env()?)
+    }
+
+    pub fn from_sources(src: &Sources) -> Result<Settings, ConfigError> {
+        let listen = src
+            .get("REFUND_DESK_LISTEN")
+            .unwrap_or("127.0.0.1:3000")
+            .parse()
+            .map_err(|e| invalid("REFUND_DESK_LISTEN", e))?;
+        let data_dir = PathBuf::from(src.get("REFUND_DESK_DATA_DIR").unwrap_or("./data"));
+
+        let app_token = src.get("SLACK_APP_TOKEN").map(|s| SecretString::from(s.to_string()));
+        let signing_secret = match src.get("SLACK_SIGNING_SECRET") {
+            Some(s) => SecretString::from(s.to_string()),
+            None if app_token.is_some() => SecretString::from(String::new()),
+            None => return Err(ConfigError::Missing("SLACK_SIGNING_SECRET")),
+        };
+        let bot_token = src.require("SLACK_BOT_TOKEN")?;
+        if !bot_token.starts_with("xoxb-") {
+            return Err(invalid("SLACK_BOT_TOKEN", "must be a bot token starting with xoxb-"));
+        }
+        let api_url = base_url("SLACK_API_URL", src.get("SLACK_API_URL").unwrap_or("https://slack.com/api"))?;
+        let approvers = Approvers::new(user_list("SLACK_APPROVERS", src.get("SLACK_APPROVERS").unwrap_or(""))?);
+        let approver_group = src.get("SLACK_APPROVER_GROUP").map(str::to_string);
+        if approvers.is_empty() && approver_group.is_none() {
+            return Err(ConfigError::Missing("SLACK_APPROVERS (or SLACK_APPROVER_GROUP)"));
+        }
+        if approvers.is_empty() {
+            return Err(invalid(
+                "SLACK_APPROVER_GROUP",
+                "approver groups are not supported yet; list the approvers in SLACK_APPROVERS",
+            ));
+        }
+        let requesters = src
+            .get("SLACK_REQUESTERS")
+            .map(|s| user_list("SLACK_REQUESTERS", s))
+            .transpose()?;
+        let slack = SlackSettings {
+            signing_secret,
+            bot_token: SecretString::from(bot_token.to_string()),
+            app_token,
+            api_url: api_url.as_str().trim_end_matches('/').to_string(),
+            finance_channel: src.require("SLACK_FINANCE_CHANNEL")?.to_string(),
+            approvers,
+            approver_group,
+            requesters,
+        };
+
+        let secret_key = src.require("STRIPE_SECRET_KEY")?;
+        if !(secret_key.starts_with("sk_") || secret_key.starts_with("rk_")) {
+            return Err(invalid("STRIPE_SECRET_KEY", "must start with sk_ or rk_"));
+        }
+        let webhook_secrets: Vec<SecretString> = src
+            .require("STRIPE_WEBHOOK_SECRET")?
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| SecretString::from(s.to_string()))
+            .collect();
+        if webhook_secrets.iter().any(|s| !s.expose_secret().starts_with("whsec_")) {
+            return Err(invalid("STRIPE_WEBHOOK_SECRET", "each secret must start with whsec_"));
+        }
+        let stripe = StripeSettings {
+            secret_key: SecretString::from(secret_key.to_string()),
+            webhook_secrets,
+            api_url: base_url("STRIPE_API_URL", src.get("STRIPE_API_URL").unwrap_or("https://api.stripe.com"))?,
+            timeout: Duration::from_secs(30),
+        };
+
+        let email = match src.get("SMTP_URL") {
+            None => None,
+            Some(url) => {
+                let parsed = Url::parse(url).map_err(|_| invalid("SMTP_URL", "not a URL, e.g. smtp://127.0.0.1:2525"))?;
+                if !matches!(parsed.scheme(), "smtp" | "smtps") {
+                    return Err(invalid("SMTP_URL", "must start with smtp:// or smtps://"));
+                }
+                let from = src
+                    .require("EMAIL_FROM")?
+                    .parse()
+                    .map_err(|e| invalid("EMAIL_FROM", e))?;
+                Some(EmailSettings { smtp_url: SecretString::from(url.to_string()), from })
+            }
+        };
+
+        Ok(Settings {
+            listen,
+            data_dir,
+            slack,
+            stripe,
+            email,
+            jobs: JobSettings::default(),
+            policy: src.policy.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> HashMap<&'static str, String> {
+        HashMap::from([
+            ("SLACK_SIGNING_SECRET", "shh-signing".to_string()),
+            ("SLACK_BOT_TOKEN", "xoxb-secret-token".to_string()),
+            ("SLACK_FINANCE_CHANNEL", "CFIN".to_string()),
+            ("SLACK_APPROVERS", "UAPP1, UAPP2".to_string()),
+            ("STRIPE_SECRET_KEY", "sk_test_secretkey".to_string()),
+            ("STRIPE_WEBHOOK_SECRET", "whsec_new,whsec_old".to_string()),
+        ])
+    }
+
+    fn load(vars: &HashMap<&'static str, String>) -> Result<Settings, ConfigError> {
+        Settings::from_sources(&Sources::from_lookup(|n| vars.get(n).cloned())?)
+    }
+
+    #[test]
+    fn a_complete_environment_loads_with_defaults() {
+        let s = load(&base()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(s.slack.api_url, "https://slack.com/api");
+        assert_eq!(s.stripe.webhook_secrets.len(), 2);
+        assert!(s.slack.approvers.contains(&UserId::parse("UAPP2").unwrap()));
+        assert!(s.email.is_none());
+    }
+
+    #[test]
+    fn each_missing_required_setting_is_named() {
+        for name in ["SLACK_BOT_TOKEN", "SLACK_FINANCE_CHANNEL", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "SLACK_SIGNING_SECRET"] {
+            let mut vars = base();
+            vars.remove(name);
+            let err = load(&vars).unwrap_err().to_string();
+            assert!(err.contains(name), "{name}: {err}");
+        }
+        let mut vars = base();
+        vars.insert("SMTP_URL", "smtp://127.0.0.1:2525".into());
+        assert!(load(&vars).unwrap_err().to_string().contains("EMAIL_FROM"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let mut vars = base();
+        vars.insert("SMTP_URL", "smtps://bot:hunter2@mail.example:465".into());
+        vars.insert("EMAIL_FROM", "Acme Billing <billing@acme.example>".into());
+        let debug = format!("{:?}", load(&vars).unwrap());
+        for secret in ["shh-signing", "xoxb-secret-token", "sk_test_secretkey", "whsec_new", "hunter2"] {
+            assert!(!debug.contains(secret), "{secret} leaked");
+        }
+    }
+
+    #[test]
+    fn the_file_supplies_settings_and_the_environment_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refund-desk.toml");
+        std::fs::write(&path, "slack_finance_channel = \"CFILE\"\nslack_approvers = [\"UFILE\"]\n[policy]\nrefund_window_days = 60\n").unwrap();
+        let mut vars = base();
+        vars.remove("SLACK_FINANCE_CHANNEL");
+        vars.insert("REFUND_DESK_CONFIG", path.display().to_string());
+        let s = load(&vars).unwrap();
+        assert_eq!(s.slack.finance_channel, "CFILE");
+        assert!(s.slack.approvers.contains(&UserId::parse("UAPP1").unwrap()), "env wins");
+        assert!(s.policy.is_some());
+        std::fs::write(&path, "slak_finance_channel = \"C\"\n").unwrap();
+        assert!(load(&vars).unwrap_err().to_string().contains("slak_finance_channel"));
+    }
+
+    #[test]
+    fn malformed_values_are_refused() {
+        for (name, value) in [
+            ("SLACK_BOT_TOKEN", "xoxp-user-token"),
+            ("STRIPE_SECRET_KEY", "pk_test_publishable"),
+            ("SLACK_APPROVERS", "alice"),
+            ("STRIPE_API_URL", "ftp://x"),
+            ("REFUND_DESK_LISTEN", "localhost"),
+        ] {
+            let mut vars = base();
+            vars.insert(name, value.into());
+            let err = load(&vars).unwrap_err().to_string();
+            assert!(err.contains(name), "{name}: {err}");
+        }
+    }
+}

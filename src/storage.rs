@@ -1,0 +1,613 @@
+//! Every sled tree, its key layout, and the transactions that keep them consistent.
+//!
+//! Trees:
+//! - `requests`: request id (u64 BE) → [`RefundRequest`] (JSON);
+//! - `audit`: sequence (u64 BE) → [`AuditEntry`];
+//! - `jobs`: request id (8) ‖ lane (1) ‖ job id (8) → [`Job`]; only outstanding jobs live here,
+//!   so the key order is each request's lanes in the order their jobs were created;
+//! - `refund_ids`: Stripe refund id → request id;
+//! - `stripe_events`, `slack_events`: event ids already applied → when;
+//! - `emails`: `R-id/kind` → [`EmailRecord`];
+//! - `meta`: the request counter and this installation's id.
+//!
+//! A transition writes the request, its audit entry and its effects' jobs in one transaction and
+//! is flushed to disk before the caller acknowledges anything.
+
+use crate::domain::{
+    Actor, Effect, EmailKind, Lane, Money, NewRequest, RefundId, RefundRequest, RequestId,
+    RequestStatus, Transition,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, TransactionalTree,
+};
+use sled::{Transactional, Tree};
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+/// The first request number handed out; `R-1001` reads better than `R-1`.
+const FIRST_REQUEST_NUMBER: u64 = 1001;
+const NEXT_REQUEST_KEY: &[u8] = b"next_request_number";
+const INSTALL_ID_KEY: &[u8] = b"install_id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage failed: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored data could not be read: {0}")]
+    Corrupt(String),
+    #[error("{0} is not stored")]
+    NotFound(RequestId),
+}
+
+/// One line of the audit trail: who moved which request from where to where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub request_id: RequestId,
+    pub actor: Actor,
+    pub from: RequestStatus,
+    pub to: RequestStatus,
+    pub amount: Option<Money>,
+    pub detail: Option<String>,
+}
+
+/// A durable side effect waiting to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: u64,
+    pub request_id: RequestId,
+    pub effect: Effect,
+    pub attempts: u32,
+    pub not_before: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub last_error: Option<String>,
+    /// Out of attempts: kept, shown, and retried only by a person.
+    pub parked: bool,
+}
+
+impl Job {
+    pub fn key(&self) -> JobKey {
+        JobKey::new(self.request_id, self.effect.lane(), self.id)
+    }
+}
+
+/// Where a job is stored; orders jobs by request, lane, then creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JobKey([u8; 17]);
+
+impl JobKey {
+    fn new(request: RequestId, lane: Lane, id: u64) -> Self {
+        let mut k = [0u8; 17];
+        k[..8].copy_from_slice(&request.to_key());
+        k[8] = lane as u8;
+        k[9..].copy_from_slice(&id.to_be_bytes());
+        JobKey(k)
+    }
+}
+
+/// That an email of one kind went to the customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailRecord {
+    pub to: String,
+    pub sent_at: DateTime<Utc>,
+    pub message_id: String,
+}
+
+/// What Stripe said about one refund, for [`Store::apply_stripe_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundUpdate {
+    pub refund: RefundId,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    /// From the refund's `metadata[refund_request_id]`, when present.
+    pub request_hint: Option<RequestId>,
+}
+
+/// What a Stripe event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Seen before: nothing changed.
+    Duplicate,
+    /// Recorded; one entry per refund in the event.
+    Applied(Vec<RefundOutcome>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// Not a refund this app made.
+    Unknown(RefundId),
+    /// Known, but the status did not move forward.
+    Unchanged(RequestId),
+    Moved(RequestId, RequestStatus),
+}
+
+/// The open database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    requests: Tree,
+    audit: Tree,
+    jobs: Tree,
+    refund_ids: Tree,
+    stripe_events: Tree,
+    slack_events: Tree,
+    emails: Tree,
+    meta: Tree,
+    /// Woken whenever a transaction adds jobs, so the runner need not poll.
+    jobs_added: Arc<Notify>,
+    install_id: String,
+}
+
+/// Why a transaction closure stopped.
+enum Abort<E> {
+    NotFound(RequestId),
+    Corrupt(String),
+    Refused(E),
+}
+
+type TxResult<T, E> = Result<T, ConflictableTransactionError<Abort<E>>>;
+
+fn corrupt<E>(e: impl std::fmt::Display) -> ConflictableTransactionError<Abort<E>> {
+    ConflictableTransactionError::Abort(Abort::Corrupt(e.to_string()))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our own types always serialize: no maps with non-string keys, no failing Serialize impls.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Writes the request, its audit entry and one job per effect.
+fn write_transition<E>(
+    requests: &TransactionalTree,
+    audit: &TransactionalTree,
+    jobs: &TransactionalTree,
+    request: &RefundRequest,
+    transition: &Transition,
+    now: DateTime<Utc>,
+) -> TxResult<(), E> {
+    requests.insert(&request.id.to_key(), encode(request))?;
+    let seq = audit.generate_id()?;
+    let entry = AuditEntry {
+        seq,
+        at: now,
+        request_id: request.id,
+        actor: transition.actor.clone(),
+        from: transition.from,
+        to: request.status,
+        amount: request.amount,
+        detail: transition.detail.clone(),
+    };
+    audit.insert(&seq.to_be_bytes(), encode(&entry))?;
+    enqueue_in(jobs, request.id, &transition.effects, now)
+}
+
+fn enqueue_in<E>(jobs: &TransactionalTree, request: RequestId, effects: &[Effect], now: DateTime<Utc>) -> TxResult<(), E> {
+    for effect in effects {
+        let id = jobs.generate_id()?;
+        let job = Job {
+            id,
+            request_id: request,
+            effect: effect.clone(),
+            attempts: 0,
+            not_before: now,
+            created_at: now,
+            last_error: None,
+            parked: false,
+        };
+        jobs.insert(&job.key().0, encode(&job))?;
+    }
+    Ok(())
+}
+
+fn read_request<E>(requests: &TransactionalTree, id: RequestId) -> TxResult<RefundRequest, E> {
+    let bytes = requests
+        .get(id.to_key())?
+        .ok_or(ConflictableTransactionError::Abort(Abort::NotFound(id)))?;
+    serde_json::from_slice(&bytes).map_err(corrupt)
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let meta = db.open_tree("meta")?;
+        let install_id = match meta.get(INSTALL_ID_KEY)? {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => {
+                let id = hex::encode(rand::random::<[u8; 8]>());
+                // Another opener cannot exist: sled locks the directory.
+                meta.insert(INSTALL_ID_KEY, id.as_bytes())?;
+                db.flush()?;
+                id
+            }
+        };
+        Ok(Store {
+            requests: db.open_tree("requests")?,
+            audit: db.open_tree("audit")?,
+            jobs: db.open_tree("jobs")?,
+            refund_ids: db.open_tree("refund_ids")?,
+            stripe_events: db.open_tree("stripe_events")?,
+            slack_events: db.open_tree("slack_events")?,
+            emails: db.open_tree("emails")?,
+            meta,
+            db,
+            jobs_added: Arc::new(Notify::new()),
+            install_id,
+        })
+    }
+
+    /// A random id made when this database was created; part of every idempotency key, so two
+    /// installations sharing a Stripe account never collide.
+    pub fn install_id(&self) -> &str {
+        &self.install_id
+    }
+
+    /// Notified whenever jobs are added.
+    pub fn jobs_added(&self) -> Arc<Notify> {
+        self.jobs_added.clone()
+    }
+
+    /// Writes everything to disk.
+    #[tracing::instrument(skip(self))]
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    async fn committed(&self, added_jobs: bool) -> Result<(), StoreError> {
+        self.flush().await?;
+        if added_jobs {
+            self.jobs_added.notify_one();
+        }
+        Ok(())
+    }
+
+    fn finish_tx<T, E>(result: Result<T, TransactionError<Abort<E>>>) -> Result<Result<T, E>, StoreError> {
+        match result {
+            Ok(v) => Ok(Ok(v)),
+            Err(TransactionError::Abort(Abort::Refused(e))) => Ok(Err(e)),
+            Err(TransactionError::Abort(Abort::NotFound(id))) => Err(StoreError::NotFound(id)),
+            Err(TransactionError::Abort(Abort::Corrupt(e))) => Err(StoreError::Corrupt(e)),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+        }
+    }
+
+    /// Stores a new request (status `Requested`) and its first job; durable on return.
+    #[tracing::instrument(skip_all, fields(slack_user = %new.requester))]
+    pub async fn insert_request(&self, new: NewRequest, now: DateTime<Utc>) -> Result<RefundRequest, StoreError> {
+        let result = (&self.requests, &self.audit, &self.jobs, &self.meta).transaction(
+            |(requests, audit, jobs, meta)| -> TxResult<RefundRequest, ()> {
+                let number = match meta.get(NEXT_REQUEST_KEY)? {
+                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(corrupt)?),
+                    None => FIRST_REQUEST_NUMBER,
+                };
+                meta.insert(NEXT_REQUEST_KEY, &(number + 1).to_be_bytes())?;
+                let request = RefundRequest::new(RequestId::new(number), new.clone(), now);
+                write_transition(requests, audit, jobs, &request, &request.created(), now)?;
+                Ok(request)
+            },
+        );
+        let request = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("insert never refuses"));
+        self.committed(true).await?;
+        tracing::info!(request_id = %request.id, "request stored");
+        Ok(request)
+    }
+
+    /// Applies `change` to the stored request as one compare-and-swap: if it returns a
+    /// transition, the new state, its audit entry and its jobs are written together. `Ok(None)`
+    /// from `change` writes nothing. The closure may run more than once; it must be pure.
+    #[tracing::instrument(skip(self, now, change), fields(request_id = %id))]
+    pub async fn transition<E, F>(&self, id: RequestId, now: DateTime<Utc>, change: F) -> Result<Result<Option<RefundRequest>, E>, StoreError>
+    where
+        F: Fn(&mut RefundRequest) -> Result<Option<Transition>, E>,
+    {
+        let result = (&self.requests, &self.audit, &self.jobs).transaction(|(requests, audit, jobs)| {
+            let mut request = read_request(requests, id)?;
+            match change(&mut request) {
+                Err(e) => Err(ConflictableTransactionError::Abort(Abort::Refused(e))),
+                Ok(None) => Ok(None),
+                Ok(Some(t)) => {
+                    write_transition(requests, audit, jobs, &request, &t, now)?;
+                    Ok(Some((request, !t.effects.is_empty())))
+                }
+            }
+        });
+        match Self::finish_tx(result)? {
+            Ok(Some((request, added))) => {
+                self.committed(added).await?;
+                tracing::info!(status = ?request.status, "request moved");
+                Ok(Ok(Some(request)))
+            }
+            Ok(None) => Ok(Ok(None)),
+            Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// Changes fields that are not part of the state machine (such as the card's message ref),
+    /// atomically, without an audit entry.
+    pub async fn update_request(&self, id: RequestId, change: impl Fn(&mut RefundRequest)) -> Result<RefundRequest, StoreError> {
+        let result = self.requests.transaction(|requests| -> TxResult<RefundRequest, ()> {
+            let mut request = read_request(requests, id)?;
+            change(&mut request);
+            requests.insert(&id.to_key(), encode(&request))?;
+            Ok(request)
+        });
+        let request = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("update never refuses"));
+        self.committed(false).await?;
+        Ok(request)
+    }
+
+    pub fn get_request(&self, id: RequestId) -> Result<Option<RefundRequest>, StoreError> {
+        self.requests.get(id.to_key())?.map(|b| decode(&b)).transpose()
+    }
+
+    /// Every request, oldest first.
+    pub fn all_requests(&self) -> Result<Vec<RefundRequest>, StoreError> {
+        self.requests.iter().map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// The audit trail of one request, in order.
+    pub fn audit_of(&self, id: RequestId) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut out = vec![];
+        for kv in self.audit.iter() {
+            let entry: AuditEntry = decode(&kv?.1)?;
+            if entry.request_id == id {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies one Stripe event: remembers its id and moves each refund's request forward, all
+    /// in one transaction. An event id seen before changes nothing.
+    #[tracing::instrument(skip(self, updates, now))]
+    pub async fn apply_stripe_event(&self, event_id: &str, updates: &[RefundUpdate], now: DateTime<Utc>) -> Result<EventOutcome, StoreError> {
+        let trees = (&self.requests, &self.audit, &self.jobs, &self.refund_ids, &self.stripe_events);
+        let result = trees.transaction(|(requests, audit, jobs, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
+            if events.get(event_id.as_bytes())?.is_some() {
+                return Ok((EventOutcome::Duplicate, false));
+            }
+            events.insert(event_id.as_bytes(), encode(&now))?;
+            let mut outcomes = vec![];
+            let mut added = false;
+            for u in updates {
+                let indexed = match refund_ids.get(u.refund.as_str().as_bytes())? {
+                    Some(v) => RequestId::from_key(&v),
+                    None => None,
+                };
+                let Some(id) = indexed.or(u.request_hint) else {
+                    outcomes.push(RefundOutcome::Unknown(u.refund.clone()));
+                    continue;
+                };
+                let mut request = match read_request::<()>(requests, id) {
+                    Ok(r) => r,
+                    Err(ConflictableTransactionError::Abort(Abort::NotFound(_))) => {
+                        outcomes.push(RefundOutcome::Unknown(u.refund.clone()));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let before = request.clone();
+                match request.record_stripe_refund(u.refund.clone(), &u.status, u.failure_reason.clone(), now) {
+                    Some(t) => {
+                        write_transition(requests, audit, jobs, &request, &t, now)?;
+                        added |= !t.effects.is_empty();
+                        outcomes.push(RefundOutcome::Moved(id, request.status));
+                    }
+                    None => {
+                        if request != before {
+                            requests.insert(&id.to_key(), encode(&request))?;
+                        }
+                        outcomes.push(RefundOutcome::Unchanged(id));
+                    }
+                }
+                if request.refund.as_ref().is_some_and(|r| r.id == u.refund) {
+                    refund_ids.insert(u.refund.as_str().as_bytes(), &id.to_key())?;
+                }
+            }
+            Ok((EventOutcome::Applied(outcomes), added))
+        });
+        let (outcome, added) = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("events never refuse"));
+        if outcome != EventOutcome::Duplicate {
+            self.committed(added).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// Records the refund Stripe made for a request, so webhooks find it by refund id.
+    pub async fn submit_refund(&self, id: RequestId, refund: RefundId, stripe_status: &str, now: DateTime<Utc>) -> Result<Result<RefundRequest, crate::domain::StateError>, StoreError> {
+        let trees = (&self.requests, &self.audit, &self.jobs, &self.refund_ids);
+        let result = trees.transaction(|(requests, audit, jobs, refund_ids)| {
+            let mut request = read_request(requests, id)?;
+            let t = request
+                .record_submitted(refund.clone(), stripe_status, now)
+                .map_err(|e| ConflictableTransactionError::Abort(Abort::Refused(e)))?;
+            write_transition(requests, audit, jobs, &request, &t, now)?;
+            refund_ids.insert(refund.as_str().as_bytes(), &id.to_key())?;
+            Ok(request)
+        });
+        let out = Self::finish_tx(result)?;
+        if out.is_ok() {
+            self.committed(true).await?;
+        }
+        Ok(out)
+    }
+
+    /// Adds jobs for a request outside any transition.
+    pub async fn enqueue(&self, id: RequestId, effects: &[Effect], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let result = self.jobs.transaction(|jobs| enqueue_in::<()>(jobs, id, effects, now));
+        Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!());
+        self.committed(true).await
+    }
+
+    /// Every outstanding job, in key order (by request, lane, creation).
+    pub fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.jobs.iter().map(|kv| decode(&kv?.1)).collect()
+    }
+
+    /// The jobs that may run now: the first job of each request's lane, unless it is parked,
+    /// already running or not yet due. Also returns when the earliest waiting job falls due.
+    pub fn due_jobs(&self, now: DateTime<Utc>, running: &HashSet<u64>) -> Result<(Vec<Job>, Option<DateTime<Utc>>), StoreError> {
+        let mut due = vec![];
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut last_group: Option<Vec<u8>> = None;
+        for kv in self.jobs.iter() {
+            let (key, value) = kv?;
+            let group = key.get(..9).unwrap_or(&key).to_vec();
+            if last_group.as_deref() == Some(&group[..]) {
+                continue; // only the head of each lane may run
+            }
+            last_group = Some(group);
+            let job: Job = decode(&value)?;
+            if job.parked || running.contains(&job.id) {
+                continue;
+            }
+            if job.not_before <= now {
+                due.push(job);
+            } else {
+                next = Some(next.map_or(job.not_before, |n| n.min(job.not_before)));
+            }
+        }
+        Ok((due, next))
+    }
+
+    /// Removes a finished job.
+    pub async fn complete_job(&self, job: &Job) -> Result<(), StoreError> {
+        self.jobs.remove(job.key().0)?;
+        self.flush().await
+    }
+
+    /// Stores a job's new attempt count, error and due time (or parked flag).
+    pub async fn reschedule_job(&self, job: &Job) -> Result<(), StoreError> {
+        self.jobs.insert(job.key().0, encode(job))?;
+        self.flush().await
+    }
+
+    /// Whether an email of this kind already went out for this request.
+    pub fn email_sent(&self, id: RequestId, kind: EmailKind) -> Result<Option<EmailRecord>, StoreError> {
+        let key = format!("{id}/{}", kind.as_str());
+        self.emails.get(key.as_bytes())?.map(|b| decode(&b)).transpose()
+    }
+
+    /// Records a sent email, and the jobs that announce it, in one transaction.
+    pub async fn record_email_sent(&self, id: RequestId, kind: EmailKind, record: &EmailRecord, effects: &[Effect], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let key = format!("{id}/{}", kind.as_str());
+        let result = (&self.emails, &self.jobs).transaction(|(emails, jobs)| {
+            emails.insert(key.as_bytes(), encode(record))?;
+            enqueue_in::<()>(jobs, id, effects, now)
+        });
+        Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!());
+        self.committed(!effects.is_empty()).await
+    }
+
+    /// Remembers a Slack event id; `false` if it was seen before (a retry).
+    pub async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let fresh = self
+            .slack_events
+            .compare_and_swap(event_id.as_bytes(), None as Option<&[u8]>, Some(encode(&now)))?
+            .is_ok();
+        if fresh {
+            self.flush().await?;
+        }
+        Ok(fresh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AmountAsked, PaymentRef, RefundReason, UserId};
+
+    fn new_request() -> NewRequest {
+        NewRequest {
+            requester: UserId::parse("UREQ").unwrap(),
+            origin_channel: "C1".into(),
+            target: PaymentRef::parse("ch_1").unwrap(),
+            amount: AmountAsked::Full,
+            reason: RefundReason::Duplicate,
+            note: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_request_survives_reopening_with_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let store = Store::open(dir.path()).unwrap();
+            store.insert_request(new_request(), Utc::now()).await.unwrap().id
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(id.to_string(), "R-1001");
+        assert_eq!(store.get_request(id).unwrap().unwrap().status, RequestStatus::Requested);
+        let jobs = store.all_jobs().unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].effect, Effect::CheckPayment);
+        assert_eq!(store.audit_of(id).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn request_numbers_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
+        let b = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
+        assert_eq!(b.number(), a.number() + 1);
+    }
+
+    #[tokio::test]
+    async fn a_refused_transition_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
+        let out = store.transition(id, Utc::now(), |_r| Err::<Option<Transition>, _>("no")).await.unwrap();
+        assert_eq!(out, Err("no"));
+        assert_eq!(store.audit_of(id).unwrap().len(), 1);
+        assert_eq!(store.all_jobs().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_the_head_of_each_lane_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
+        store
+            .enqueue(id, &[Effect::PostCard, Effect::RefreshCard, Effect::CreateRefund], Utc::now())
+            .await
+            .unwrap();
+        let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
+        let effects: Vec<_> = due.iter().map(|j| j.effect.clone()).collect();
+        assert_eq!(effects, vec![Effect::CheckPayment, Effect::PostCard]);
+        let running: HashSet<u64> = due.iter().map(|j| j.id).collect();
+        let (due, _) = store.due_jobs(Utc::now(), &running).unwrap();
+        assert!(due.is_empty(), "a lane runs one job at a time");
+        store.complete_job(&store.all_jobs().unwrap()[0]).await.unwrap();
+        let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
+        let effects: Vec<_> = due.iter().map(|j| j.effect.clone()).collect();
+        assert_eq!(effects, vec![Effect::CreateRefund, Effect::PostCard]);
+    }
+
+    #[tokio::test]
+    async fn a_stripe_event_applies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let update = RefundUpdate {
+            refund: RefundId::parse("re_1").unwrap(),
+            status: "succeeded".into(),
+            failure_reason: None,
+            request_hint: None,
+        };
+        let first = store.apply_stripe_event("evt_1", &[update.clone()], Utc::now()).await.unwrap();
+        assert_eq!(first, EventOutcome::Applied(vec![RefundOutcome::Unknown(update.refund.clone())]));
+        let again = store.apply_stripe_event("evt_1", &[update], Utc::now()).await.unwrap();
+        assert_eq!(again, EventOutcome::Duplicate);
+    }
+}
