@@ -1,0 +1,171 @@
+//! The Stripe API client: reads charges, payment intents and customers, creates refunds.
+//!
+//! Every call has a deadline. Errors are sorted into what Stripe refused (the request ends, with
+//! Stripe's message) and what may be retried with the same idempotency key (429, 409, 5xx,
+//! timeouts, dropped connections, a key Stripe would not accept).
+
+use super::types::{ApiErrorEnvelope, Charge, Customer, PaymentIntent, Refund};
+use crate::domain::{Money, PaymentRef, RequestId};
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+use std::time::Duration;
+use url::Url;
+
+/// The API version whose shapes this client reads. From 2024-10-28.acacia on, Stripe sends
+/// `refund.*` events for every refund, not only for refunds without a charge.
+pub const API_VERSION: &str = "2024-10-28.acacia";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StripeError {
+    /// 404: no such object.
+    #[error("Stripe has no such object: {0}")]
+    NotFound(String),
+    /// Stripe understood and said no (already refunded, amount too large, disputed, ...).
+    #[error("Stripe refused: {message}")]
+    Refused {
+        status: u16,
+        code: Option<String>,
+        message: String,
+    },
+    /// The same idempotency key with other parameters: a bug, never retried blindly.
+    #[error("Stripe reported an idempotency conflict: {0}")]
+    Idempotency(String),
+    /// Worth trying again later with the same key.
+    #[error("Stripe is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StripeError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StripeError::Unavailable(_))
+    }
+}
+
+/// `POST /v1/refunds`, in domain terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateRefund {
+    pub target: PaymentRef,
+    pub amount: Money,
+    pub reason: Option<&'static str>,
+    pub request_id: RequestId,
+}
+
+impl CreateRefund {
+    /// The form body, with Stripe's bracketed keys.
+    pub fn form(&self) -> Vec<(&'static str, String)> {
+        let mut form = vec![match &self.target {
+            PaymentRef::Charge(c) => ("charge", c.to_string()),
+            PaymentRef::PaymentIntent(p) => ("payment_intent", p.to_string()),
+        }];
+        form.push(("amount", self.amount.minor().to_string()));
+        if let Some(reason) = self.reason {
+            form.push(("reason", reason.to_string()));
+        }
+        form.push(("metadata[refund_request_id]", self.request_id.to_string()));
+        form
+    }
+}
+
+#[derive(Clone)]
+pub struct StripeClient {
+    http: reqwest::Client,
+    base: Url,
+    /// Sent as the bearer token; never logged.
+    key: SecretString,
+}
+
+impl std::fmt::Debug for StripeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StripeClient").field("base", &self.base.as_str()).finish_non_exhaustive()
+    }
+}
+
+impl StripeClient {
+    pub fn new(base: Url, key: SecretString, timeout: Duration) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("refund-desk/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(StripeClient { http, base, key })
+    }
+
+    fn url(&self, path: &str) -> Result<Url, StripeError> {
+        self.base.join(path).map_err(|e| StripeError::Unavailable(format!("bad Stripe URL: {e}")))
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, StripeError> {
+        let response = request
+            .bearer_auth(self.key.expose_secret())
+            .header("Stripe-Version", API_VERSION)
+            .send()
+            .await
+            .map_err(|e| StripeError::Unavailable(describe(&e)))?;
+        let status = response.status();
+        let should_retry = response
+            .headers()
+            .get("stripe-should-retry")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v == "true");
+        let body = response.bytes().await.map_err(|e| StripeError::Unavailable(describe(&e)))?;
+        if status.is_success() {
+            return serde_json::from_slice(&body)
+                .map_err(|e| StripeError::Unavailable(format!("unreadable answer from Stripe: {e}")));
+        }
+        let error = serde_json::from_slice::<ApiErrorEnvelope>(&body).unwrap_or_default().error;
+        let message = error.message.clone().unwrap_or_else(|| format!("HTTP {status}"));
+        Err(match status {
+            StatusCode::NOT_FOUND => StripeError::NotFound(message),
+            StatusCode::TOO_MANY_REQUESTS => StripeError::Unavailable(format!("rate limited: {message}")),
+            StatusCode::CONFLICT => StripeError::Unavailable(format!("conflict: {message}")),
+            // A wrong or revoked key is an operator's fix, not a reason to end requests.
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StripeError::Unavailable(format!("Stripe rejected the API key: {message}")),
+            s if s.is_server_error() => StripeError::Unavailable(format!("HTTP {s}: {message}")),
+            _ if error.kind == "idempotency_error" => StripeError::Idempotency(message),
+            _ if should_retry == Some(true) => StripeError::Unavailable(message),
+            s => StripeError::Refused { status: s.as_u16(), code: error.code, message },
+        })
+    }
+
+    #[tracing::instrument(skip(self), fields(stripe_charge = %id))]
+    pub async fn get_charge(&self, id: &str) -> Result<Charge, StripeError> {
+        let url = self.url(&format!("/v1/charges/{id}"))?;
+        self.send(self.http.get(url)).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn get_payment_intent(&self, id: &str) -> Result<PaymentIntent, StripeError> {
+        let url = self.url(&format!("/v1/payment_intents/{id}"))?;
+        self.send(self.http.get(url)).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn get_customer(&self, id: &str) -> Result<Customer, StripeError> {
+        let url = self.url(&format!("/v1/customers/{id}"))?;
+        self.send(self.http.get(url)).await
+    }
+
+    /// Creates a refund. `idempotency_key` must be the same for every try of one request.
+    #[tracing::instrument(skip(self, refund), fields(request_id = %refund.request_id, stripe_charge = %refund.target))]
+    pub async fn create_refund(&self, refund: &CreateRefund, idempotency_key: &str) -> Result<Refund, StripeError> {
+        let url = self.url("/v1/refunds")?;
+        let request = self
+            .http
+            .post(url)
+            .header("Idempotency-Key", idempotency_key)
+            .form(&refund.form());
+        self.send(request).await
+    }
+}
+
+/// A transport error in words, without the URL's query (which never holds secrets here, but
+/// keep logs short).
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".to_string()
+    } else if e.is_connect() {
+        "could not connect".to_string()
+    } else {
+        format!("connection failed: {e}")
+    }
+}

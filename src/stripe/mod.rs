@@ -1,0 +1,8 @@
+//! Stripe: the API client, webhook signature verification, and the objects refund-desk reads.
+
+pub mod client;
+pub mod types;
+pub mod webhook;
+
+pub use client::{CreateRefund, StripeClient, StripeError};
+pub use types::{Charge, Customer, Event, PaymentIntent, Refund};
