@@ -10,9 +10,14 @@
 //! - [`worker`]: the job runner and one handler per effect;
 //! - [`app`]: wiring, HTTP router, graceful shutdown;
 //! - [`standins`]: local Slack, Stripe and SMTP stand-ins for the demo and the tests;
-//! - [`demo`]: the offline end-to-end demo.
+//! - [`demo`]: the offline end-to-end demo;
+//! - [`manifest`]: the Slack app manifest.
 
+pub mod app;
 pub mod config;
 pub mod domain;
+pub mod email;
+pub mod slack;
 pub mod storage;
 pub mod stripe;
+pub mod worker;

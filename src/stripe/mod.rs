@@ -1,6 +1,7 @@
 //! Stripe: the API client, webhook signature verification, and the objects refund-desk reads.
 
 pub mod client;
+pub mod inbound;
 pub mod types;
 pub mod webhook;
 

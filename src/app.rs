@@ -1,0 +1,197 @@
+//! Wiring: the shared context, the HTTP router, start-up and graceful shutdown.
+
+use crate::config::Settings;
+use crate::domain::UserId;
+use crate::email::Mailer;
+use crate::slack::SlackApi;
+use crate::storage::Store;
+use crate::stripe::StripeClient;
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower_http::trace::TraceLayer;
+
+/// Slack and Stripe bodies are small; anything larger is refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler and job can reach.
+pub struct AppContext {
+    pub settings: Settings,
+    pub store: Store,
+    pub slack: SlackApi,
+    pub stripe: StripeClient,
+    /// `None` when `SMTP_URL` is not set.
+    pub mailer: Option<Mailer>,
+    /// Set while the job runner runs; `/readyz` reads it.
+    pub workers_running: AtomicBool,
+}
+
+impl AppContext {
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+
+    /// Tells `user` something privately in `channel`, without holding up the caller. Not
+    /// durable: these are answers to a click, worthless minutes later.
+    pub fn tell_privately(self: &Arc<Self>, channel: String, user: UserId, text: String) {
+        let ctx = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ctx.slack.post_ephemeral(&channel, user.as_str(), text).await {
+                tracing::warn!(error = %e, slack_user = %user, "could not send a private note");
+            }
+        });
+    }
+}
+
+/// The HTTP surface, as the contract lists it.
+pub fn router(ctx: Arc<AppContext>) -> Router {
+    use crate::slack::inbound::{http_command, http_events, http_interaction};
+    Router::new()
+        .route("/slack/commands", post(http_command))
+        .route("/slack/interactions", post(http_interaction))
+        .route("/slack/events", post(http_events))
+        .route("/stripe/webhook", post(crate::stripe::inbound::http_stripe_webhook))
+        .route("/healthz", get(|| async { StatusCode::OK }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(ctx)
+}
+
+async fn readyz(State(ctx): State<Arc<AppContext>>) -> StatusCode {
+    let store_ok = ctx.store.get_request(crate::domain::RequestId::new(0)).is_ok();
+    if store_ok && ctx.workers_running.load(Ordering::Relaxed) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+/// Installs ring as the process's TLS provider: reqwest, hyper-rustls (Slack), lettre and the
+/// WebSocket client all use it. Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A running refund-desk: HTTP server plus job runner.
+pub struct Application {
+    addr: SocketAddr,
+    ctx: Arc<AppContext>,
+    stop_tx: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    worker: JoinHandle<()>,
+}
+
+impl Application {
+    /// Opens the store, binds the listener and starts serving and working.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        install_crypto_provider();
+        let store = Store::open(&settings.data_dir)
+            .with_context(|| format!("could not open the database in {}", settings.data_dir.display()))?;
+        let slack = SlackApi::new(&settings.slack.api_url, &settings.slack.bot_token).context("could not set up the Slack client")?;
+        let stripe = StripeClient::new(settings.stripe.api_url.clone(), settings.stripe.secret_key.clone(), settings.stripe.timeout)
+            .context("could not set up the Stripe client")?;
+        let mailer = settings.email.as_ref().map(Mailer::new).transpose()?;
+        if mailer.is_none() {
+            tracing::warn!("SMTP_URL is not set: customers will get no email");
+        }
+        if settings.policy.is_some() {
+            tracing::warn!("the [policy] table is read but not applied yet: every refund needs one approval");
+        }
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("could not listen on {}", settings.listen))?;
+        let addr = listener.local_addr()?;
+        let ctx = Arc::new(AppContext { settings, store, slack, stripe, mailer, workers_running: AtomicBool::new(false) });
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let worker_ctx = ctx.clone();
+        let worker_stop = stop_rx.clone();
+        let worker = tokio::spawn(async move {
+            worker_ctx.workers_running.store(true, Ordering::Relaxed);
+            crate::worker::run_jobs_until_stopped(worker_ctx.clone(), worker_stop).await;
+            worker_ctx.workers_running.store(false, Ordering::Relaxed);
+        });
+        let app = router(ctx.clone());
+        let mut server_stop = stop_rx;
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = server_stop.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "refund-desk is listening");
+        Ok(Application { addr, ctx, stop_tx, server, worker })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn context(&self) -> Arc<AppContext> {
+        self.ctx.clone()
+    }
+
+    /// Serves until SIGINT or SIGTERM, then stops gracefully.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        wait_for_signal().await;
+        tracing::info!("stopping: no new requests; finishing running jobs");
+        self.stop().await
+    }
+
+    /// Stops taking requests, finishes or parks running jobs, flushes and closes the store.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop_tx.send(true);
+        match tokio::time::timeout(Duration::from_secs(15), self.server).await {
+            Ok(joined) => joined.context("the HTTP server panicked")?.context("the HTTP server failed")?,
+            Err(_) => tracing::warn!("open connections did not close in time"),
+        }
+        self.worker.await.context("the job runner panicked")?;
+        self.ctx.store.flush().await?;
+        // Wait for short-lived tasks (private notes) to let go, so the database is closed and
+        // its lock released when this returns.
+        let mut ctx = self.ctx;
+        for _ in 0..100 {
+            match Arc::try_unwrap(ctx) {
+                Ok(inner) => {
+                    drop(inner);
+                    return Ok(());
+                }
+                Err(shared) => {
+                    ctx = shared;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracing::warn!("some tasks still hold the database at shutdown");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

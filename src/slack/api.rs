@@ -1,0 +1,130 @@
+//! The Slack Web API client: slack-morphism's hyper client with a deadline on every call, and
+//! errors sorted into "try again" and "will never work".
+
+use secrecy::{ExposeSecret, SecretString};
+use slack_morphism::errors::SlackClientError;
+use slack_morphism::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Slack's client has no timeouts of its own.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlackCallError {
+    #[error("Slack rate limited the call (retry after {0:?})")]
+    RateLimited(Option<Duration>),
+    /// Slack answered `ok: false` with an error that will not go away by itself.
+    #[error("Slack refused the call: {0}")]
+    Refused(String),
+    #[error("Slack is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl SlackCallError {
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SlackCallError::Refused(_))
+    }
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SlackCallError::RateLimited(d) => *d,
+            _ => None,
+        }
+    }
+}
+
+/// Slack error codes that mean "try again later".
+const TRANSIENT_CODES: [&str; 6] = [
+    "ratelimited",
+    "internal_error",
+    "fatal_error",
+    "service_unavailable",
+    "request_timeout",
+    "team_added_to_org",
+];
+
+impl From<SlackClientError> for SlackCallError {
+    fn from(e: SlackClientError) -> Self {
+        match e {
+            SlackClientError::RateLimitError(r) => SlackCallError::RateLimited(r.retry_after),
+            SlackClientError::ApiError(a) if TRANSIENT_CODES.contains(&a.code.as_str()) => SlackCallError::Unavailable(a.code),
+            SlackClientError::ApiError(a) => SlackCallError::Refused(a.code),
+            // Payloads in these errors can hold message text; keep only the kind.
+            SlackClientError::ProtocolError(_) => SlackCallError::Unavailable("unreadable answer from Slack".into()),
+            SlackClientError::HttpError(h) => SlackCallError::Unavailable(format!("HTTP {}", h.status_code)),
+            other => SlackCallError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// The bot's Web API client.
+#[derive(Clone)]
+pub struct SlackApi {
+    client: Arc<SlackHyperClient>,
+    /// Holds the bot token; slack-morphism's `Debug` hides it.
+    token: SlackApiToken,
+}
+
+impl std::fmt::Debug for SlackApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackApi").finish_non_exhaustive()
+    }
+}
+
+impl SlackApi {
+    /// A client for `api_url` (e.g. `https://slack.com/api`; plain `http://` works for stand-ins).
+    pub fn new(api_url: &str, bot_token: &SecretString) -> std::io::Result<SlackApi> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let connector = SlackClientHyperConnector::from(https).with_slack_api_url(api_url);
+        Ok(SlackApi {
+            client: Arc::new(SlackClient::new(connector)),
+            token: SlackApiToken::new(SlackApiTokenValue(bot_token.expose_secret().to_string())),
+        })
+    }
+
+    async fn call<T, F>(&self, what: &'static str, f: F) -> Result<T, SlackCallError>
+    where
+        F: AsyncFnOnce(SlackClientSession<'_, SlackClientHyperHttpsConnector>) -> Result<T, SlackClientError>,
+    {
+        let session = self.client.open_session(&self.token);
+        match tokio::time::timeout(CALL_TIMEOUT, f(session)).await {
+            Ok(result) => result.map_err(SlackCallError::from),
+            Err(_) => Err(SlackCallError::Unavailable(format!("{what} timed out"))),
+        }
+    }
+
+    /// Posts a message (in a thread when `thread_ts` is given); returns its `ts`.
+    #[tracing::instrument(skip(self, content))]
+    pub async fn post_message(&self, channel: &str, content: SlackMessageContent, thread_ts: Option<&str>) -> Result<String, SlackCallError> {
+        let mut req = SlackApiChatPostMessageRequest::new(channel.into(), content);
+        if let Some(ts) = thread_ts {
+            req = req.with_thread_ts(ts.into());
+        }
+        let res = self.call("chat.postMessage", async |s| s.chat_post_message(&req).await).await?;
+        Ok(res.ts.0)
+    }
+
+    #[tracing::instrument(skip(self, content))]
+    pub async fn update_message(&self, channel: &str, ts: &str, content: SlackMessageContent) -> Result<(), SlackCallError> {
+        let req = SlackApiChatUpdateRequest::new(channel.into(), content, ts.into());
+        self.call("chat.update", async |s| s.chat_update(&req).await).await.map(|_| ())
+    }
+
+    /// A message only `user` sees, in `channel`.
+    #[tracing::instrument(skip(self, text))]
+    pub async fn post_ephemeral(&self, channel: &str, user: &str, text: String) -> Result<(), SlackCallError> {
+        let req = SlackApiChatPostEphemeralRequest::new(channel.into(), user.into(), super::views::text_message(text));
+        self.call("chat.postEphemeral", async |s| s.chat_post_ephemeral(&req).await).await.map(|_| ())
+    }
+
+    #[tracing::instrument(skip(self, view))]
+    pub async fn open_view(&self, trigger_id: &str, view: SlackView) -> Result<(), SlackCallError> {
+        let req = SlackApiViewsOpenRequest::new(trigger_id.into(), view);
+        self.call("views.open", async |s| s.views_open(&req).await).await.map(|_| ())
+    }
+}

@@ -1,0 +1,257 @@
+//! Slack's requests to us: `/slack/commands`, `/slack/interactions`, `/slack/events`.
+//!
+//! Each handler verifies the signature over the raw body (the [`SlackSigned`] extractor), parses
+//! into domain types, makes at most one storage transition, and answers. Nothing here waits on
+//! Stripe, SMTP or the Slack Web API: those are jobs, or (for private "you can't do that" notes
+//! and opening the deny form, which must use the click's 3-second trigger) spawned tasks.
+
+use super::payloads::{Action, Interaction, SlashCommand};
+use super::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature};
+use super::views::{self, APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, DENY_REASON_ACTION, DENY_REASON_BLOCK};
+use crate::app::AppContext;
+use crate::domain::command::{parse_command, usage};
+use crate::domain::{Command, DecisionError, NewRequest, RequestId, UserId};
+use crate::storage::StoreError;
+use axum::Json;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::json;
+use std::sync::Arc;
+
+/// A request body whose Slack signature checked out.
+pub struct SlackSigned(pub Bytes);
+
+impl FromRequest<Arc<AppContext>> for SlackSigned {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, ctx: &Arc<AppContext>) -> Result<Self, Response> {
+        let headers = req.headers().clone();
+        // Over the limit, this answers 413 before any check.
+        let body = Bytes::from_request(req, ctx).await.map_err(IntoResponse::into_response)?;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let secret = &ctx.settings.slack.signing_secret;
+        match verify_signature(secret, header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, ctx.now().timestamp()) {
+            Ok(()) => Ok(SlackSigned(body)),
+            Err(e) => {
+                tracing::warn!(reason = %e, "refused a Slack request");
+                Err((StatusCode::UNAUTHORIZED, "invalid Slack signature").into_response())
+            }
+        }
+    }
+}
+
+fn ephemeral(text: String) -> Response {
+    Json(json!({ "response_type": "ephemeral", "text": text })).into_response()
+}
+
+/// `POST /slack/commands`
+pub async fn http_command(State(ctx): State<Arc<AppContext>>, SlackSigned(body): SlackSigned) -> Response {
+    match serde_urlencoded::from_bytes::<SlashCommand>(&body) {
+        Ok(cmd) => ephemeral(handle_command(&ctx, cmd).await),
+        Err(e) => {
+            tracing::warn!(error = %e, "unreadable slash command");
+            (StatusCode::BAD_REQUEST, "unreadable slash command").into_response()
+        }
+    }
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map(|c| c.to_uppercase().collect::<String>() + chars.as_str()).unwrap_or_default()
+}
+
+/// Answers one `/refund`, privately.
+#[tracing::instrument(skip_all, fields(slack_user = %cmd.user_id))]
+pub async fn handle_command(ctx: &AppContext, cmd: SlashCommand) -> String {
+    let Ok(user) = UserId::parse(&cmd.user_id) else {
+        return "Slack did not say who you are, so nothing was done. Try again.".into();
+    };
+    if let Some(allowed) = &ctx.settings.slack.requesters
+        && !allowed.contains(&user)
+    {
+        return "You are not on the list of people who may ask for refunds, so nothing was stored. Ask finance to add you.".into();
+    }
+    let command = match parse_command(&cmd.text) {
+        Ok(c) => c,
+        Err(e) => return format!(":warning: {}\nNothing was stored.\n\n{}", capitalised(&e.to_string()), usage()),
+    };
+    match command {
+        Command::Help => usage(),
+        Command::OpenForm => format!("The request form is not available yet; type the request on one line instead.\n\n{}", usage()),
+        Command::List | Command::Cancel(_) => {
+            "`/refund list` and `/refund cancel` are not available yet. `/refund status R-…` shows where a request stands.".into()
+        }
+        Command::Status(id) => match ctx.store.get_request(id) {
+            Ok(Some(r)) => format!("*{}*: {} on `{}`.\n{}", r.id, r.charge.as_ref().and(r.amount).map(|m| m.to_string()).unwrap_or_else(|| r.asked_text()), r.target, views::status_line(&r)),
+            Ok(None) => format!("There is no request {id}."),
+            Err(e) => {
+                tracing::error!(error = %e, "status lookup failed");
+                "The request could not be read just now. Try again in a minute.".into()
+            }
+        },
+        Command::Refund(rc) => {
+            let new = NewRequest {
+                requester: user,
+                origin_channel: cmd.channel_id.clone(),
+                target: rc.target,
+                amount: rc.amount,
+                reason: rc.reason,
+                note: rc.note,
+            };
+            match ctx.store.insert_request(new, ctx.now()).await {
+                Ok(r) => format!(
+                    "Got it: *{}*, a refund of {} on `{}` ({}). I am checking the charge at Stripe; then it goes to finance for approval. You will hear the outcome in a direct message.",
+                    r.id,
+                    r.asked_text(),
+                    r.target,
+                    r.reason.label()
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not store a request");
+                    ":x: Your request could not be saved, so nothing was stored. Try again in a minute.".into()
+                }
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct InteractionForm {
+    payload: String,
+}
+
+/// `POST /slack/interactions`
+pub async fn http_interaction(State(ctx): State<Arc<AppContext>>, SlackSigned(body): SlackSigned) -> Response {
+    let Ok(form) = serde_urlencoded::from_bytes::<InteractionForm>(&body) else {
+        return (StatusCode::BAD_REQUEST, "no payload").into_response();
+    };
+    match serde_json::from_str::<Interaction>(&form.payload) {
+        Ok(interaction) => handle_interaction(&ctx, interaction).await,
+        Err(e) => {
+            // Answering 200 keeps Slack from showing the user an error for payloads we ignore.
+            tracing::warn!(error = %e, "unreadable interaction payload");
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+#[tracing::instrument(skip_all, fields(slack_user = %interaction.user.id, kind = %interaction.kind))]
+pub async fn handle_interaction(ctx: &Arc<AppContext>, interaction: Interaction) -> Response {
+    match interaction.kind.as_str() {
+        "block_actions" => {
+            for action in &interaction.actions {
+                handle_action(ctx, &interaction, action).await;
+            }
+            StatusCode::OK.into_response()
+        }
+        "view_submission" => match &interaction.view {
+            Some(view) if view.callback_id == DENY_CALLBACK => handle_deny_submission(ctx, &interaction).await,
+            _ => StatusCode::OK.into_response(),
+        },
+        _ => StatusCode::OK.into_response(),
+    }
+}
+
+async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action: &Action) {
+    if action.action_id != APPROVE_ACTION && action.action_id != DENY_ACTION {
+        return;
+    }
+    let channel = interaction.channel_id().unwrap_or_else(|| ctx.settings.slack.finance_channel.clone());
+    let Ok(user) = UserId::parse(&interaction.user.id) else { return };
+    let Some(id) = action.value.as_deref().and_then(|v| RequestId::parse(v).ok()) else {
+        tracing::warn!(value = ?action.value, "button without a request id");
+        return;
+    };
+    let approvers = &ctx.settings.slack.approvers;
+    let now = ctx.now();
+    if action.action_id == APPROVE_ACTION {
+        let result = ctx.store.transition(id, now, |r| r.approve(&user, approvers, now).map(Some)).await;
+        match result {
+            Ok(Ok(_)) => tracing::info!(request_id = %id, "approved"),
+            Ok(Err(refusal)) => ctx.tell_privately(channel, user, refusal.to_string()),
+            Err(e) => report_store_error(ctx, channel, user, id, e),
+        }
+        return;
+    }
+    // Deny: check first, so nobody gets a form they cannot submit; then open it at once, while
+    // the click's trigger id is still valid.
+    let request = match ctx.store.get_request(id) {
+        Ok(Some(r)) => r,
+        Ok(None) => return ctx.tell_privately(channel, user, format!("There is no request {id}.")),
+        Err(e) => return report_store_error(ctx, channel, user, id, e),
+    };
+    if let Err(refusal) = request.may_decide(&user, approvers) {
+        return ctx.tell_privately(channel, user, refusal.to_string());
+    }
+    let Some(trigger) = interaction.trigger_id.clone() else { return };
+    let ctx2 = ctx.clone();
+    tokio::spawn(async move {
+        if let Err(e) = ctx2.slack.open_view(&trigger, views::deny_modal(&request)).await {
+            tracing::warn!(error = %e, request_id = %id, "could not open the deny form");
+            ctx2.tell_privately(channel, user, format!("The deny form could not be opened ({e}). Click Deny again."));
+        }
+    });
+}
+
+fn report_store_error(ctx: &Arc<AppContext>, channel: String, user: UserId, id: RequestId, e: StoreError) {
+    match e {
+        StoreError::NotFound(_) => ctx.tell_privately(channel, user, format!("There is no request {id}.")),
+        e => {
+            tracing::error!(error = %e, request_id = %id, "storage failed on a click");
+            ctx.tell_privately(channel, user, format!("{id} could not be updated just now, so nothing changed. Try again in a minute."));
+        }
+    }
+}
+
+fn view_error(block: &str, message: String) -> Response {
+    Json(json!({ "response_action": "errors", "errors": { block: message } })).into_response()
+}
+
+async fn handle_deny_submission(ctx: &Arc<AppContext>, interaction: &Interaction) -> Response {
+    let Some(view) = &interaction.view else { return StatusCode::OK.into_response() };
+    let Some(id) = views::deny_modal_request(&view.private_metadata) else {
+        return view_error(DENY_REASON_BLOCK, "This form lost track of its request; close it and click Deny again.".into());
+    };
+    let Ok(user) = UserId::parse(&interaction.user.id) else { return StatusCode::OK.into_response() };
+    let reason = view.input(DENY_REASON_BLOCK, DENY_REASON_ACTION).unwrap_or_default();
+    let approvers = &ctx.settings.slack.approvers;
+    let now = ctx.now();
+    match ctx.store.transition(id, now, |r| r.deny(&user, &reason, approvers, now).map(Some)).await {
+        // An empty 200 closes the form.
+        Ok(Ok(_)) => StatusCode::OK.into_response(),
+        Ok(Err(DecisionError::EmptyReason)) => view_error(DENY_REASON_BLOCK, "Write a reason the requester can act on.".into()),
+        Ok(Err(refusal)) => view_error(DENY_REASON_BLOCK, refusal.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, request_id = %id, "storage failed on a denial");
+            view_error(DENY_REASON_BLOCK, "The denial could not be saved just now; try again.".into())
+        }
+    }
+}
+
+/// `POST /slack/events`
+pub async fn http_events(State(ctx): State<Arc<AppContext>>, SlackSigned(body): SlackSigned) -> Response {
+    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return (StatusCode::BAD_REQUEST, "unreadable event").into_response();
+    };
+    match event["type"].as_str() {
+        Some("url_verification") => Json(json!({ "challenge": event["challenge"] })).into_response(),
+        Some("event_callback") => {
+            let event_id = event["event_id"].as_str().unwrap_or_default();
+            match ctx.store.remember_slack_event(event_id, ctx.now()).await {
+                // A retry of an event already handled: acknowledge, change nothing.
+                Ok(false) => StatusCode::OK.into_response(),
+                Ok(true) => {
+                    tracing::debug!(event_id, kind = ?event["event"]["type"].as_str(), "event received");
+                    StatusCode::OK.into_response()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record a Slack event");
+                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
+                }
+            }
+        }
+        _ => StatusCode::OK.into_response(),
+    }
+}

@@ -1,0 +1,291 @@
+//! Block Kit views: the approval card, thread replies and direct messages, the deny form.
+//! Each is a function of the stored request; no handler writes Slack JSON inline.
+
+use crate::domain::{Notice, RefundRequest, RequestId, RequestStatus};
+use chrono::{DateTime, Utc};
+use slack_morphism::prelude::*;
+
+pub const APPROVE_ACTION: &str = "refund_approve";
+pub const DENY_ACTION: &str = "refund_deny";
+pub const DENY_CALLBACK: &str = "refund_deny_modal";
+pub const DENY_REASON_BLOCK: &str = "deny_reason_block";
+pub const DENY_REASON_ACTION: &str = "deny_reason";
+
+/// A time that each reader sees in their own time zone, with a UTC fallback.
+pub fn slack_time(at: DateTime<Utc>) -> String {
+    format!(
+        "<!date^{}^{{date_short_pretty}} at {{time}}|{}>",
+        at.timestamp(),
+        at.format("%Y-%m-%d %H:%M UTC")
+    )
+}
+
+fn mention(user: &impl std::fmt::Display) -> String {
+    format!("<@{user}>")
+}
+
+/// Slack mrkdwn treats `&`, `<` and `>` as control characters; text people typed is escaped.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// The amount in words, known once Stripe has been read.
+fn amount_text(r: &RefundRequest) -> String {
+    match &r.amount {
+        Some(m) => m.to_string(),
+        None => r.asked_text(),
+    }
+}
+
+/// Who decided and where the refund stands, one line.
+pub fn status_line(r: &RefundRequest) -> String {
+    let refund = r
+        .refund
+        .as_ref()
+        .map(|f| format!(" · Stripe refund `{}`", f.id))
+        .unwrap_or_default();
+    let decision = match (&r.approved, &r.denied) {
+        (Some(d), _) => format!("Approved by {} {}", mention(&d.by), slack_time(d.at)),
+        (None, Some(d)) => format!(
+            "Denied by {} {}: {}",
+            mention(&d.by),
+            slack_time(d.at),
+            escape(r.deny_reason.as_deref().unwrap_or(""))
+        ),
+        _ => String::new(),
+    };
+    let problem = match (&r.problem, r.status) {
+        (Some(p), RequestStatus::Failed | RequestStatus::Rejected) => format!(" · {}", escape(p)),
+        _ => String::new(),
+    };
+    let sep = if decision.is_empty() { "" } else { " · " };
+    format!("*Status:* {}{sep}{decision}{refund}{problem}", r.status)
+}
+
+/// The approval card in the finance channel. Buttons only while the request waits.
+pub fn approval_card(r: &RefundRequest, now: DateTime<Utc>) -> SlackMessageContent {
+    let mut fields = vec![
+        md!("*Requested by*\n{}", mention(&r.requester)),
+        md!("*Amount*\n{}", amount_text(r)),
+        md!("*Payment*\n`{}`", r.target),
+        md!("*Reason*\n{}", r.reason.label()),
+    ];
+    if let Some(c) = &r.charge {
+        let age_days = (now - c.created).num_days();
+        fields.push(md!(
+            "*Customer*\n{}",
+            c.customer_email.as_deref().map(escape).unwrap_or_else(|| "no email on file".into())
+        ));
+        fields.push(md!("*Charged*\n{} ({} days ago)", slack_time(c.created), age_days));
+        fields.push(md!("*Still refundable*\n{} of {}", c.remaining(), c.amount));
+        if let Some(card) = &c.card {
+            fields.push(md!("*Card*\n{} •••• {}", escape(&card.brand), escape(&card.last4)));
+        }
+    }
+    let mut blocks: Vec<SlackBlock> = vec![
+        SlackHeaderBlock::new(pt!("Refund request {}", r.id)).into(),
+        SlackSectionBlock::new().with_fields(fields).into(),
+    ];
+    if let Some(note) = &r.note {
+        blocks.push(SlackSectionBlock::new().with_text(md!("*Note*\n{}", escape(note.as_str()))).into());
+    }
+    blocks.push(SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(SlackBlockMarkDownText::new(status_line(r)))]).into());
+    if r.status == RequestStatus::AwaitingApproval {
+        let value = r.id.to_string();
+        let confirm = SlackBlockConfirmItem::new(
+            pt!("Approve refund?"),
+            md!("Refund *{}* on `{}` now ({}). Stripe is called at once.", amount_text(r), r.target, r.id),
+            pt!("Approve"),
+            pt!("Cancel"),
+        )
+        .with_style("primary".to_string());
+        blocks.push(
+            SlackActionsBlock::new(vec![
+                SlackBlockButtonElement::new(pt!("Approve"))
+                    .with_action_id(APPROVE_ACTION.into())
+                    .with_value(value.clone())
+                    .with_style(SlackBlockButtonStyle::Primary)
+                    .with_confirm(confirm)
+                    .into(),
+                SlackBlockButtonElement::new(pt!("Deny"))
+                    .with_action_id(DENY_ACTION.into())
+                    .with_value(value)
+                    .with_style(SlackBlockButtonStyle::Danger)
+                    .into(),
+            ])
+            .with_block_id(format!("decide_{}", r.id).into())
+            .into(),
+        );
+    }
+    SlackMessageContent::new()
+        .with_text(format!("Refund request {} for {}: {}", r.id, amount_text(r), r.status))
+        .with_blocks(blocks)
+}
+
+/// Who reads a notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The card's thread in the finance channel.
+    Thread,
+    /// The requester, in a direct message.
+    Requester,
+}
+
+/// The words for a notice, from the request as it is now.
+pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> String {
+    let refund_id = r.refund.as_ref().map(|f| format!("`{}`", f.id)).unwrap_or_else(|| "the refund".into());
+    let what = format!("{} ({} on `{}`)", r.id, amount_text(r), r.target);
+    match (notice, audience) {
+        (Notice::Rejected, _) => format!(
+            ":warning: Your refund request {what} was not sent for approval: {}\nNothing was refunded. Fix the request and try `/refund` again.",
+            escape(r.problem.as_deref().unwrap_or("Stripe could not confirm the charge"))
+        ),
+        (Notice::Approved, _) => {
+            let by = r.approved.as_ref().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).unwrap_or_default();
+            format!(":white_check_mark: Approved by {by}. Sending the refund to Stripe.")
+        }
+        (Notice::Denied, Audience::Thread) => {
+            let by = r.denied.as_ref().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).unwrap_or_default();
+            format!(":no_entry: Denied by {by}. Reason: {}", escape(r.deny_reason.as_deref().unwrap_or("")))
+        }
+        (Notice::Denied, Audience::Requester) => {
+            let by = r.denied.as_ref().map(|d| mention(&d.by)).unwrap_or_default();
+            format!(
+                ":no_entry: Your refund request {what} was denied by {by}: {}",
+                escape(r.deny_reason.as_deref().unwrap_or(""))
+            )
+        }
+        (Notice::Submitted, _) => {
+            let status = r.refund.as_ref().map(|f| f.stripe_status.as_str()).unwrap_or("unknown");
+            format!(":outbox_tray: Submitted to Stripe as {refund_id} (Stripe says: {status}). Waiting for Stripe to confirm.")
+        }
+        (Notice::StripeStatus(s), Audience::Thread) => match s {
+            RequestStatus::Pending => format!(":hourglass_flowing_sand: Stripe reports {refund_id} pending."),
+            RequestStatus::Succeeded => format!(":tada: Stripe confirms {refund_id} of {} succeeded.", amount_text(r)),
+            RequestStatus::Failed => format!(
+                ":x: The refund failed: {}",
+                escape(r.problem.as_deref().unwrap_or("Stripe reported a failure"))
+            ),
+            RequestStatus::Canceled => format!(":heavy_minus_sign: Stripe reports {refund_id} canceled."),
+            other => format!("Status: {other}."),
+        },
+        (Notice::StripeStatus(s), Audience::Requester) => match s {
+            RequestStatus::Succeeded => format!(":tada: Your refund request {what} is done: Stripe confirms the refund succeeded."),
+            RequestStatus::Failed => format!(
+                ":x: Your refund request {what} failed at Stripe: {}",
+                escape(r.problem.as_deref().unwrap_or("Stripe reported a failure"))
+            ),
+            other => format!("Your refund request {what}: {other}."),
+        },
+        (Notice::CustomerEmailed { to }, _) => format!(":email: Confirmation emailed to the customer ({}).", escape(to)),
+        (Notice::CustomerNotEmailed { why }, _) => format!(":email: The customer was not emailed: {}", escape(why)),
+    }
+}
+
+/// A plain message with `text` as its only section.
+pub fn text_message(text: String) -> SlackMessageContent {
+    SlackMessageContent::new()
+        .with_text(text.clone())
+        .with_blocks(vec![SlackSectionBlock::new().with_text(md!("{}", text)).into()])
+}
+
+/// The form that asks an approver why they deny.
+pub fn deny_modal(r: &RefundRequest) -> SlackView {
+    SlackView::Modal(
+        SlackModalView::new(
+            pt!("Deny {}", r.id),
+            vec![
+                SlackSectionBlock::new()
+                    .with_text(md!("Deny the refund of *{}* on `{}` asked by {}?", amount_text(r), r.target, mention(&r.requester)))
+                    .into(),
+                SlackInputBlock::new(
+                    pt!("Reason (the requester will read it)"),
+                    SlackBlockPlainTextInputElement::new()
+                        .with_action_id(DENY_REASON_ACTION.into())
+                        .with_multiline(true)
+                        .with_max_length(1000)
+                        .into(),
+                )
+                .with_block_id(DENY_REASON_BLOCK.into())
+                .into(),
+            ],
+        )
+        .with_callback_id(DENY_CALLBACK.into())
+        .with_private_metadata(r.id.to_string())
+        .with_submit(pt!("Deny"))
+        .with_close(pt!("Cancel")),
+    )
+}
+
+/// The request id a deny form was opened for.
+pub fn deny_modal_request(private_metadata: &str) -> Option<RequestId> {
+    RequestId::parse(private_metadata).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::*;
+
+    fn request() -> RefundRequest {
+        let now = Utc::now();
+        let mut r = RefundRequest::new(
+            RequestId::new(1001),
+            NewRequest {
+                requester: UserId::parse("UREQ").unwrap(),
+                origin_channel: "C1".into(),
+                target: PaymentRef::parse("ch_1").unwrap(),
+                amount: AmountAsked::Full,
+                reason: RefundReason::Duplicate,
+                note: Note::parse("charged <twice> & upset").unwrap(),
+            },
+            now,
+        );
+        let usd = Currency::parse("usd").unwrap();
+        r.accept(
+            ChargeFacts {
+                charge: ChargeId::parse("ch_1").unwrap(),
+                payment_intent: None,
+                amount: Money::new(2500, usd),
+                amount_refunded: Money::new(0, usd),
+                created: now - chrono::Duration::days(3),
+                customer_email: Some("jenny@example.com".into()),
+                card: Some(CardFacts { brand: "visa".into(), last4: "4242".into() }),
+            },
+            Money::new(2500, usd),
+            now,
+        )
+        .unwrap();
+        r
+    }
+
+    fn json(content: &SlackMessageContent) -> String {
+        serde_json::to_string(content).unwrap()
+    }
+
+    #[test]
+    fn a_waiting_card_shows_the_facts_and_both_buttons() {
+        let card = json(&approval_card(&request(), Utc::now()));
+        for expected in ["R-1001", "$25.00", "jenny@example.com", "4242", "3 days ago", "refund_approve", "refund_deny", "\"confirm\"", "&lt;twice&gt; &amp;"] {
+            assert!(card.contains(expected), "missing {expected}: {card}");
+        }
+        assert_eq!(card.matches("\"value\":\"R-1001\"").count(), 2);
+    }
+
+    #[test]
+    fn a_decided_card_has_no_buttons_and_says_who_decided() {
+        let mut r = request();
+        let approver = UserId::parse("UFIN").unwrap();
+        r.approve(&approver, &Approvers::new([approver.clone()]), Utc::now()).unwrap();
+        let card = json(&approval_card(&r, Utc::now()));
+        assert!(!card.contains("refund_approve") && !card.contains("\"actions\""), "{card}");
+        assert!(card.contains("Approved by <@UFIN>"), "{card}");
+    }
+
+    #[test]
+    fn the_deny_form_carries_the_request_and_asks_for_text() {
+        let view = serde_json::to_string(&deny_modal(&request())).unwrap();
+        assert!(view.contains(DENY_CALLBACK) && view.contains(DENY_REASON_BLOCK) && view.contains("plain_text_input"), "{view}");
+        assert_eq!(deny_modal_request("R-1001"), Some(RequestId::new(1001)));
+    }
+}

@@ -1,0 +1,310 @@
+//! One handler per [`Effect`]. Every handler is safe to run twice: it first looks at what is
+//! already stored (a posted card, a recorded refund, a sent email) and the Stripe call carries
+//! an idempotency key fixed per request.
+
+use crate::app::AppContext;
+use crate::domain::{
+    AmountAsked, CardFacts, ChargeFacts, ChargeId, Currency, Effect, EmailKind, MessageRef, Money,
+    Notice, PaymentIntentId, PaymentRef, RefundId, RefundRequest, RequestId, RequestStatus,
+};
+use crate::email::{EmailError, mask_address};
+use crate::slack::SlackCallError;
+use crate::slack::views::{self, Audience};
+use crate::storage::{EmailRecord, Job, StoreError};
+use crate::stripe::{Charge, CreateRefund, StripeError};
+use chrono::DateTime;
+use std::time::Duration;
+
+/// Why a job did not finish.
+#[derive(Debug)]
+pub enum JobError {
+    /// Try again later (after the given delay, or the runner's backoff).
+    Retry { reason: String, after: Option<Duration> },
+    /// Retrying cannot help; park it for a person.
+    Permanent(String),
+}
+
+impl JobError {
+    fn retry(reason: impl ToString) -> Self {
+        JobError::Retry { reason: reason.to_string(), after: None }
+    }
+}
+
+impl From<StoreError> for JobError {
+    fn from(e: StoreError) -> Self {
+        JobError::retry(e)
+    }
+}
+
+impl From<SlackCallError> for JobError {
+    fn from(e: SlackCallError) -> Self {
+        if e.is_retryable() {
+            JobError::Retry { after: e.retry_after(), reason: e.to_string() }
+        } else {
+            JobError::Permanent(e.to_string())
+        }
+    }
+}
+
+/// The idempotency key for a request's refund: the same for every try, different across
+/// installations.
+pub fn idempotency_key(install_id: &str, id: RequestId) -> String {
+    format!("refund-desk-{install_id}-{id}")
+}
+
+pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
+    let request = ctx
+        .store
+        .get_request(job.request_id)?
+        .ok_or_else(|| JobError::Permanent(format!("{} is not stored", job.request_id)))?;
+    match &job.effect {
+        Effect::CheckPayment => check_payment(ctx, &request).await,
+        Effect::PostCard => post_card(ctx, &request).await,
+        Effect::RefreshCard => refresh_card(ctx, &request).await,
+        Effect::ThreadReply(notice) => thread_reply(ctx, &request, notice).await,
+        Effect::NotifyRequester(notice) => notify_requester(ctx, &request, notice).await,
+        Effect::CreateRefund => create_refund(ctx, &request).await,
+        Effect::EmailCustomer(kind) => email_customer(ctx, &request, *kind).await,
+    }
+}
+
+/// What Stripe said about the payment, reduced to a verdict.
+enum Verdict {
+    Refundable(ChargeFacts, Money),
+    Refused(String, Option<ChargeFacts>),
+}
+
+fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, String> {
+    let currency = Currency::parse(&charge.currency).map_err(|e| e.to_string())?;
+    let captured = if charge.amount_captured > 0 { charge.amount_captured } else { charge.amount };
+    Ok(ChargeFacts {
+        charge: ChargeId::parse(&charge.id).map_err(|e| e.to_string())?,
+        payment_intent: charge.payment_intent.as_ref().and_then(|p| PaymentIntentId::parse(p.id()).ok()),
+        amount: Money::new(captured, currency),
+        amount_refunded: Money::new(charge.amount_refunded, currency),
+        created: DateTime::from_timestamp(charge.created, 0).unwrap_or_default(),
+        customer_email: email,
+        card: charge
+            .payment_method_details
+            .as_ref()
+            .and_then(|d| d.card.as_ref())
+            .and_then(|c| Some(CardFacts { brand: c.brand.clone()?, last4: c.last4.clone()? })),
+    })
+}
+
+/// Can this charge be refunded as asked?
+fn judge(request: &RefundRequest, charge: &Charge, email: Option<String>) -> Verdict {
+    let facts = match facts_of(charge, email) {
+        Ok(f) => f,
+        Err(why) => return Verdict::Refused(format!("Stripe's answer about {} could not be read: {why}", charge.id), None),
+    };
+    let refuse = |why: String| Verdict::Refused(why, Some(facts.clone()));
+    let status = charge.status.as_deref().unwrap_or("unknown");
+    if status != "succeeded" {
+        return refuse(format!("the charge `{}` has not succeeded (Stripe says `{status}`)", charge.id));
+    }
+    if !charge.captured {
+        return refuse(format!("the charge `{}` was never captured, so there is nothing to refund; release the authorization in Stripe instead", charge.id));
+    }
+    if charge.disputed {
+        return refuse(format!("the charge `{}` is disputed; money goes back through the dispute, not a refund", charge.id));
+    }
+    let remaining = facts.remaining();
+    if charge.refunded || remaining.is_zero() {
+        return refuse(format!("the charge `{}` is already fully refunded", charge.id));
+    }
+    let amount = match &request.asked {
+        AmountAsked::Full => remaining,
+        AmountAsked::Exact(input) => match input.to_money(remaining.currency()) {
+            Ok(m) => m,
+            Err(e) => return refuse(e.to_string()),
+        },
+    };
+    if amount.minor() > remaining.minor() {
+        return refuse(format!("{amount} is more than the {remaining} still refundable on `{}`", charge.id));
+    }
+    Verdict::Refundable(facts, amount)
+}
+
+fn stripe_failure(e: StripeError, what: &str) -> Result<String, JobError> {
+    match e {
+        StripeError::NotFound(_) => Ok(format!("Stripe has no {what}; check the id")),
+        StripeError::Refused { message, .. } => Ok(format!("Stripe refused to show {what}: {message}")),
+        StripeError::Unavailable(m) => Err(JobError::retry(m)),
+        StripeError::Idempotency(m) => Err(JobError::Permanent(m)),
+    }
+}
+
+/// The customer's address: the charge's billing email, else its receipt email, else the
+/// customer's.
+async fn customer_email(ctx: &AppContext, charge: &Charge) -> Result<Option<String>, JobError> {
+    let direct = charge
+        .billing_details
+        .as_ref()
+        .and_then(|b| b.email.clone())
+        .or_else(|| charge.receipt_email.clone())
+        .filter(|e| !e.trim().is_empty());
+    if direct.is_some() {
+        return Ok(direct);
+    }
+    let Some(customer) = &charge.customer else { return Ok(None) };
+    if let crate::stripe::types::Expandable::Object(c) = customer {
+        return Ok(c.email.clone());
+    }
+    match ctx.stripe.get_customer(customer.id()).await {
+        Ok(c) if !c.deleted => Ok(c.email.filter(|e| !e.trim().is_empty())),
+        Ok(_) | Err(StripeError::NotFound(_)) => Ok(None),
+        Err(StripeError::Unavailable(m)) => Err(JobError::retry(m)),
+        Err(e) => Err(JobError::Permanent(e.to_string())),
+    }
+}
+
+async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    if request.status != RequestStatus::Requested {
+        return Ok(());
+    }
+    let charge = match &request.target {
+        PaymentRef::Charge(id) => ctx.stripe.get_charge(id.as_str()).await.map_err(|e| (e, format!("charge `{id}`"))),
+        PaymentRef::PaymentIntent(pi) => match ctx.stripe.get_payment_intent(pi.as_str()).await {
+            Err(e) => Err((e, format!("payment intent `{pi}`"))),
+            Ok(intent) => match &intent.latest_charge {
+                None => return reject(ctx, request, format!("the payment intent `{pi}` has no charge yet (Stripe says `{}`)", intent.status), None).await,
+                Some(c) => ctx.stripe.get_charge(c.id()).await.map_err(|e| (e, format!("charge `{}`", c.id()))),
+            },
+        },
+    };
+    let charge = match charge {
+        Ok(c) => c,
+        Err((e, what)) => {
+            let why = stripe_failure(e, &what)?;
+            return reject(ctx, request, why, None).await;
+        }
+    };
+    let email = customer_email(ctx, &charge).await?;
+    match judge(request, &charge, email) {
+        Verdict::Refundable(facts, amount) => {
+            let now = ctx.now();
+            ctx.store.transition(request.id, now, |r| r.accept(facts.clone(), amount, now).map(Some)).await?.ok();
+            Ok(())
+        }
+        Verdict::Refused(why, facts) => reject(ctx, request, why, facts).await,
+    }
+}
+
+async fn reject(ctx: &AppContext, request: &RefundRequest, why: String, facts: Option<ChargeFacts>) -> Result<(), JobError> {
+    let now = ctx.now();
+    let why = capitalise(&why);
+    ctx.store.transition(request.id, now, |r| r.reject(why.clone(), facts.clone(), now).map(Some)).await?.ok();
+    Ok(())
+}
+
+fn capitalise(text: &str) -> String {
+    let mut c = text.chars();
+    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+}
+
+async fn post_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    if request.card.is_some() {
+        return Ok(());
+    }
+    let channel = ctx.settings.slack.finance_channel.clone();
+    let ts = ctx.slack.post_message(&channel, views::approval_card(request, ctx.now()), None).await?;
+    let card = MessageRef { channel, ts };
+    ctx.store.update_request(request.id, |r| r.card = Some(card.clone())).await?;
+    Ok(())
+}
+
+fn card_of(request: &RefundRequest) -> Result<&MessageRef, JobError> {
+    // Jobs of one lane run in order, so the card exists unless posting it is still retrying.
+    request.card.as_ref().ok_or_else(|| JobError::retry("the approval card is not posted yet"))
+}
+
+async fn refresh_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    let card = card_of(request)?;
+    ctx.slack.update_message(&card.channel, &card.ts, views::approval_card(request, ctx.now())).await?;
+    Ok(())
+}
+
+async fn thread_reply(ctx: &AppContext, request: &RefundRequest, notice: &Notice) -> Result<(), JobError> {
+    let card = card_of(request)?;
+    let text = views::notice_text(request, notice, Audience::Thread);
+    ctx.slack.post_message(&card.channel, views::text_message(text), Some(&card.ts)).await?;
+    Ok(())
+}
+
+async fn notify_requester(ctx: &AppContext, request: &RefundRequest, notice: &Notice) -> Result<(), JobError> {
+    let text = views::notice_text(request, notice, Audience::Requester);
+    // Posting to a user id lands in the app's direct message with them.
+    ctx.slack.post_message(request.requester.as_str(), views::text_message(text), None).await?;
+    Ok(())
+}
+
+async fn create_refund(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    if request.status != RequestStatus::Approved || request.refund.is_some() {
+        return Ok(());
+    }
+    let amount = request
+        .amount
+        .ok_or_else(|| JobError::Permanent(format!("{} was approved without an amount", request.id)))?;
+    let call = CreateRefund {
+        target: request.target.clone(),
+        amount,
+        reason: request.reason.stripe_reason(),
+        request_id: request.id,
+    };
+    let key = idempotency_key(ctx.store.install_id(), request.id);
+    let now = ctx.now();
+    match ctx.stripe.create_refund(&call, &key).await {
+        Ok(refund) => {
+            let refund_id = RefundId::parse(&refund.id).map_err(|e| JobError::Permanent(e.to_string()))?;
+            let status = refund.status.unwrap_or_else(|| "pending".into());
+            // A refused transition means a webhook already moved the request on; nothing to do.
+            ctx.store.submit_refund(request.id, refund_id, &status, now).await?.ok();
+            Ok(())
+        }
+        Err(StripeError::Refused { message, .. }) | Err(StripeError::NotFound(message)) => {
+            let why = format!("Stripe refused the refund: {message}");
+            ctx.store.transition(request.id, now, |r| r.fail_submission(why.clone(), now).map(Some)).await?.ok();
+            Ok(())
+        }
+        Err(StripeError::Unavailable(m)) => Err(JobError::retry(m)),
+        Err(StripeError::Idempotency(m)) => Err(JobError::Permanent(m)),
+    }
+}
+
+async fn email_customer(ctx: &AppContext, request: &RefundRequest, kind: EmailKind) -> Result<(), JobError> {
+    if ctx.store.email_sent(request.id, kind)?.is_some() {
+        return Ok(());
+    }
+    let now = ctx.now();
+    let not_emailed = |why: &str| vec![Effect::ThreadReply(Notice::CustomerNotEmailed { why: why.to_string() })];
+    let Some(mailer) = &ctx.mailer else {
+        ctx.store.enqueue(request.id, &not_emailed("customer email is off (SMTP_URL is not set)."), now).await?;
+        return Ok(());
+    };
+    let Some(to) = request.charge.as_ref().and_then(|c| c.customer_email.clone()) else {
+        ctx.store.enqueue(request.id, &not_emailed("Stripe has no email address for this payment."), now).await?;
+        return Ok(());
+    };
+    let message_id = mailer.message_id(request, kind, ctx.store.install_id());
+    let message = match mailer.refund_succeeded(request, &to, &message_id) {
+        Ok(m) => m,
+        Err(e) => {
+            ctx.store.enqueue(request.id, &not_emailed(&e.to_string()), now).await?;
+            return Ok(());
+        }
+    };
+    match mailer.send(message).await {
+        Ok(()) => {
+            let record = EmailRecord { to: to.clone(), sent_at: now, message_id };
+            let announce = [Effect::ThreadReply(Notice::CustomerEmailed { to: mask_address(&to) })];
+            ctx.store.record_email_sent(request.id, kind, &record, &announce, now).await?;
+            Ok(())
+        }
+        Err(EmailError::Temporary(m)) => Err(JobError::retry(m)),
+        Err(e) => {
+            ctx.store.enqueue(request.id, &not_emailed(&e.to_string()), now).await?;
+            Ok(())
+        }
+    }
+}

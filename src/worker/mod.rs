@@ -1,0 +1,112 @@
+//! The job runner: takes due jobs from storage and runs them, with bounded concurrency,
+//! exponential backoff with jitter, and parking (never deletion) after the last attempt.
+
+pub mod handlers;
+
+use crate::app::AppContext;
+use crate::storage::Job;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use handlers::JobError;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// How long shutdown waits for running jobs; the rest run again at the next start.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The longest the runner sleeps without looking at the queue.
+const IDLE_WAKE: Duration = Duration::from_secs(5);
+
+/// Delay before attempt `attempts + 1`.
+fn backoff(ctx: &AppContext, attempts: u32) -> Duration {
+    let s = &ctx.settings.jobs;
+    ExponentialBuilder::default()
+        .with_min_delay(s.first_retry)
+        .with_max_delay(s.max_retry)
+        .with_jitter()
+        .with_max_times(attempts as usize + 1)
+        .build()
+        .nth(attempts.saturating_sub(1) as usize)
+        .unwrap_or(s.max_retry)
+}
+
+/// Runs jobs until `shutdown` turns true, then finishes (or leaves for next time) what runs.
+pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(ctx.settings.jobs.concurrency));
+    // Ids of jobs running now, so the same job is not started twice; guarded by a std mutex
+    // because it is never held across an await.
+    let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let jobs_added = ctx.store.jobs_added();
+    let mut tasks = JoinSet::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let now = ctx.now();
+        let snapshot = running.lock().map(|r| r.clone()).unwrap_or_default();
+        let (due, next) = match ctx.store.due_jobs(now, &snapshot) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "could not read the job queue");
+                (vec![], None)
+            }
+        };
+        for job in due {
+            let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+            if let Ok(mut r) = running.lock() {
+                r.insert(job.id);
+            }
+            tasks.spawn(run_one(ctx.clone(), job, permit, running.clone()));
+        }
+        let wait = next
+            .map(|n| (n - now).to_std().unwrap_or_default())
+            .unwrap_or(IDLE_WAKE)
+            .min(IDLE_WAKE);
+        tokio::select! {
+            _ = jobs_added.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(left = tasks.len(), "jobs still running at shutdown stay queued and run again at the next start");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn run_one(ctx: Arc<AppContext>, mut job: Job, _permit: OwnedSemaphorePermit, running: Arc<Mutex<HashSet<u64>>>) {
+    let span = tracing::info_span!("job", job_id = job.id, request_id = %job.request_id, effect = ?job.effect, attempt = job.attempts + 1);
+    let result = handlers::run(&ctx, &job).instrument(span.clone()).await;
+    let _enter = span.enter();
+    let stored = match result {
+        Ok(()) => ctx.store.complete_job(&job).await,
+        Err(error) => {
+            job.attempts += 1;
+            let (reason, after, permanent) = match error {
+                JobError::Retry { reason, after } => (reason, after, false),
+                JobError::Permanent(reason) => (reason, None, true),
+            };
+            job.last_error = Some(reason.clone());
+            if permanent || job.attempts >= ctx.settings.jobs.max_attempts {
+                job.parked = true;
+                tracing::error!(%reason, attempts = job.attempts, "job parked; it needs a person");
+            } else {
+                let delay = after.unwrap_or_else(|| backoff(&ctx, job.attempts));
+                job.not_before = ctx.now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                tracing::warn!(%reason, ?delay, "job will be retried");
+            }
+            ctx.store.reschedule_job(&job).await
+        }
+    };
+    if let Err(e) = stored {
+        tracing::error!(error = %e, "could not record a job's outcome; it will run again");
+    }
+    if let Ok(mut r) = running.lock() {
+        r.remove(&job.id);
+    }
+}
