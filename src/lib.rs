@@ -18,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod email;
 pub mod slack;
+pub mod standins;
 pub mod storage;
 pub mod stripe;
 pub mod worker;

@@ -1,0 +1,30 @@
+//! Local stand-ins for Slack's Web API, Stripe's API and an SMTP server, on loopback. The demo
+//! runs against them and so do the integration tests. They behave like the real services where
+//! refund-desk can tell: Stripe's published object shapes and error bodies, idempotency replays
+//! and conflicts, over-refund refusals; Slack's `ok: false` errors and message timestamps; a
+//! real SMTP dialogue.
+
+pub mod render;
+pub mod slack;
+pub mod smtp;
+pub mod stripe;
+
+pub use slack::FakeSlack;
+pub use smtp::SmtpSink;
+pub use stripe::{ChargeSpec, FakeStripe};
+
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns `Some`, or `deadline` passes.
+pub async fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

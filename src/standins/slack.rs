@@ -1,0 +1,187 @@
+//! A Slack Web API stand-in: `POST /api/{method}` with the bot token, answering as Slack does.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::any;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// One message the app posted (and its latest edit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Posted {
+    pub channel: String,
+    pub ts: String,
+    pub thread_ts: Option<String>,
+    pub text: String,
+    pub blocks: Value,
+    /// How many times `chat.update` edited it.
+    pub edits: usize,
+}
+
+/// A call as received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub method: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct SlackState {
+    token: String,
+    calls: Vec<Call>,
+    messages: Vec<Posted>,
+    ephemerals: Vec<Value>,
+    views: Vec<Value>,
+    next_ts: u64,
+    /// Answers to give instead of the normal one, per method, in order (429s, errors).
+    faults: Vec<(String, u16, Value)>,
+}
+
+#[derive(Clone)]
+pub struct FakeSlack {
+    pub url: String,
+    state: Arc<Mutex<SlackState>>,
+}
+
+impl FakeSlack {
+    /// Starts on 127.0.0.1, accepting `token` as the bot token.
+    pub async fn start(token: &str) -> std::io::Result<FakeSlack> {
+        let state = Arc::new(Mutex::new(SlackState { token: token.to_string(), next_ts: 1, ..Default::default() }));
+        let app = Router::new().route("/api/{method}", any(handle)).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/api", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(FakeSlack { url, state })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlackState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next call to `method` gets HTTP `status` with `body` (e.g. 429, or `ok: false`).
+    pub fn fail_next(&self, method: &str, status: u16, body: Value) {
+        self.lock().faults.push((method.to_string(), status, body));
+    }
+
+    pub fn calls(&self, method: &str) -> Vec<Call> {
+        self.lock().calls.iter().filter(|c| c.method == method).cloned().collect()
+    }
+
+    /// Top-level messages in a channel (not thread replies).
+    pub fn messages_in(&self, channel: &str) -> Vec<Posted> {
+        self.lock().messages.iter().filter(|m| m.channel == channel && m.thread_ts.is_none()).cloned().collect()
+    }
+
+    /// Replies in the thread under `ts`, oldest first.
+    pub fn thread(&self, ts: &str) -> Vec<Posted> {
+        self.lock().messages.iter().filter(|m| m.thread_ts.as_deref() == Some(ts)).cloned().collect()
+    }
+
+    pub fn message(&self, ts: &str) -> Option<Posted> {
+        self.lock().messages.iter().find(|m| m.ts == ts).cloned()
+    }
+
+    /// Ephemeral messages, as `{channel, user, text}`.
+    pub fn ephemerals(&self) -> Vec<Value> {
+        self.lock().ephemerals.clone()
+    }
+
+    /// Views opened with `views.open`, as `{trigger_id, view}`.
+    pub fn views_opened(&self) -> Vec<Value> {
+        self.lock().views.clone()
+    }
+}
+
+fn slack_error(code: &str) -> Value {
+    json!({ "ok": false, "error": code })
+}
+
+fn text_of(body: &Value) -> String {
+    body["text"].as_str().unwrap_or_default().to_string()
+}
+
+async fn handle(State(state): State<Arc<Mutex<SlackState>>>, Path(method): Path<String>, headers: HeaderMap, body: String) -> (axum::http::StatusCode, HeaderMap, Json<Value>) {
+    let json_body = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.contains("json"));
+    let body: Value = if json_body {
+        serde_json::from_str(&body).unwrap_or(Value::Null)
+    } else {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&body).unwrap_or_default();
+        Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+    };
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    s.calls.push(Call { method: method.clone(), body: body.clone() });
+    let mut out_headers = HeaderMap::new();
+    let ok = axum::http::StatusCode::OK;
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if bearer != format!("Bearer {}", s.token) {
+        return (ok, out_headers, Json(slack_error(if bearer.is_empty() { "not_authed" } else { "invalid_auth" })));
+    }
+    if let Some(i) = s.faults.iter().position(|(m, _, _)| *m == method) {
+        let (_, status, fault) = s.faults.remove(i);
+        if status == 429 {
+            out_headers.insert("retry-after", "1".parse().expect("static header"));
+        }
+        let status = axum::http::StatusCode::from_u16(status).unwrap_or(ok);
+        return (status, out_headers, Json(fault));
+    }
+    let answer = match method.as_str() {
+        "auth.test" => json!({ "ok": true, "url": "https://example.slack.com/", "team": "Example", "user": "refund-desk", "team_id": "T00000001", "user_id": "U0BOT0001", "bot_id": "B00000001" }),
+        "chat.postMessage" => {
+            let Some(channel) = body["channel"].as_str().filter(|c| !c.is_empty()) else {
+                return (ok, out_headers, Json(slack_error("channel_not_found")));
+            };
+            if text_of(&body).is_empty() && body["blocks"].is_null() {
+                return (ok, out_headers, Json(slack_error("no_text")));
+            }
+            let ts = format!("1700000000.{:06}", s.next_ts);
+            s.next_ts += 1;
+            let posted = Posted {
+                channel: channel.to_string(),
+                ts: ts.clone(),
+                thread_ts: body["thread_ts"].as_str().map(str::to_string),
+                text: text_of(&body),
+                blocks: body["blocks"].clone(),
+                edits: 0,
+            };
+            s.messages.push(posted);
+            json!({ "ok": true, "channel": channel, "ts": ts,
+                    "message": { "type": "message", "text": text_of(&body), "user": "U0BOT0001", "bot_id": "B00000001", "ts": ts } })
+        }
+        "chat.update" => {
+            let (channel, ts) = (body["channel"].as_str().unwrap_or_default(), body["ts"].as_str().unwrap_or_default());
+            match s.messages.iter_mut().find(|m| m.channel == channel && m.ts == ts) {
+                None => slack_error("message_not_found"),
+                Some(m) => {
+                    m.text = text_of(&body);
+                    m.blocks = body["blocks"].clone();
+                    m.edits += 1;
+                    json!({ "ok": true, "channel": channel, "ts": ts, "text": m.text,
+                            "message": { "text": m.text, "user": "U0BOT0001", "bot_id": "B00000001" } })
+                }
+            }
+        }
+        "chat.postEphemeral" => {
+            s.ephemerals.push(json!({ "channel": body["channel"], "user": body["user"], "text": body["text"] }));
+            json!({ "ok": true, "message_ts": format!("1700000000.{:06}", 900_000 + s.ephemerals.len()) })
+        }
+        "views.open" => {
+            let Some(trigger) = body["trigger_id"].as_str().filter(|t| !t.is_empty()) else {
+                return (ok, out_headers, Json(slack_error("invalid_trigger_id")));
+            };
+            s.views.push(json!({ "trigger_id": trigger, "view": body["view"] }));
+            let mut view = body["view"].clone();
+            for (k, v) in [("id", "V0000001"), ("team_id", "T00000001"), ("hash", "1700000000.abc"), ("app_id", "A00000001"), ("bot_id", "B00000001")] {
+                view[k] = Value::String(v.into());
+            }
+            view["state"] = json!({ "values": {} });
+            json!({ "ok": true, "view": view })
+        }
+        _ => slack_error("unknown_method"),
+    };
+    (ok, out_headers, Json(answer))
+}

@@ -1,0 +1,470 @@
+//! A Stripe API stand-in. It answers with the objects Stripe publishes
+//! (`tests/fixtures/stripe/objects.json`, from stripe/openapi) with ids, amounts and statuses
+//! adjusted; it keeps state (charges, refunds, amounts refunded); it honours `Idempotency-Key`
+//! as Stripe does (same parameters: the saved answer again; other parameters: an
+//! `idempotency_error`); it refuses over-refunds with Stripe's codes and messages; it can be
+//! told to fail; and it can send signed webhooks like Stripe.
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+const OBJECTS: &str = include_str!("../../tests/fixtures/stripe/objects.json");
+
+fn template(name: &str) -> Value {
+    let all: Value = serde_json::from_str(OBJECTS).expect("the fixture file is valid JSON");
+    all[name].clone()
+}
+
+/// A charge to seed.
+#[derive(Debug, Clone)]
+pub struct ChargeSpec {
+    pub amount: u64,
+    pub currency: String,
+    pub billing_email: Option<String>,
+    pub receipt_email: Option<String>,
+    /// Creates a customer with this email and links it.
+    pub customer_email: Option<String>,
+    pub captured: bool,
+    pub disputed: bool,
+    pub amount_refunded: u64,
+    /// Also creates a payment intent whose latest charge this is.
+    pub with_payment_intent: bool,
+    pub created_days_ago: i64,
+}
+
+impl Default for ChargeSpec {
+    fn default() -> Self {
+        ChargeSpec {
+            amount: 2500,
+            currency: "usd".into(),
+            billing_email: Some("jenny.rosen@example.com".into()),
+            receipt_email: None,
+            customer_email: None,
+            captured: true,
+            disputed: false,
+            amount_refunded: 0,
+            with_payment_intent: false,
+            created_days_ago: 2,
+        }
+    }
+}
+
+/// A request Stripe received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub form: Vec<(String, String)>,
+    pub idempotency_key: Option<String>,
+    pub stripe_version: Option<String>,
+}
+
+impl Received {
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+/// How the next `POST /v1/refunds` misbehaves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Answer this status with Stripe's error body, without doing anything.
+    Status(u16),
+}
+
+struct StripeState {
+    api_key: String,
+    charges: HashMap<String, Value>,
+    intents: HashMap<String, Value>,
+    customers: HashMap<String, Value>,
+    refunds: BTreeMap<String, Value>,
+    /// Idempotency key → (parameters, status, body) of the first answer.
+    saved: HashMap<String, (Vec<(String, String)>, u16, Value)>,
+    received: Vec<Received>,
+    refund_faults: VecDeque<Fault>,
+    /// Status of a new refund, as Stripe first reports it.
+    initial_refund_status: String,
+    counter: u64,
+    webhook: Option<(String, String)>,
+    events_sent: Vec<Value>,
+}
+
+#[derive(Clone)]
+pub struct FakeStripe {
+    pub url: String,
+    state: Arc<Mutex<StripeState>>,
+    http: reqwest::Client,
+}
+
+fn error(status: u16, kind: &str, code: Option<&str>, message: &str, param: Option<&str>) -> Response {
+    let mut body = json!({ "error": { "type": kind, "message": message } });
+    if let Some(code) = code {
+        body["error"]["code"] = code.into();
+        body["error"]["doc_url"] = format!("https://stripe.com/docs/error-codes/{}", code.replace('_', "-")).into();
+    }
+    if let Some(param) = param {
+        body["error"]["param"] = param.into();
+    }
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    (status, [("request-id", "req_standin")], axum::Json(body)).into_response()
+}
+
+fn no_such(kind: &str, id: &str) -> Response {
+    error(404, "invalid_request_error", Some("resource_missing"), &format!("No such {kind}: '{id}'"), Some("id"))
+}
+
+fn format_amount(minor: u64, currency: &str) -> String {
+    crate::domain::Currency::parse(currency)
+        .map(|c| crate::domain::Money::new(minor, c).to_string())
+        .unwrap_or_else(|_| minor.to_string())
+}
+
+impl FakeStripe {
+    /// Starts on 127.0.0.1, accepting `api_key`.
+    pub async fn start(api_key: &str) -> std::io::Result<FakeStripe> {
+        let state = Arc::new(Mutex::new(StripeState {
+            api_key: api_key.to_string(),
+            charges: HashMap::new(),
+            intents: HashMap::new(),
+            customers: HashMap::new(),
+            refunds: BTreeMap::new(),
+            saved: HashMap::new(),
+            received: vec![],
+            refund_faults: VecDeque::new(),
+            initial_refund_status: "pending".into(),
+            counter: 0,
+            webhook: None,
+            events_sent: vec![],
+        }));
+        let app = Router::new()
+            .route("/v1/charges/{id}", get(get_charge))
+            .route("/v1/payment_intents/{id}", get(get_intent))
+            .route("/v1/customers/{id}", get(get_customer))
+            .route("/v1/refunds", post(create_refund))
+            .route("/v1/refunds/{id}", get(get_refund))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(FakeStripe { url, state, http: reqwest::Client::new() })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, StripeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a charge (and its customer and payment intent, if asked); returns its id and the
+    /// payment intent's id.
+    pub fn add_charge(&self, spec: ChargeSpec) -> (String, Option<String>) {
+        let mut s = self.lock();
+        s.counter += 1;
+        let n = s.counter;
+        let id = format!("ch_3Standin{n:08}");
+        let created = chrono::Utc::now().timestamp() - spec.created_days_ago * 86_400;
+        let mut charge = template("charge");
+        charge["id"] = id.clone().into();
+        charge["amount"] = spec.amount.into();
+        charge["amount_captured"] = if spec.captured { spec.amount } else { 0 }.into();
+        charge["captured"] = spec.captured.into();
+        charge["amount_refunded"] = spec.amount_refunded.into();
+        charge["refunded"] = (spec.amount_refunded >= spec.amount).into();
+        charge["currency"] = spec.currency.clone().into();
+        charge["created"] = created.into();
+        charge["status"] = "succeeded".into();
+        charge["paid"] = true.into();
+        charge["disputed"] = spec.disputed.into();
+        charge["billing_details"]["email"] = spec.billing_email.clone().into();
+        charge["receipt_email"] = spec.receipt_email.clone().into();
+        charge["refunds"] = json!({ "object": "list", "data": [], "has_more": false, "url": format!("/v1/charges/{id}/refunds") });
+        if let Some(email) = &spec.customer_email {
+            let mut customer = template("customer");
+            let cus = format!("cus_Standin{n:08}");
+            customer["id"] = cus.clone().into();
+            customer["email"] = email.clone().into();
+            s.customers.insert(cus.clone(), customer);
+            charge["customer"] = cus.into();
+        }
+        let mut pi_id = None;
+        if spec.with_payment_intent {
+            let pi = format!("pi_3Standin{n:08}");
+            let mut intent = template("payment_intent");
+            intent["id"] = pi.clone().into();
+            intent["amount"] = spec.amount.into();
+            intent["amount_received"] = spec.amount.into();
+            intent["currency"] = spec.currency.clone().into();
+            intent["status"] = "succeeded".into();
+            intent["latest_charge"] = id.clone().into();
+            intent["canceled_at"] = Value::Null;
+            intent["last_payment_error"] = Value::Null;
+            charge["payment_intent"] = pi.clone().into();
+            s.intents.insert(pi.clone(), intent);
+            pi_id = Some(pi);
+        }
+        s.charges.insert(id.clone(), charge);
+        (id, pi_id)
+    }
+
+    /// Every request received, in order.
+    pub fn received(&self) -> Vec<Received> {
+        self.lock().received.clone()
+    }
+
+    /// The `POST /v1/refunds` requests received.
+    pub fn refund_posts(&self) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.method == "POST" && r.path == "/v1/refunds").collect()
+    }
+
+    /// Refunds that exist (each one money actually sent back).
+    pub fn refunds(&self) -> Vec<Value> {
+        self.lock().refunds.values().cloned().collect()
+    }
+
+    pub fn charge(&self, id: &str) -> Option<Value> {
+        self.lock().charges.get(id).cloned()
+    }
+
+    /// The next `POST /v1/refunds` misbehaves as `fault`.
+    pub fn fail_next_refund(&self, fault: Fault) {
+        self.lock().refund_faults.push_back(fault);
+    }
+
+    /// Sets the status a new refund starts in (Stripe says `pending` or `succeeded`).
+    pub fn set_initial_refund_status(&self, status: &str) {
+        self.lock().initial_refund_status = status.into();
+    }
+
+    /// Sends webhooks to `url`, signed with `secret`, as Stripe does.
+    pub fn send_webhooks_to(&self, url: &str, secret: &str) {
+        self.lock().webhook = Some((url.to_string(), secret.to_string()));
+    }
+
+    /// Events sent so far.
+    pub fn events_sent(&self) -> Vec<Value> {
+        self.lock().events_sent.clone()
+    }
+
+    /// Moves a refund to `status` (and `failure_reason`) and returns the event Stripe would send.
+    pub fn refund_event(&self, refund_id: &str, kind: &str, status: &str, failure_reason: Option<&str>) -> Option<Value> {
+        let mut s = self.lock();
+        let refund = s.refunds.get_mut(refund_id)?;
+        refund["status"] = status.into();
+        refund["failure_reason"] = failure_reason.map(Value::from).unwrap_or(Value::Null);
+        let refund = refund.clone();
+        // The charge embeds its refunds; keep that copy in step, as Stripe does.
+        if let Some(charge) = refund["charge"].as_str().and_then(|c| s.charges.get_mut(c))
+            && let Some(list) = charge["refunds"]["data"].as_array_mut()
+        {
+            for r in list.iter_mut().filter(|r| r["id"] == refund["id"]) {
+                *r = refund.clone();
+            }
+        }
+        s.counter += 1;
+        let object = if kind.starts_with("charge.") && kind != "charge.refund.updated" {
+            let charge_id = refund["charge"].as_str().unwrap_or_default().to_string();
+            s.charges.get(&charge_id).cloned().unwrap_or(Value::Null)
+        } else {
+            refund
+        };
+        let mut event = template("event");
+        event["id"] = format!("evt_Standin{:08}", s.counter).into();
+        event["type"] = kind.into();
+        event["created"] = chrono::Utc::now().timestamp().into();
+        event["api_version"] = crate::stripe::client::API_VERSION.into();
+        event["data"] = json!({ "object": object });
+        Some(event)
+    }
+
+    /// Sends `event` to the configured webhook endpoint, signed; returns the HTTP status.
+    pub async fn deliver(&self, event: &Value) -> Result<u16, String> {
+        let (url, secret) = self.lock().webhook.clone().ok_or("no webhook endpoint configured")?;
+        let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
+        let signature = crate::stripe::webhook::sign(&body, &secret, chrono::Utc::now().timestamp());
+        let response = self
+            .http
+            .post(url)
+            .header("content-type", "application/json; charset=utf-8")
+            .header("stripe-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.lock().events_sent.push(event.clone());
+        Ok(response.status().as_u16())
+    }
+}
+
+fn authorised(s: &StripeState, headers: &HeaderMap) -> Result<(), Response> {
+    let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if bearer == format!("Bearer {}", s.api_key) {
+        Ok(())
+    } else {
+        Err(error(401, "invalid_request_error", None, "Invalid API Key provided: sk_test_********", None))
+    }
+}
+
+fn record(s: &mut StripeState, method: &str, path: String, headers: &HeaderMap, form: Vec<(String, String)>) {
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    s.received.push(Received {
+        method: method.into(),
+        path,
+        form,
+        idempotency_key: header("idempotency-key"),
+        stripe_version: header("stripe-version"),
+    });
+}
+
+type Shared = State<Arc<Mutex<StripeState>>>;
+
+fn lookup(state: &Arc<Mutex<StripeState>>, headers: &HeaderMap, path: String, kind: &str, id: &str, pick: fn(&StripeState) -> &HashMap<String, Value>) -> Response {
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    record(&mut s, "GET", path, headers, vec![]);
+    if let Err(r) = authorised(&s, headers) {
+        return r;
+    }
+    match pick(&s).get(id) {
+        Some(v) => axum::Json(v.clone()).into_response(),
+        None => no_such(kind, id),
+    }
+}
+
+async fn get_charge(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    lookup(&st, &headers, format!("/v1/charges/{id}"), "charge", &id, |s| &s.charges)
+}
+async fn get_intent(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    lookup(&st, &headers, format!("/v1/payment_intents/{id}"), "payment_intent", &id, |s| &s.intents)
+}
+async fn get_customer(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    lookup(&st, &headers, format!("/v1/customers/{id}"), "customer", &id, |s| &s.customers)
+}
+async fn get_refund(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    record(&mut s, "GET", format!("/v1/refunds/{id}"), &headers, vec![]);
+    if let Err(r) = authorised(&s, &headers) {
+        return r;
+    }
+    match s.refunds.get(&id) {
+        Some(v) => axum::Json(v.clone()).into_response(),
+        None => no_such("refund", &id),
+    }
+}
+
+async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> Response {
+    let form: Vec<(String, String)> = serde_urlencoded::from_str(&body).unwrap_or_default();
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    record(&mut s, "POST", "/v1/refunds".into(), &headers, form.clone());
+    if let Err(r) = authorised(&s, &headers) {
+        return r;
+    }
+    if let Some(Fault::Status(status)) = s.refund_faults.pop_front() {
+        let kind = if status == 429 { "rate_limit_error" } else { "api_error" };
+        let code = (status == 429).then_some("rate_limit");
+        return error(status, kind, code, "An error occurred with our connection to Stripe. Request was retried 0 times.", None);
+    }
+    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(key) = &key
+        && let Some((params, status, saved)) = s.saved.get(key)
+    {
+        if *params != form {
+            return error(
+                400,
+                "idempotency_error",
+                None,
+                &format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."),
+                None,
+            );
+        }
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+        return (status, [("idempotent-replayed", "true")], axum::Json(saved.clone())).into_response();
+    }
+    let (response_status, response) = apply_refund(&mut s, &form);
+    if let Some(key) = key {
+        s.saved.insert(key, (form, response_status, response.clone()));
+    }
+    let status = StatusCode::from_u16(response_status).unwrap_or(StatusCode::OK);
+    (status, [("request-id", "req_standin")], axum::Json(response)).into_response()
+}
+
+/// Creates the refund if Stripe would; returns (status, body).
+fn apply_refund(s: &mut StripeState, form: &[(String, String)]) -> (u16, Value) {
+    let param = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let refuse = |status: u16, code: Option<&str>, message: String, param: Option<&str>| {
+        let mut body = json!({ "error": { "type": "invalid_request_error", "message": message } });
+        if let Some(c) = code {
+            body["error"]["code"] = c.into();
+        }
+        if let Some(p) = param {
+            body["error"]["param"] = p.into();
+        }
+        (status, body)
+    };
+    let charge_id = match (param("charge"), param("payment_intent")) {
+        (Some(c), None) => c,
+        (None, Some(pi)) => match s.intents.get(&pi).and_then(|i| i["latest_charge"].as_str().map(str::to_string)) {
+            Some(c) => c,
+            None => return refuse(400, Some("resource_missing"), format!("No such payment_intent: '{pi}'"), Some("payment_intent")),
+        },
+        _ => return refuse(400, Some("parameter_missing"), "You must pass either a charge or a payment_intent.".into(), None),
+    };
+    if let Some(reason) = param("reason")
+        && !["duplicate", "fraudulent", "requested_by_customer"].contains(&reason.as_str())
+    {
+        return refuse(400, Some("parameter_invalid_string"), "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer".into(), Some("reason"));
+    }
+    let Some(charge) = s.charges.get(&charge_id).cloned() else {
+        return refuse(400, Some("resource_missing"), format!("No such charge: '{charge_id}'"), Some("charge"));
+    };
+    let currency = charge["currency"].as_str().unwrap_or("usd").to_string();
+    let captured = charge["amount_captured"].as_u64().unwrap_or(0);
+    let refunded = charge["amount_refunded"].as_u64().unwrap_or(0);
+    let remaining = captured.saturating_sub(refunded);
+    if charge["disputed"].as_bool() == Some(true) {
+        return refuse(400, Some("charge_disputed"), format!("Charge {charge_id} has been charged back; cannot issue a refund."), None);
+    }
+    if remaining == 0 {
+        return refuse(400, Some("charge_already_refunded"), format!("Charge {charge_id} has already been refunded."), None);
+    }
+    let amount = match param("amount").map(|a| a.parse::<u64>()) {
+        None => remaining,
+        Some(Ok(a)) if a > 0 => a,
+        Some(_) => return refuse(400, Some("parameter_invalid_integer"), "Invalid positive integer".into(), Some("amount")),
+    };
+    if amount > remaining {
+        return refuse(
+            400,
+            Some("amount_too_large"),
+            format!("Refund amount ({}) is greater than unrefunded amount on charge ({})", format_amount(amount, &currency), format_amount(remaining, &currency)),
+            Some("amount"),
+        );
+    }
+    s.counter += 1;
+    let id = format!("re_3Standin{:08}", s.counter);
+    let metadata: serde_json::Map<String, Value> = form
+        .iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix("metadata[")?.strip_suffix(']')?.to_string(), Value::String(v.clone()))))
+        .collect();
+    let mut refund = template("refund");
+    refund["id"] = id.clone().into();
+    refund["amount"] = amount.into();
+    refund["charge"] = charge_id.clone().into();
+    refund["payment_intent"] = charge["payment_intent"].clone();
+    refund["currency"] = currency.into();
+    refund["created"] = chrono::Utc::now().timestamp().into();
+    refund["metadata"] = Value::Object(metadata);
+    refund["reason"] = param("reason").map(Value::from).unwrap_or(Value::Null);
+    refund["status"] = s.initial_refund_status.clone().into();
+    s.refunds.insert(id, refund.clone());
+    if let Some(c) = s.charges.get_mut(&charge_id) {
+        c["amount_refunded"] = (refunded + amount).into();
+        c["refunded"] = (refunded + amount >= captured).into();
+        if let Some(list) = c["refunds"]["data"].as_array_mut() {
+            list.insert(0, refund.clone());
+        }
+    }
+    (200, refund)
+}
