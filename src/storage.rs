@@ -610,4 +610,34 @@ mod tests {
         let again = store.apply_stripe_event("evt_1", &[update], Utc::now()).await.unwrap();
         assert_eq!(again, EventOutcome::Duplicate);
     }
+
+    #[tokio::test]
+    async fn a_webhook_faster_than_stripes_answer_is_matched_by_metadata_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
+        let usd = crate::domain::Currency::parse("usd").unwrap();
+        let facts = crate::domain::ChargeFacts {
+            charge: crate::domain::ChargeId::parse("ch_1").unwrap(),
+            payment_intent: None,
+            amount: Money::new(2500, usd),
+            amount_refunded: Money::new(0, usd),
+            created: Utc::now(),
+            customer_email: None,
+            card: None,
+        };
+        let approver = UserId::parse("UFIN").unwrap();
+        let approvers = crate::domain::Approvers::new([approver.clone()]);
+        let now = Utc::now();
+        store.transition(id, now, |r| r.accept(facts.clone(), Money::new(2500, usd), now).map(Some)).await.unwrap().unwrap();
+        store.transition(id, now, |r| r.approve(&approver, &approvers, now).map(Some)).await.unwrap().unwrap();
+        let refund = RefundId::parse("re_1").unwrap();
+        let update = RefundUpdate { refund: refund.clone(), status: "succeeded".into(), failure_reason: None, request_hint: Some(id) };
+        let outcome = store.apply_stripe_event("evt_1", &[update], now).await.unwrap();
+        assert_eq!(outcome, EventOutcome::Applied(vec![RefundOutcome::Moved(id, RequestStatus::Succeeded)]));
+        // Stripe's answer to the refund call arrives afterwards and moves nothing back.
+        let after = store.submit_refund(id, refund, "pending", now).await.unwrap().unwrap();
+        assert_eq!(after.status, RequestStatus::Succeeded);
+        assert_eq!(after.refund.unwrap().id.as_str(), "re_1");
+    }
 }

@@ -4,6 +4,7 @@
 //! and conflicts, over-refund refusals; Slack's `ok: false` errors and message timestamps; a
 //! real SMTP dialogue.
 
+pub mod driver;
 pub mod render;
 pub mod slack;
 pub mod smtp;

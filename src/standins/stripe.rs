@@ -88,6 +88,8 @@ struct StripeState {
     saved: HashMap<String, (Vec<(String, String)>, u16, Value)>,
     received: Vec<Received>,
     refund_faults: VecDeque<Fault>,
+    /// While set, every `POST /v1/refunds` gets a 503 and changes nothing.
+    refunds_down: bool,
     /// Status of a new refund, as Stripe first reports it.
     initial_refund_status: String,
     counter: u64,
@@ -128,6 +130,7 @@ fn format_amount(minor: u64, currency: &str) -> String {
 impl FakeStripe {
     /// Starts on 127.0.0.1, accepting `api_key`.
     pub async fn start(api_key: &str) -> std::io::Result<FakeStripe> {
+        crate::app::install_crypto_provider();
         let state = Arc::new(Mutex::new(StripeState {
             api_key: api_key.to_string(),
             charges: HashMap::new(),
@@ -137,6 +140,7 @@ impl FakeStripe {
             saved: HashMap::new(),
             received: vec![],
             refund_faults: VecDeque::new(),
+            refunds_down: false,
             initial_refund_status: "pending".into(),
             counter: 0,
             webhook: None,
@@ -232,6 +236,11 @@ impl FakeStripe {
     /// The next `POST /v1/refunds` misbehaves as `fault`.
     pub fn fail_next_refund(&self, fault: Fault) {
         self.lock().refund_faults.push_back(fault);
+    }
+
+    /// While `down`, refunds fail with 503 and nothing is applied.
+    pub fn set_refunds_down(&self, down: bool) {
+        self.lock().refunds_down = down;
     }
 
     /// Sets the status a new refund starts in (Stripe says `pending` or `succeeded`).
@@ -361,7 +370,8 @@ async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> R
     if let Err(r) = authorised(&s, &headers) {
         return r;
     }
-    if let Some(Fault::Status(status)) = s.refund_faults.pop_front() {
+    let fault = if s.refunds_down { Some(Fault::Status(503)) } else { s.refund_faults.pop_front() };
+    if let Some(Fault::Status(status)) = fault {
         let kind = if status == 429 { "rate_limit_error" } else { "api_error" };
         let code = (status == 429).then_some("rate_limit");
         return error(status, kind, code, "An error occurred with our connection to Stripe. Request was retried 0 times.", None);

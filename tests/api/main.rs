@@ -1,1 +1,10 @@
+//! Integration tests: the real service over HTTP, against the Slack, Stripe and SMTP stand-ins
+//! on loopback, with a real sled database in a temporary directory.
 
+mod decisions;
+mod happy_path;
+mod helpers;
+mod restart;
+mod signatures;
+mod validation;
+mod webhooks;

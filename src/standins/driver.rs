@@ -1,0 +1,146 @@
+//! Plays Slack's part towards refund-desk: signs and sends slash commands, button clicks and
+//! form submissions in the shapes Slack uses, and builds settings that point a desk at the
+//! stand-ins.
+
+use crate::config::{JobSettings, Settings, Sources};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The secrets and ids the stand-ins and the desk share.
+pub const SIGNING_SECRET: &str = "standin-signing-secret";
+pub const BOT_TOKEN: &str = "xoxb-standin-bot-token";
+pub const STRIPE_KEY: &str = "sk_test_standin_key";
+pub const WEBHOOK_SECRET: &str = "whsec_standin_webhook_secret";
+pub const FINANCE_CHANNEL: &str = "C0FINANCE1";
+pub const EMAIL_FROM: &str = "Acme Billing <billing@acme.example>";
+
+/// Settings for a desk on port 0 that talks to the given stand-ins.
+pub fn desk_settings(slack_url: &str, stripe_url: &str, smtp_url: Option<&str>, data_dir: &Path, approvers: &str, jobs: JobSettings) -> Settings {
+    let mut vars: HashMap<&str, String> = HashMap::from([
+        ("REFUND_DESK_LISTEN", "127.0.0.1:0".to_string()),
+        ("REFUND_DESK_DATA_DIR", data_dir.display().to_string()),
+        ("SLACK_SIGNING_SECRET", SIGNING_SECRET.to_string()),
+        ("SLACK_BOT_TOKEN", BOT_TOKEN.to_string()),
+        ("SLACK_API_URL", slack_url.to_string()),
+        ("SLACK_FINANCE_CHANNEL", FINANCE_CHANNEL.to_string()),
+        ("SLACK_APPROVERS", approvers.to_string()),
+        ("STRIPE_SECRET_KEY", STRIPE_KEY.to_string()),
+        ("STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET.to_string()),
+        ("STRIPE_API_URL", stripe_url.to_string()),
+    ]);
+    if let Some(url) = smtp_url {
+        vars.insert("SMTP_URL", url.to_string());
+        vars.insert("EMAIL_FROM", EMAIL_FROM.to_string());
+    }
+    let sources = Sources::from_lookup(|name| vars.get(name).cloned()).expect("no config file is named");
+    let mut settings = Settings::from_sources(&sources).expect("the stand-in settings are complete");
+    settings.jobs = jobs;
+    settings
+}
+
+/// Sends signed requests to a desk as Slack would.
+#[derive(Clone)]
+pub struct SlackDriver {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl SlackDriver {
+    pub fn new(base: String) -> Self {
+        crate::app::install_crypto_provider();
+        SlackDriver { base, http: reqwest::Client::new() }
+    }
+
+    /// Posts `body` to `path`, signed at `timestamp` with `secret` (or unsigned when `None`).
+    pub async fn post_signed(&self, path: &str, content_type: &str, body: String, signature: Option<(&str, i64)>) -> reqwest::Response {
+        let mut req = self.http.post(format!("{}{path}", self.base)).header("content-type", content_type);
+        if let Some((secret, ts)) = signature {
+            req = req
+                .header("x-slack-request-timestamp", ts.to_string())
+                .header("x-slack-signature", crate::slack::verify::sign(secret, ts, body.as_bytes()));
+        }
+        req.body(body).send().await.expect("the desk answers")
+    }
+
+    async fn post(&self, path: &str, content_type: &str, body: String) -> reqwest::Response {
+        self.post_signed(path, content_type, body, Some((SIGNING_SECRET, chrono::Utc::now().timestamp()))).await
+    }
+
+    /// The form body of `/refund <text>` typed by `user`.
+    pub fn command_body(user: &str, text: &str) -> String {
+        serde_urlencoded::to_string([
+            ("token", "gIkuvaNzQIHg97ATvDxqgjtO"),
+            ("team_id", "T00000001"),
+            ("team_domain", "acme"),
+            ("channel_id", "C0SUPPORT1"),
+            ("channel_name", "support"),
+            ("user_id", user),
+            ("user_name", "someone"),
+            ("command", "/refund"),
+            ("text", text),
+            ("api_app_id", "A00000001"),
+            ("response_url", "https://hooks.slack.com/commands/T00000001/1/abc"),
+            ("trigger_id", "13345224609.738474920.8088930838d88f008e0"),
+        ])
+        .expect("static form")
+    }
+
+    /// `/refund <text>` as `user`; returns the HTTP status and the JSON answer.
+    pub async fn slash(&self, user: &str, text: &str) -> (u16, Value) {
+        let response = self.post("/slack/commands", "application/x-www-form-urlencoded", Self::command_body(user, text)).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The `payload` of a button click on the card at `card_ts`.
+    pub fn click_payload(user: &str, action_id: &str, request_id: &str, card_ts: &str) -> Value {
+        json!({
+            "type": "block_actions",
+            "user": { "id": user, "username": "someone", "name": "someone", "team_id": "T00000001" },
+            "api_app_id": "A00000001",
+            "token": "gIkuvaNzQIHg97ATvDxqgjtO",
+            "container": { "type": "message", "message_ts": card_ts, "channel_id": FINANCE_CHANNEL, "is_ephemeral": false },
+            "trigger_id": format!("{}.738474920.{user}", chrono::Utc::now().timestamp_millis()),
+            "team": { "id": "T00000001", "domain": "acme" },
+            "channel": { "id": FINANCE_CHANNEL, "name": "finance" },
+            "message": { "type": "message", "ts": card_ts, "text": "Refund request", "bot_id": "B00000001" },
+            "response_url": "https://hooks.slack.com/actions/T00000001/1/abc",
+            "actions": [{
+                "action_id": action_id, "block_id": format!("decide_{request_id}"), "type": "button",
+                "text": { "type": "plain_text", "text": action_id, "emoji": true },
+                "value": request_id, "action_ts": "1700000000.000001"
+            }]
+        })
+    }
+
+    async fn interaction(&self, payload: &Value) -> reqwest::Response {
+        let body = serde_urlencoded::to_string([("payload", payload.to_string())]).expect("form");
+        self.post("/slack/interactions", "application/x-www-form-urlencoded", body).await
+    }
+
+    /// `user` clicks `action_id` (`refund_approve` / `refund_deny`) on the card; returns the status.
+    pub async fn click(&self, user: &str, action_id: &str, request_id: &str, card_ts: &str) -> u16 {
+        self.interaction(&Self::click_payload(user, action_id, request_id, card_ts)).await.status().as_u16()
+    }
+
+    /// `user` submits the deny form for `request_id` with `reason`; returns status and body.
+    pub async fn submit_deny(&self, user: &str, request_id: &str, reason: &str) -> (u16, String) {
+        use crate::slack::views::{DENY_CALLBACK, DENY_REASON_ACTION, DENY_REASON_BLOCK};
+        let payload = json!({
+            "type": "view_submission",
+            "team": { "id": "T00000001", "domain": "acme" },
+            "user": { "id": user, "username": "someone", "name": "someone", "team_id": "T00000001" },
+            "api_app_id": "A00000001",
+            "token": "gIkuvaNzQIHg97ATvDxqgjtO",
+            "trigger_id": "12466734323.1395872398.abc",
+            "view": {
+                "id": "V0000001", "team_id": "T00000001", "type": "modal",
+                "callback_id": DENY_CALLBACK, "private_metadata": request_id, "hash": "1700000000.abc",
+                "state": { "values": { DENY_REASON_BLOCK: { DENY_REASON_ACTION: { "type": "plain_text_input", "value": reason } } } }
+            }
+        });
+        let response = self.interaction(&payload).await;
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    }
+}

@@ -1,0 +1,162 @@
+//! `TestApp`: one desk plus its stand-ins, with one method per thing a person (or Stripe) does.
+
+use refund_desk::app::Application;
+use refund_desk::config::JobSettings;
+use refund_desk::domain::{RefundRequest, RequestId, RequestStatus};
+use refund_desk::standins::driver::{self, SlackDriver};
+use refund_desk::standins::slack::Posted;
+use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for};
+use refund_desk::storage::Store;
+use serde_json::Value;
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub const REQUESTER: &str = "U0REQUEST1";
+pub const APPROVER: &str = "U0APPROVE1";
+pub const APPROVER_2: &str = "U0APPROVE2";
+pub const OUTSIDER: &str = "U0OUTSIDE1";
+pub const FINANCE: &str = driver::FINANCE_CHANNEL;
+/// Long enough for a loaded 2-core CI machine; polling returns as soon as the state is reached.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+pub struct TestApp {
+    pub app: Option<Application>,
+    pub slack: FakeSlack,
+    pub stripe: FakeStripe,
+    pub smtp: SmtpSink,
+    pub driver: SlackDriver,
+    pub data_dir: TempDir,
+}
+
+fn fast_jobs() -> JobSettings {
+    JobSettings {
+        first_retry: Duration::from_millis(50),
+        max_retry: Duration::from_millis(500),
+        ..JobSettings::default()
+    }
+}
+
+impl TestApp {
+    /// A desk where the requester is an approver too, so "never your own request" is tested
+    /// against someone who could otherwise approve.
+    pub async fn spawn() -> TestApp {
+        let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+        let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
+        let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
+        let smtp = SmtpSink::start().await.unwrap();
+        let data_dir = tempfile::tempdir().unwrap();
+        let mut test = TestApp { app: None, driver: SlackDriver::new(String::new()), slack, stripe, smtp, data_dir };
+        test.start().await;
+        test
+    }
+
+    async fn start(&mut self) {
+        let approvers = format!("{APPROVER},{APPROVER_2},{REQUESTER}");
+        let settings = driver::desk_settings(&self.slack.url, &self.stripe.url, Some(&self.smtp.url()), self.data_dir.path(), &approvers, fast_jobs());
+        let app = Application::build(settings).await.unwrap();
+        let base = format!("http://{}", app.local_addr());
+        self.stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
+        self.driver = SlackDriver::new(base);
+        self.app = Some(app);
+    }
+
+    /// Stops the desk gracefully and starts it again on the same data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start().await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await.unwrap();
+        }
+    }
+
+    pub fn store(&self) -> Store {
+        self.app.as_ref().expect("running").context().store.clone()
+    }
+
+    pub fn add_charge(&self, spec: ChargeSpec) -> String {
+        self.stripe.add_charge(spec).0
+    }
+
+    /// `/refund <text>` as `user`; the private answer's text.
+    pub async fn slash_refund(&self, user: &str, text: &str) -> String {
+        let (status, body) = self.driver.slash(user, text).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["response_type"], "ephemeral", "answers to /refund are private: {body}");
+        body["text"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// `/refund <text>` that must be accepted; returns the new request's id.
+    pub async fn request_refund(&self, text: &str) -> RequestId {
+        let answer = self.slash_refund(REQUESTER, text).await;
+        let id = answer
+            .split(|c: char| c == '*' || c.is_whitespace())
+            .find_map(|w| RequestId::parse(w).ok())
+            .unwrap_or_else(|| panic!("no request id in {answer:?}"));
+        id
+    }
+
+    pub fn request(&self, id: RequestId) -> RefundRequest {
+        self.store().get_request(id).unwrap().expect("stored")
+    }
+
+    pub async fn wait_for_status(&self, id: RequestId, status: RequestStatus) -> RefundRequest {
+        let store = self.store();
+        wait_for(DEADLINE, || store.get_request(id).unwrap().filter(|r| r.status == status))
+            .await
+            .unwrap_or_else(|| panic!("{id} never reached {status:?}; it is {:?}", self.request(id).status))
+    }
+
+    /// Waits until the request's card is in the finance channel.
+    pub async fn card(&self, id: RequestId) -> Posted {
+        let marker = format!("Refund request {id}");
+        wait_for(DEADLINE, || self.slack.messages_in(FINANCE).into_iter().find(|m| m.text.starts_with(&marker)))
+            .await
+            .unwrap_or_else(|| panic!("no card for {id}"))
+    }
+
+    /// A request for a fresh $25.00 charge, waiting for approval; returns it and its card.
+    pub async fn waiting_request(&self) -> (RequestId, Posted) {
+        let charge = self.add_charge(ChargeSpec::default());
+        let id = self.request_refund(&format!("{charge} 25.00 duplicate customer charged twice")).await;
+        self.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+        (id, self.card(id).await)
+    }
+
+    pub async fn click(&self, user: &str, action: &str, id: RequestId, card: &Posted) -> u16 {
+        self.driver.click(user, action, &id.to_string(), &card.ts).await
+    }
+
+    pub async fn approve(&self, user: &str, id: RequestId, card: &Posted) {
+        assert_eq!(self.click(user, "refund_approve", id, card).await, 200);
+    }
+
+    /// Waits until no job is left for any request: every side effect has run.
+    pub async fn wait_until_idle(&self) {
+        let store = self.store();
+        wait_for(DEADLINE, || store.all_jobs().unwrap().iter().all(|j| j.parked).then_some(()))
+            .await
+            .unwrap_or_else(|| panic!("jobs still queued: {:?}", store.all_jobs().unwrap()));
+    }
+
+    /// Stripe sends `kind` for the request's refund with `status`; returns the HTTP status.
+    pub async fn deliver_stripe_event(&self, event: &Value) -> u16 {
+        self.stripe.deliver(event).await.unwrap()
+    }
+
+    /// The event Stripe would send about this request's refund.
+    pub fn refund_event(&self, id: RequestId, kind: &str, status: &str) -> Value {
+        let refund = self.request(id).refund.expect("the refund was made").id;
+        self.stripe.refund_event(refund.as_str(), kind, status, None).expect("the stand-in knows the refund")
+    }
+
+    pub fn thread_texts(&self, card: &Posted) -> Vec<String> {
+        self.slack.thread(&card.ts).into_iter().map(|m| m.text).collect()
+    }
+
+    pub fn direct_messages(&self, user: &str) -> Vec<String> {
+        self.slack.messages_in(user).into_iter().map(|m| m.text).collect()
+    }
+}

@@ -1,0 +1,115 @@
+use crate::helpers::*;
+use refund_desk::domain::RequestStatus;
+use refund_desk::standins::driver::{SIGNING_SECRET, SlackDriver};
+
+const FORM: &str = "application/x-www-form-urlencoded";
+
+async fn assert_nothing_stored(app: &TestApp) {
+    assert!(app.store().all_requests().unwrap().is_empty(), "a request was stored");
+    assert!(app.stripe.received().is_empty(), "Stripe was called");
+    assert!(app.slack.calls("chat.postMessage").is_empty(), "Slack was called");
+}
+
+#[tokio::test]
+async fn unsigned_forged_and_stale_slack_requests_get_401_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let charge = app.add_charge(Default::default());
+    let body = SlackDriver::command_body(REQUESTER, &format!("{charge} 5"));
+    let now = chrono::Utc::now().timestamp();
+    let cases: [(&str, Option<(&str, i64)>); 5] = [
+        ("missing", None),
+        ("forged", Some(("not-the-signing-secret", now))),
+        ("stale", Some((SIGNING_SECRET, now - 301))),
+        ("future", Some((SIGNING_SECRET, now + 301))),
+        ("empty secret", Some(("", now))),
+    ];
+    for (name, signature) in cases {
+        let status = app.driver.post_signed("/slack/commands", FORM, body.clone(), signature).await.status();
+        assert_eq!(status, 401, "{name}");
+    }
+    // A signature over another body does not carry over.
+    let mut tampered = app.driver.post_signed("/slack/commands", FORM, body.replace("5", "50"), Some((SIGNING_SECRET, now))).await;
+    assert_eq!(tampered.status(), 200, "control: a good signature passes");
+    tampered = app
+        .driver
+        .post_signed("/slack/interactions", FORM, "payload=%7B%7D".into(), Some(("forged", now)))
+        .await;
+    assert_eq!(tampered.status(), 401);
+    let events = app.driver.post_signed("/slack/events", "application/json", r#"{"type":"url_verification","challenge":"x"}"#.into(), None).await;
+    assert_eq!(events.status(), 401);
+    // Only the control request was stored.
+    assert_eq!(app.store().all_requests().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_forged_click_cannot_approve() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    let payload = SlackDriver::click_payload(APPROVER, "refund_approve", &id.to_string(), &card.ts);
+    let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
+    let status = app.driver.post_signed("/slack/interactions", FORM, body, Some(("forged", chrono::Utc::now().timestamp()))).await.status();
+    assert_eq!(status, 401);
+    app.wait_until_idle().await;
+    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert!(app.stripe.refund_posts().is_empty());
+}
+
+#[tokio::test]
+async fn bodies_over_one_mebibyte_get_413() {
+    let app = TestApp::spawn().await;
+    let body = format!("text={}", "a".repeat(1024 * 1024 + 1));
+    let status = app.driver.post_signed("/slack/commands", FORM, body, Some((SIGNING_SECRET, chrono::Utc::now().timestamp()))).await.status();
+    assert_eq!(status, 413);
+    let status = reqwest::Client::new()
+        .post(format!("{}/stripe/webhook", app.driver.base))
+        .body(vec![b'{'; 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 413);
+    assert_nothing_stored(&app).await;
+}
+
+#[tokio::test]
+async fn a_forged_stripe_event_gets_400_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let event = app.refund_event(id, "refund.updated", "succeeded");
+    let body = serde_json::to_vec(&event).unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/stripe/webhook", app.driver.base);
+    let now = chrono::Utc::now().timestamp();
+    for (name, header) in [
+        ("wrong secret", Some(refund_desk::stripe::webhook::sign(&body, "whsec_forged", now))),
+        ("too old", Some(refund_desk::stripe::webhook::sign(&body, refund_desk::standins::driver::WEBHOOK_SECRET, now - 301))),
+        ("missing", None),
+    ] {
+        let mut req = http.post(&url).body(body.clone());
+        if let Some(h) = header {
+            req = req.header("stripe-signature", h);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 400, "{name}");
+    }
+    app.wait_until_idle().await;
+    assert_eq!(app.request(id).status, RequestStatus::Submitted);
+    assert!(app.smtp.messages().is_empty());
+    // The genuine event still applies afterwards: nothing was recorded for the forged ones.
+    assert_eq!(app.deliver_stripe_event(&event).await, 200);
+    app.wait_for_status(id, RequestStatus::Succeeded).await;
+}
+
+#[tokio::test]
+async fn url_verification_echoes_the_challenge() {
+    let app = TestApp::spawn().await;
+    let body = r#"{"token":"x","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let response = app
+        .driver
+        .post_signed("/slack/events", "application/json", body.into(), Some((SIGNING_SECRET, chrono::Utc::now().timestamp())))
+        .await;
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["challenge"], "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P");
+}
