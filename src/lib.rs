@@ -15,8 +15,10 @@
 
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod email;
+pub mod manifest;
 pub mod slack;
 pub mod standins;
 pub mod storage;

@@ -1,1 +1,88 @@
-fn main(){}
+//! The `refund-desk` command line: parse the arguments and hand over to the library.
+
+use clap::{Parser, Subcommand};
+use refund_desk::app::{Application, install_crypto_provider};
+use refund_desk::config::Settings;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "refund-desk", version, about = "Refund Stripe payments from Slack while finance keeps control")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the service (the default).
+    Serve,
+    /// Run the whole flow offline, against local stand-ins, and print what people would see.
+    Demo,
+    /// Print the Slack app manifest for a public base URL.
+    Manifest {
+        /// Where Slack reaches this desk, e.g. https://refunds.acme.com
+        #[arg(long)]
+        url: String,
+    },
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    // Before any TLS client exists: reqwest, slack-morphism and lettre share this provider.
+    install_crypto_provider();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("refund-desk: could not start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Cmd::Serve) {
+        Cmd::Serve => {
+            init_tracing("info,refund_desk=info");
+            let settings = match Settings::load() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("refund-desk: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let result = runtime.block_on(async {
+                let app = Application::build(settings).await?;
+                app.run_until_stopped().await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("refund-desk: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Demo => {
+            init_tracing("warn");
+            match runtime.block_on(refund_desk::demo::run()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("refund-desk demo failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Manifest { url } => match refund_desk::manifest::for_url(&url) {
+            Ok(m) => {
+                println!("{m}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("refund-desk: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}

@@ -20,6 +20,11 @@ pub fn slack_time(at: DateTime<Utc>) -> String {
     )
 }
 
+fn capitalised(word: &str) -> String {
+    let mut c = word.chars();
+    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+}
+
 fn mention(user: &impl std::fmt::Display) -> String {
     format!("<@{user}>")
 }
@@ -77,9 +82,9 @@ pub fn approval_card(r: &RefundRequest, now: DateTime<Utc>) -> SlackMessageConte
             c.customer_email.as_deref().map(escape).unwrap_or_else(|| "no email on file".into())
         ));
         fields.push(md!("*Charged*\n{} ({} days ago)", slack_time(c.created), age_days));
-        fields.push(md!("*Still refundable*\n{} of {}", c.remaining(), c.amount));
+        fields.push(md!("*Refundable when asked*\n{} of {}", c.remaining(), c.amount));
         if let Some(card) = &c.card {
-            fields.push(md!("*Card*\n{} •••• {}", escape(&card.brand), escape(&card.last4)));
+            fields.push(md!("*Card*\n{} •••• {}", escape(&capitalised(&card.brand)), escape(&card.last4)));
         }
     }
     let mut blocks: Vec<SlackBlock> = vec![
@@ -266,7 +271,7 @@ mod tests {
     #[test]
     fn a_waiting_card_shows_the_facts_and_both_buttons() {
         let card = json(&approval_card(&request(), Utc::now()));
-        for expected in ["R-1001", "$25.00", "jenny@example.com", "4242", "3 days ago", "refund_approve", "refund_deny", "\"confirm\"", "&lt;twice&gt; &amp;"] {
+        for expected in ["R-1001", "$25.00", "jenny@example.com", "4242", "3 days ago", "Visa", "refund_approve", "refund_deny", "\"confirm\"", "&lt;twice&gt; &amp;"] {
             assert!(card.contains(expected), "missing {expected}: {card}");
         }
         assert_eq!(card.matches("\"value\":\"R-1001\"").count(), 2);

@@ -39,3 +39,40 @@ pub fn blocks_to_text(blocks: &Value) -> String {
     }
     out.join("\n")
 }
+
+/// Slack markup made readable in a terminal: `<@U123>` → `@name`, dates → their fallback text.
+pub fn humanize(text: &str, names: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find('<') {
+        out.push_str(&rest[..start]);
+        let Some(end) = rest[start..].find('>') else {
+            out.push_str(&rest[start..]);
+            return out;
+        };
+        let inner = &rest[start + 1..start + end];
+        if let Some(user) = inner.strip_prefix('@') {
+            let name = names.iter().find(|(id, _)| *id == user).map(|(_, n)| *n).unwrap_or(user);
+            out.push('@');
+            out.push_str(name);
+        } else if let Some((_, fallback)) = inner.split_once('|') {
+            out.push_str(fallback);
+        } else {
+            out.push_str(inner);
+        }
+        rest = &rest[start + end + 1..];
+    }
+    out.push_str(rest);
+    out.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_markup_becomes_plain_words() {
+        let text = "Approved by <@U1> <!date^1700000000^{date_short_pretty}|2023-11-14 22:13 UTC>. &lt;ok&gt;";
+        assert_eq!(humanize(text, &[("U1", "fatima")]), "Approved by @fatima 2023-11-14 22:13 UTC. <ok>");
+    }
+}

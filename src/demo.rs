@@ -1,0 +1,110 @@
+//! `refund-desk demo`: the whole happy path offline, in one process. The real service runs
+//! against local stand-ins for Slack, Stripe and SMTP on loopback; a scripted `/refund`, an
+//! approval and Stripe's webhooks go through it, and the transcript shows what each person sees.
+
+use crate::app::Application;
+use crate::config::JobSettings;
+use crate::domain::{RequestId, RequestStatus};
+use crate::standins::driver::{self, SlackDriver};
+use crate::standins::render::{blocks_to_text, humanize};
+use crate::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for};
+use anyhow::{Context, anyhow};
+use std::time::Duration;
+
+const AGENT: &str = "U0SAMAGENT";
+const APPROVER: &str = "U0FATIMAFN";
+const NAMES: [(&str, &str); 2] = [(AGENT, "sam (support)"), (APPROVER, "fatima (finance)")];
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn say(text: &str) {
+    println!("{}", humanize(text, &NAMES));
+}
+
+fn section(title: &str) {
+    println!("\n--- {title} {}", "-".repeat(60usize.saturating_sub(title.len())));
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+pub async fn run() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("refund-desk-demo-{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros()));
+    let result = run_in(&dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
+    let slack = FakeSlack::start(driver::BOT_TOKEN).await?;
+    let stripe = FakeStripe::start(driver::STRIPE_KEY).await?;
+    let smtp = SmtpSink::start().await?;
+    let jobs = JobSettings { first_retry: Duration::from_millis(100), ..JobSettings::default() };
+    let settings = driver::desk_settings(&slack.url, &stripe.url, Some(&smtp.url()), dir, APPROVER, jobs);
+    let app = Application::build(settings).await?;
+    let base = format!("http://{}", app.local_addr());
+    stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
+    let slack_side = SlackDriver::new(base.clone());
+    let store = app.context().store.clone();
+
+    let (charge, _) = stripe.add_charge(ChargeSpec { amount: 4999, created_days_ago: 3, ..ChargeSpec::default() });
+    println!("refund-desk demo: the real service at {base}, with stand-ins for Slack ({}), Stripe ({}) and SMTP ({}).", slack.url, stripe.url, smtp.url());
+    println!("Stripe holds charge {charge}: $49.99, paid 3 days ago by jenny.rosen@example.com (Visa 4242).");
+
+    section("In #support, sam types");
+    let text = format!("{charge} 25.00 duplicate customer charged twice");
+    say(&format!("/refund {text}"));
+    let (status, answer) = slack_side.slash(AGENT, &text).await;
+    anyhow::ensure!(status == 200, "/refund answered HTTP {status}");
+    say(&format!("refund-desk, privately to sam:\n{}", indent(answer["text"].as_str().unwrap_or_default())));
+    let id = RequestId::new(1001);
+
+    section("In #finance, the approval card");
+    let card = wait_for(DEADLINE, || slack.messages_in(driver::FINANCE_CHANNEL).pop()).await.ok_or_else(|| anyhow!("the card was never posted"))?;
+    say(&indent(&blocks_to_text(&card.blocks)));
+
+    section("fatima clicks Approve, then confirms");
+    let status = slack_side.click(APPROVER, "refund_approve", &id.to_string(), &card.ts).await;
+    anyhow::ensure!(status == 200, "the click answered HTTP {status}");
+    let request = wait_for(DEADLINE, || store.get_request(id).ok().flatten().filter(|r| r.status == RequestStatus::Submitted))
+        .await
+        .ok_or_else(|| anyhow!("the refund was never submitted to Stripe"))?;
+    let post = stripe.refund_posts().pop().context("no refund call reached Stripe")?;
+    let form: Vec<String> = post.form.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("Stripe received: POST /v1/refunds {}", form.join(" "));
+    println!("                 Idempotency-Key: {}", post.idempotency_key.unwrap_or_default());
+
+    section("Stripe confirms through webhooks");
+    let refund = request.refund.context("no refund recorded")?.id;
+    for (kind, status) in [("refund.created", "pending"), ("refund.updated", "succeeded")] {
+        let event = stripe.refund_event(refund.as_str(), kind, status, None).context("the stand-in lost the refund")?;
+        let code = stripe.deliver(&event).await.map_err(|e| anyhow!(e))?;
+        println!("{kind} ({status}) → refund-desk answered {code}");
+    }
+    wait_for(DEADLINE, || (!smtp.messages().is_empty()).then_some(())).await.ok_or_else(|| anyhow!("no email reached the SMTP server"))?;
+    wait_for(DEADLINE, || store.all_jobs().ok().filter(|j| j.is_empty()).map(|_| ())).await.ok_or_else(|| anyhow!("side effects never finished"))?;
+
+    section("In #finance, the card now reads");
+    let edited = slack.message(&card.ts).context("the card vanished")?;
+    say(&indent(&blocks_to_text(&edited.blocks)));
+    section("and its thread");
+    for reply in slack.thread(&card.ts) {
+        say(&format!("    • {}", reply.text));
+    }
+
+    section("sam's direct messages from refund-desk");
+    for dm in slack.messages_in(AGENT) {
+        say(&format!("    • {}", dm.text));
+    }
+
+    section("The email jenny received");
+    for email in smtp.messages() {
+        for header in ["From", "To", "Subject"] {
+            println!("    {header}: {}", email.header(header).unwrap_or_default());
+        }
+        println!("{}", indent(email.body().trim_end()));
+    }
+    println!("\nDone: one approval, one Stripe refund ({refund}), one email.");
+    app.stop().await?;
+    Ok(())
+}
