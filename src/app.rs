@@ -97,9 +97,14 @@ impl Application {
         install_crypto_provider();
         let store = Store::open(&settings.data_dir)
             .with_context(|| format!("could not open the database in {}", settings.data_dir.display()))?;
-        let slack = SlackApi::new(&settings.slack.api_url, &settings.slack.bot_token).context("could not set up the Slack client")?;
-        let stripe = StripeClient::new(settings.stripe.api_url.clone(), settings.stripe.secret_key.clone(), settings.stripe.timeout)
-            .context("could not set up the Stripe client")?;
+        let slack = SlackApi::new(&settings.slack.api_url, &settings.slack.bot_token)
+            .context("could not set up the Slack client")?;
+        let stripe = StripeClient::new(
+            settings.stripe.api_url.clone(),
+            settings.stripe.secret_key.clone(),
+            settings.stripe.timeout,
+        )
+        .context("could not set up the Stripe client")?;
         let mailer = settings.email.as_ref().map(Mailer::new).transpose()?;
         if mailer.is_none() {
             tracing::warn!("SMTP_URL is not set: customers will get no email");
@@ -111,7 +116,8 @@ impl Application {
             .await
             .with_context(|| format!("could not listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        let ctx = Arc::new(AppContext { settings, store, slack, stripe, mailer, workers_running: AtomicBool::new(false) });
+        let ctx =
+            Arc::new(AppContext { settings, store, slack, stripe, mailer, workers_running: AtomicBool::new(false) });
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let worker_ctx = ctx.clone();

@@ -218,10 +218,7 @@ impl Settings {
                 "approver groups are not supported yet; list the approvers in SLACK_APPROVERS",
             ));
         }
-        let requesters = src
-            .get("SLACK_REQUESTERS")
-            .map(|s| user_list("SLACK_REQUESTERS", s))
-            .transpose()?;
+        let requesters = src.get("SLACK_REQUESTERS").map(|s| user_list("SLACK_REQUESTERS", s)).transpose()?;
         let slack = SlackSettings {
             signing_secret,
             bot_token: SecretString::from(bot_token.to_string()),
@@ -257,14 +254,12 @@ impl Settings {
         let email = match src.get("SMTP_URL") {
             None => None,
             Some(url) => {
-                let parsed = Url::parse(url).map_err(|_| invalid("SMTP_URL", "not a URL, e.g. smtp://127.0.0.1:2525"))?;
+                let parsed =
+                    Url::parse(url).map_err(|_| invalid("SMTP_URL", "not a URL, e.g. smtp://127.0.0.1:2525"))?;
                 if !matches!(parsed.scheme(), "smtp" | "smtps") {
                     return Err(invalid("SMTP_URL", "must start with smtp:// or smtps://"));
                 }
-                let from = src
-                    .require("EMAIL_FROM")?
-                    .parse()
-                    .map_err(|e| invalid("EMAIL_FROM", e))?;
+                let from = src.require("EMAIL_FROM")?.parse().map_err(|e| invalid("EMAIL_FROM", e))?;
                 Some(EmailSettings { smtp_url: SecretString::from(url.to_string()), from })
             }
         };
@@ -312,7 +307,13 @@ mod tests {
 
     #[test]
     fn each_missing_required_setting_is_named() {
-        for name in ["SLACK_BOT_TOKEN", "SLACK_FINANCE_CHANNEL", "STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET", "SLACK_SIGNING_SECRET"] {
+        for name in [
+            "SLACK_BOT_TOKEN",
+            "SLACK_FINANCE_CHANNEL",
+            "STRIPE_SECRET_KEY",
+            "STRIPE_WEBHOOK_SECRET",
+            "SLACK_SIGNING_SECRET",
+        ] {
             let mut vars = base();
             vars.remove(name);
             let err = load(&vars).unwrap_err().to_string();
@@ -338,7 +339,11 @@ mod tests {
     fn the_file_supplies_settings_and_the_environment_wins() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("refund-desk.toml");
-        std::fs::write(&path, "slack_finance_channel = \"CFILE\"\nslack_approvers = [\"UFILE\"]\n[policy]\nrefund_window_days = 60\n").unwrap();
+        std::fs::write(
+            &path,
+            "slack_finance_channel = \"CFILE\"\nslack_approvers = [\"UFILE\"]\n[policy]\nrefund_window_days = 60\n",
+        )
+        .unwrap();
         let mut vars = base();
         vars.remove("SLACK_FINANCE_CHANNEL");
         vars.insert("REFUND_DESK_CONFIG", path.display().to_string());

@@ -29,7 +29,11 @@ fn indent(text: &str) -> String {
 }
 
 pub async fn run() -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("refund-desk-demo-{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros()));
+    let dir = std::env::temp_dir().join(format!(
+        "refund-desk-demo-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    ));
     let result = run_in(&dir).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -48,7 +52,12 @@ async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let store = app.context().store.clone();
 
     let (charge, _) = stripe.add_charge(ChargeSpec { amount: 4999, created_days_ago: 3, ..ChargeSpec::default() });
-    println!("refund-desk demo: the real service at {base}, with stand-ins for Slack ({}), Stripe ({}) and SMTP ({}).", slack.url, stripe.url, smtp.url());
+    println!(
+        "refund-desk demo: the real service at {base}, with stand-ins for Slack ({}), Stripe ({}) and SMTP ({}).",
+        slack.url,
+        stripe.url,
+        smtp.url()
+    );
     println!("Stripe holds charge {charge}: $49.99, paid 3 days ago by jenny.rosen@example.com (Visa 4242).");
 
     section("In #support, sam types");
@@ -60,15 +69,18 @@ async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let id = RequestId::new(1001);
 
     section("In #finance, the approval card");
-    let card = wait_for(DEADLINE, || slack.messages_in(driver::FINANCE_CHANNEL).pop()).await.ok_or_else(|| anyhow!("the card was never posted"))?;
+    let card = wait_for(DEADLINE, || slack.messages_in(driver::FINANCE_CHANNEL).pop())
+        .await
+        .ok_or_else(|| anyhow!("the card was never posted"))?;
     say(&indent(&blocks_to_text(&card.blocks)));
 
     section("fatima clicks Approve, then confirms");
     let status = slack_side.click(APPROVER, "refund_approve", &id.to_string(), &card.ts).await;
     anyhow::ensure!(status == 200, "the click answered HTTP {status}");
-    let request = wait_for(DEADLINE, || store.get_request(id).ok().flatten().filter(|r| r.status == RequestStatus::Submitted))
-        .await
-        .ok_or_else(|| anyhow!("the refund was never submitted to Stripe"))?;
+    let request =
+        wait_for(DEADLINE, || store.get_request(id).ok().flatten().filter(|r| r.status == RequestStatus::Submitted))
+            .await
+            .ok_or_else(|| anyhow!("the refund was never submitted to Stripe"))?;
     let post = stripe.refund_posts().pop().context("no refund call reached Stripe")?;
     let form: Vec<String> = post.form.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("Stripe received: POST /v1/refunds {}", form.join(" "));
@@ -81,8 +93,12 @@ async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
         let code = stripe.deliver(&event).await.map_err(|e| anyhow!(e))?;
         println!("{kind} ({status}) → refund-desk answered {code}");
     }
-    wait_for(DEADLINE, || (!smtp.messages().is_empty()).then_some(())).await.ok_or_else(|| anyhow!("no email reached the SMTP server"))?;
-    wait_for(DEADLINE, || store.all_jobs().ok().filter(|j| j.is_empty()).map(|_| ())).await.ok_or_else(|| anyhow!("side effects never finished"))?;
+    wait_for(DEADLINE, || (!smtp.messages().is_empty()).then_some(()))
+        .await
+        .ok_or_else(|| anyhow!("no email reached the SMTP server"))?;
+    wait_for(DEADLINE, || store.all_jobs().ok().filter(|j| j.is_empty()).map(|_| ()))
+        .await
+        .ok_or_else(|| anyhow!("side effects never finished"))?;
 
     section("In #finance, the card now reads");
     let edited = slack.message(&card.ts).context("the card vanished")?;

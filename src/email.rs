@@ -2,7 +2,7 @@
 //! the worker does.
 
 use crate::config::EmailSettings;
-use crate::domain::{EmailKind, RefundRequest};
+use crate::domain::{EmailKind, RefundRequest, capitalised};
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
@@ -62,7 +62,7 @@ impl Mailer {
             .charge
             .as_ref()
             .and_then(|c| c.card.as_ref())
-            .map(|c| format!(" to your {} card ending in {}", capitalise(&c.brand), c.last4))
+            .map(|c| format!(" to your {} card ending in {}", capitalised(&c.brand), c.last4))
             .unwrap_or_default();
         let paid_on = r
             .charge
@@ -100,11 +100,6 @@ impl Mailer {
             Err(e) => Err(EmailError::Temporary(e.to_string())),
         }
     }
-}
-
-fn capitalise(word: &str) -> String {
-    let mut c = word.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
 }
 
 #[cfg(test)]

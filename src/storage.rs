@@ -14,14 +14,11 @@
 //! is flushed to disk before the caller acknowledges anything.
 
 use crate::domain::{
-    Actor, Effect, EmailKind, Lane, Money, NewRequest, RefundId, RefundRequest, RequestId,
-    RequestStatus, Transition,
+    Actor, Effect, EmailKind, Lane, Money, NewRequest, RefundId, RefundRequest, RequestId, RequestStatus, Transition,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sled::transaction::{
-    ConflictableTransactionError, TransactionError, TransactionalTree,
-};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
 use std::collections::HashSet;
 use std::path::Path;
@@ -190,7 +187,12 @@ fn write_transition<E>(
     enqueue_in(jobs, request.id, &transition.effects, now)
 }
 
-fn enqueue_in<E>(jobs: &TransactionalTree, request: RequestId, effects: &[Effect], now: DateTime<Utc>) -> TxResult<(), E> {
+fn enqueue_in<E>(
+    jobs: &TransactionalTree,
+    request: RequestId,
+    effects: &[Effect],
+    now: DateTime<Utc>,
+) -> TxResult<(), E> {
     for effect in effects {
         let id = jobs.generate_id()?;
         let job = Job {
@@ -209,9 +211,7 @@ fn enqueue_in<E>(jobs: &TransactionalTree, request: RequestId, effects: &[Effect
 }
 
 fn read_request<E>(requests: &TransactionalTree, id: RequestId) -> TxResult<RefundRequest, E> {
-    let bytes = requests
-        .get(id.to_key())?
-        .ok_or(ConflictableTransactionError::Abort(Abort::NotFound(id)))?;
+    let bytes = requests.get(id.to_key())?.ok_or(ConflictableTransactionError::Abort(Abort::NotFound(id)))?;
     serde_json::from_slice(&bytes).map_err(corrupt)
 }
 
@@ -306,7 +306,12 @@ impl Store {
     /// transition, the new state, its audit entry and its jobs are written together. `Ok(None)`
     /// from `change` writes nothing. The closure may run more than once; it must be pure.
     #[tracing::instrument(skip(self, now, change), fields(request_id = %id))]
-    pub async fn transition<E, F>(&self, id: RequestId, now: DateTime<Utc>, change: F) -> Result<Result<Option<RefundRequest>, E>, StoreError>
+    pub async fn transition<E, F>(
+        &self,
+        id: RequestId,
+        now: DateTime<Utc>,
+        change: F,
+    ) -> Result<Result<Option<RefundRequest>, E>, StoreError>
     where
         F: Fn(&mut RefundRequest) -> Result<Option<Transition>, E>,
     {
@@ -334,7 +339,11 @@ impl Store {
 
     /// Changes fields that are not part of the state machine (such as the card's message ref),
     /// atomically, without an audit entry.
-    pub async fn update_request(&self, id: RequestId, change: impl Fn(&mut RefundRequest)) -> Result<RefundRequest, StoreError> {
+    pub async fn update_request(
+        &self,
+        id: RequestId,
+        change: impl Fn(&mut RefundRequest),
+    ) -> Result<RefundRequest, StoreError> {
         let result = self.requests.transaction(|requests| -> TxResult<RefundRequest, ()> {
             let mut request = read_request(requests, id)?;
             change(&mut request);
@@ -370,52 +379,58 @@ impl Store {
     /// Applies one Stripe event: remembers its id and moves each refund's request forward, all
     /// in one transaction. An event id seen before changes nothing.
     #[tracing::instrument(skip(self, updates, now))]
-    pub async fn apply_stripe_event(&self, event_id: &str, updates: &[RefundUpdate], now: DateTime<Utc>) -> Result<EventOutcome, StoreError> {
+    pub async fn apply_stripe_event(
+        &self,
+        event_id: &str,
+        updates: &[RefundUpdate],
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, StoreError> {
         let trees = (&self.requests, &self.audit, &self.jobs, &self.refund_ids, &self.stripe_events);
-        let result = trees.transaction(|(requests, audit, jobs, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
-            if events.get(event_id.as_bytes())?.is_some() {
-                return Ok((EventOutcome::Duplicate, false));
-            }
-            events.insert(event_id.as_bytes(), encode(&now))?;
-            let mut outcomes = vec![];
-            let mut added = false;
-            for u in updates {
-                let indexed = match refund_ids.get(u.refund.as_str().as_bytes())? {
-                    Some(v) => RequestId::from_key(&v),
-                    None => None,
-                };
-                let Some(id) = indexed.or(u.request_hint) else {
-                    outcomes.push(RefundOutcome::Unknown(u.refund.clone()));
-                    continue;
-                };
-                let mut request = match read_request::<()>(requests, id) {
-                    Ok(r) => r,
-                    Err(ConflictableTransactionError::Abort(Abort::NotFound(_))) => {
+        let result =
+            trees.transaction(|(requests, audit, jobs, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
+                if events.get(event_id.as_bytes())?.is_some() {
+                    return Ok((EventOutcome::Duplicate, false));
+                }
+                events.insert(event_id.as_bytes(), encode(&now))?;
+                let mut outcomes = vec![];
+                let mut added = false;
+                for u in updates {
+                    let indexed = match refund_ids.get(u.refund.as_str().as_bytes())? {
+                        Some(v) => RequestId::from_key(&v),
+                        None => None,
+                    };
+                    let Some(id) = indexed.or(u.request_hint) else {
                         outcomes.push(RefundOutcome::Unknown(u.refund.clone()));
                         continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                let before = request.clone();
-                match request.record_stripe_refund(u.refund.clone(), &u.status, u.failure_reason.clone(), now) {
-                    Some(t) => {
-                        write_transition(requests, audit, jobs, &request, &t, now)?;
-                        added |= !t.effects.is_empty();
-                        outcomes.push(RefundOutcome::Moved(id, request.status));
-                    }
-                    None => {
-                        if request != before {
-                            requests.insert(&id.to_key(), encode(&request))?;
+                    };
+                    let mut request = match read_request::<()>(requests, id) {
+                        Ok(r) => r,
+                        Err(ConflictableTransactionError::Abort(Abort::NotFound(_))) => {
+                            outcomes.push(RefundOutcome::Unknown(u.refund.clone()));
+                            continue;
                         }
-                        outcomes.push(RefundOutcome::Unchanged(id));
+                        Err(e) => return Err(e),
+                    };
+                    let before = request.clone();
+                    match request.record_stripe_refund(u.refund.clone(), &u.status, u.failure_reason.clone(), now) {
+                        Some(t) => {
+                            write_transition(requests, audit, jobs, &request, &t, now)?;
+                            added |= !t.effects.is_empty();
+                            outcomes.push(RefundOutcome::Moved(id, request.status));
+                        }
+                        None => {
+                            if request != before {
+                                requests.insert(&id.to_key(), encode(&request))?;
+                            }
+                            outcomes.push(RefundOutcome::Unchanged(id));
+                        }
+                    }
+                    if request.refund.as_ref().is_some_and(|r| r.id == u.refund) {
+                        refund_ids.insert(u.refund.as_str().as_bytes(), &id.to_key())?;
                     }
                 }
-                if request.refund.as_ref().is_some_and(|r| r.id == u.refund) {
-                    refund_ids.insert(u.refund.as_str().as_bytes(), &id.to_key())?;
-                }
-            }
-            Ok((EventOutcome::Applied(outcomes), added))
-        });
+                Ok((EventOutcome::Applied(outcomes), added))
+            });
         let (outcome, added) = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("events never refuse"));
         if outcome != EventOutcome::Duplicate {
             self.committed(added).await?;
@@ -424,7 +439,13 @@ impl Store {
     }
 
     /// Records the refund Stripe made for a request, so webhooks find it by refund id.
-    pub async fn submit_refund(&self, id: RequestId, refund: RefundId, stripe_status: &str, now: DateTime<Utc>) -> Result<Result<RefundRequest, crate::domain::StateError>, StoreError> {
+    pub async fn submit_refund(
+        &self,
+        id: RequestId,
+        refund: RefundId,
+        stripe_status: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Result<RefundRequest, crate::domain::StateError>, StoreError> {
         let trees = (&self.requests, &self.audit, &self.jobs, &self.refund_ids);
         let result = trees.transaction(|(requests, audit, jobs, refund_ids)| {
             let mut request = read_request(requests, id)?;
@@ -456,7 +477,11 @@ impl Store {
 
     /// The jobs that may run now: the first job of each request's lane, unless it is parked,
     /// already running or not yet due. Also returns when the earliest waiting job falls due.
-    pub fn due_jobs(&self, now: DateTime<Utc>, running: &HashSet<u64>) -> Result<(Vec<Job>, Option<DateTime<Utc>>), StoreError> {
+    pub fn due_jobs(
+        &self,
+        now: DateTime<Utc>,
+        running: &HashSet<u64>,
+    ) -> Result<(Vec<Job>, Option<DateTime<Utc>>), StoreError> {
         let mut due = vec![];
         let mut next: Option<DateTime<Utc>> = None;
         let mut last_group: Option<Vec<u8>> = None;
@@ -499,7 +524,14 @@ impl Store {
     }
 
     /// Records a sent email, and the jobs that announce it, in one transaction.
-    pub async fn record_email_sent(&self, id: RequestId, kind: EmailKind, record: &EmailRecord, effects: &[Effect], now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn record_email_sent(
+        &self,
+        id: RequestId,
+        kind: EmailKind,
+        record: &EmailRecord,
+        effects: &[Effect],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let key = format!("{id}/{}", kind.as_str());
         let result = (&self.emails, &self.jobs).transaction(|(emails, jobs)| {
             emails.insert(key.as_bytes(), encode(record))?;
@@ -511,10 +543,8 @@ impl Store {
 
     /// Remembers a Slack event id; `false` if it was seen before (a retry).
     pub async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let fresh = self
-            .slack_events
-            .compare_and_swap(event_id.as_bytes(), None as Option<&[u8]>, Some(encode(&now)))?
-            .is_ok();
+        let fresh =
+            self.slack_events.compare_and_swap(event_id.as_bytes(), None as Option<&[u8]>, Some(encode(&now)))?.is_ok();
         if fresh {
             self.flush().await?;
         }
@@ -579,10 +609,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
-        store
-            .enqueue(id, &[Effect::PostCard, Effect::RefreshCard, Effect::CreateRefund], Utc::now())
-            .await
-            .unwrap();
+        store.enqueue(id, &[Effect::PostCard, Effect::RefreshCard, Effect::CreateRefund], Utc::now()).await.unwrap();
         let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
         let effects: Vec<_> = due.iter().map(|j| j.effect.clone()).collect();
         assert_eq!(effects, vec![Effect::CheckPayment, Effect::PostCard]);
@@ -605,7 +632,7 @@ mod tests {
             failure_reason: None,
             request_hint: None,
         };
-        let first = store.apply_stripe_event("evt_1", &[update.clone()], Utc::now()).await.unwrap();
+        let first = store.apply_stripe_event("evt_1", std::slice::from_ref(&update), Utc::now()).await.unwrap();
         assert_eq!(first, EventOutcome::Applied(vec![RefundOutcome::Unknown(update.refund.clone())]));
         let again = store.apply_stripe_event("evt_1", &[update], Utc::now()).await.unwrap();
         assert_eq!(again, EventOutcome::Duplicate);
@@ -629,10 +656,19 @@ mod tests {
         let approver = UserId::parse("UFIN").unwrap();
         let approvers = crate::domain::Approvers::new([approver.clone()]);
         let now = Utc::now();
-        store.transition(id, now, |r| r.accept(facts.clone(), Money::new(2500, usd), now).map(Some)).await.unwrap().unwrap();
+        store
+            .transition(id, now, |r| r.accept(facts.clone(), Money::new(2500, usd), now).map(Some))
+            .await
+            .unwrap()
+            .unwrap();
         store.transition(id, now, |r| r.approve(&approver, &approvers, now).map(Some)).await.unwrap().unwrap();
         let refund = RefundId::parse("re_1").unwrap();
-        let update = RefundUpdate { refund: refund.clone(), status: "succeeded".into(), failure_reason: None, request_hint: Some(id) };
+        let update = RefundUpdate {
+            refund: refund.clone(),
+            status: "succeeded".into(),
+            failure_reason: None,
+            request_hint: Some(id),
+        };
         let outcome = store.apply_stripe_event("evt_1", &[update], now).await.unwrap();
         assert_eq!(outcome, EventOutcome::Applied(vec![RefundOutcome::Moved(id, RequestStatus::Succeeded)]));
         // Stripe's answer to the refund call arrives afterwards and moves nothing back.

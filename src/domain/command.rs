@@ -161,19 +161,12 @@ pub enum CommandError {
 }
 
 fn reason_list() -> String {
-    RefundReason::ALL
-        .iter()
-        .map(|r| format!("`{}`", r.as_str()))
-        .collect::<Vec<_>>()
-        .join(", ")
+    RefundReason::ALL.iter().map(|r| format!("`{}`", r.as_str())).collect::<Vec<_>>().join(", ")
 }
 
 /// Does this word look like an attempt at an amount (so a failure should be reported as one)?
 fn looks_like_amount(word: &str) -> bool {
-    word.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_digit() || "$€£¥₩₹-−.".contains(c))
-        || word.starts_with("US$")
+    word.chars().next().is_some_and(|c| c.is_ascii_digit() || "$€£¥₩₹-−.".contains(c)) || word.starts_with("US$")
 }
 
 /// Parses the text after `/refund`.
@@ -206,10 +199,9 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
         None => (AmountAsked::Full, ""),
         Some(w) if w.eq_ignore_ascii_case("full") => (AmountAsked::Full, after_second),
         Some(w) if RefundReason::parse(w).is_some() => (AmountAsked::Full, rest),
-        Some(w) if looks_like_amount(w) => (
-            AmountAsked::Exact(AmountInput::parse(w).map_err(CommandError::Amount)?),
-            after_second,
-        ),
+        Some(w) if looks_like_amount(w) => {
+            (AmountAsked::Exact(AmountInput::parse(w).map_err(CommandError::Amount)?), after_second)
+        }
         Some(w) => return Err(CommandError::NotAmountOrReason(w.to_string())),
     };
     let (third, after_third) = split_word(rest);
@@ -220,12 +212,7 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
             None => return Err(CommandError::UnknownReason(w.to_string())),
         },
     };
-    Ok(Command::Refund(RefundCommand {
-        target,
-        amount,
-        reason,
-        note: Note::parse(note_text)?,
-    }))
+    Ok(Command::Refund(RefundCommand { target, amount, reason, note: Note::parse(note_text)? }))
 }
 
 fn split_word(text: &str) -> (Option<&str>, &str) {

@@ -35,16 +35,9 @@ impl RequestId {
         Some(RequestId(u64::from_be_bytes(key.get(..8)?.try_into().ok()?)))
     }
     pub fn parse(text: &str) -> Result<Self, IdError> {
-        let err = || IdError {
-            what: "request id",
-            text: text.to_string(),
-            hint: "request ids look like R-1001",
-        };
+        let err = || IdError { what: "request id", text: text.to_string(), hint: "request ids look like R-1001" };
         let t = text.trim();
-        let digits = t
-            .strip_prefix("R-")
-            .or_else(|| t.strip_prefix("r-"))
-            .ok_or_else(err)?;
+        let digits = t.strip_prefix("R-").or_else(|| t.strip_prefix("r-")).ok_or_else(err)?;
         if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err());
         }
@@ -79,9 +72,7 @@ impl From<RequestId> for String {
 fn stripe_id(text: &str, prefixes: &[&str]) -> bool {
     prefixes.iter().any(|p| {
         text.strip_prefix(p).is_some_and(|rest| {
-            !rest.is_empty()
-                && rest.len() <= 250
-                && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            !rest.is_empty() && rest.len() <= 250 && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         })
     })
 }
@@ -194,11 +185,7 @@ impl UserId {
         if ok {
             Ok(UserId(t.to_string()))
         } else {
-            Err(IdError {
-                what: "Slack user id",
-                text: text.to_string(),
-                hint: "Slack user ids look like U012AB3CD",
-            })
+            Err(IdError { what: "Slack user id", text: text.to_string(), hint: "Slack user ids look like U012AB3CD" })
         }
     }
     pub fn as_str(&self) -> &str {

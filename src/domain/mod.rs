@@ -10,7 +10,12 @@ pub use command::{AmountAsked, Command, CommandError, Note, RefundCommand, Refun
 pub use ids::{ChargeId, CustomerId, IdError, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
 pub use money::{AmountError, AmountInput, Currency, Money};
 pub use request::{
-    Actor, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane,
-    MessageRef, NewRequest, Notice, RefundRecord, RefundRequest, RequestStatus, StateError,
-    Transition,
+    Actor, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane, MessageRef, NewRequest,
+    Notice, RefundRecord, RefundRequest, RequestStatus, StateError, Transition,
 };
+
+/// `text` with its first letter in upper case, for messages that start with a phrase.
+pub fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map(|c| c.to_uppercase().collect::<String>() + chars.as_str()).unwrap_or_default()
+}

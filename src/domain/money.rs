@@ -9,10 +9,8 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Stripe's zero-decimal currencies (stripe.com/docs/currencies).
-const ZERO_DECIMAL: [&str; 16] = [
-    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv",
-    "xaf", "xof", "xpf",
-];
+const ZERO_DECIMAL: [&str; 16] =
+    ["bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"];
 /// Stripe's three-decimal currencies; amounts must end in 0.
 const THREE_DECIMAL: [&str; 5] = ["bhd", "jod", "kwd", "omr", "tnd"];
 /// Stripe accepts at most 8 digits of minor units (12 for IDR).
@@ -43,11 +41,7 @@ impl Currency {
     pub fn parse(code: &str) -> Result<Self, CurrencyError> {
         let b = code.trim().as_bytes();
         if b.len() == 3 && b.iter().all(u8::is_ascii_alphabetic) {
-            Ok(Currency([
-                b[0].to_ascii_lowercase(),
-                b[1].to_ascii_lowercase(),
-                b[2].to_ascii_lowercase(),
-            ]))
+            Ok(Currency([b[0].to_ascii_lowercase(), b[1].to_ascii_lowercase(), b[2].to_ascii_lowercase()]))
         } else {
             Err(CurrencyError(code.to_string()))
         }
@@ -139,11 +133,7 @@ impl Money {
         let exp = self.currency.exponent();
         let scale = 10u64.pow(exp);
         let whole = group_thousands(self.minor / scale);
-        if exp == 0 {
-            whole
-        } else {
-            format!("{whole}.{:0width$}", self.minor % scale, width = exp as usize)
-        }
+        if exp == 0 { whole } else { format!("{whole}.{:0width$}", self.minor % scale, width = exp as usize) }
     }
 }
 
@@ -181,25 +171,15 @@ pub enum AmountError {
     #[error("`{0}` has its thousands separators in the wrong place. Write it like `1,234.56` or `1234.56`.")]
     BadGrouping(String),
     #[error("`{text}` has too many decimals for {currency}, which has {places}. Write it like `{example}`.")]
-    TooManyDecimals {
-        text: String,
-        currency: Currency,
-        places: u32,
-        example: String,
-    },
-    #[error("{currency} amounts must end in 0 in their last decimal (Stripe's rule): `{text}` cannot be refunded. Write it like `{example}`.")]
-    LastDigitNotZero {
-        text: String,
-        currency: Currency,
-        example: String,
-    },
-    #[error("`{text}` is in `{symbol}`, but the charge is in {currency}. Write the amount in {currency}, like `{example}`.")]
-    WrongCurrency {
-        text: String,
-        symbol: String,
-        currency: Currency,
-        example: String,
-    },
+    TooManyDecimals { text: String, currency: Currency, places: u32, example: String },
+    #[error(
+        "{currency} amounts must end in 0 in their last decimal (Stripe's rule): `{text}` cannot be refunded. Write it like `{example}`."
+    )]
+    LastDigitNotZero { text: String, currency: Currency, example: String },
+    #[error(
+        "`{text}` is in `{symbol}`, but the charge is in {currency}. Write the amount in {currency}, like `{example}`."
+    )]
+    WrongCurrency { text: String, symbol: String, currency: Currency, example: String },
     #[error("`{text}` is more than Stripe can refund in one go ({max}).")]
     TooLarge { text: String, max: Money },
 }
@@ -262,12 +242,7 @@ impl AmountInput {
         if whole.is_empty() && fraction.bytes().all(|b| b == b'0') {
             return Err(AmountError::Zero);
         }
-        Ok(AmountInput {
-            text: t.to_string(),
-            whole,
-            fraction: fraction.to_string(),
-            symbol,
-        })
+        Ok(AmountInput { text: t.to_string(), whole, fraction: fraction.to_string(), symbol })
     }
 
     pub fn text(&self) -> &str {
@@ -278,10 +253,8 @@ impl AmountInput {
     pub fn to_money(&self, currency: Currency) -> Result<Money, AmountError> {
         let example = || example_for(currency);
         if let Some(sym) = &self.symbol {
-            let allowed = SYMBOLS
-                .iter()
-                .find(|(s, _)| s == sym)
-                .is_some_and(|(_, codes)| codes.contains(&currency.code()));
+            let allowed =
+                SYMBOLS.iter().find(|(s, _)| s == sym).is_some_and(|(_, codes)| codes.contains(&currency.code()));
             if !allowed {
                 return Err(AmountError::WrongCurrency {
                     text: self.text.clone(),
@@ -305,25 +278,16 @@ impl AmountInput {
         while fraction.len() < exp {
             fraction.push('0');
         }
-        let too_large = || AmountError::TooLarge {
-            text: self.text.clone(),
-            max: Money::new(currency.max_minor(), currency),
-        };
+        let too_large =
+            || AmountError::TooLarge { text: self.text.clone(), max: Money::new(currency.max_minor(), currency) };
         let whole: u64 = if self.whole.is_empty() { 0 } else { self.whole.parse().map_err(|_| too_large())? };
         let frac: u64 = if fraction.is_empty() { 0 } else { fraction.parse().map_err(|_| too_large())? };
-        let minor = whole
-            .checked_mul(10u64.pow(exp as u32))
-            .and_then(|w| w.checked_add(frac))
-            .ok_or_else(too_large)?;
+        let minor = whole.checked_mul(10u64.pow(exp as u32)).and_then(|w| w.checked_add(frac)).ok_or_else(too_large)?;
         if minor > currency.max_minor() {
             return Err(too_large());
         }
         if exp == 3 && minor % 10 != 0 {
-            return Err(AmountError::LastDigitNotZero {
-                text: self.text.clone(),
-                currency,
-                example: example(),
-            });
+            return Err(AmountError::LastDigitNotZero { text: self.text.clone(), currency, example: example() });
         }
         Ok(Money::new(minor, currency))
     }

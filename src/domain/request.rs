@@ -109,9 +109,7 @@ pub struct ChargeFacts {
 impl ChargeFacts {
     /// What is still refundable.
     pub fn remaining(&self) -> Money {
-        self.amount
-            .checked_sub(&self.amount_refunded)
-            .unwrap_or_else(|| Money::new(0, self.amount.currency()))
+        self.amount.checked_sub(&self.amount_refunded).unwrap_or_else(|| Money::new(0, self.amount.currency()))
     }
 }
 
@@ -251,10 +249,7 @@ impl Effect {
     pub fn lane(&self) -> Lane {
         match self {
             Effect::CheckPayment | Effect::CreateRefund => Lane::Stripe,
-            Effect::PostCard
-            | Effect::RefreshCard
-            | Effect::ThreadReply(_)
-            | Effect::NotifyRequester(_) => Lane::Slack,
+            Effect::PostCard | Effect::RefreshCard | Effect::ThreadReply(_) | Effect::NotifyRequester(_) => Lane::Slack,
             Effect::EmailCustomer(_) => Lane::Email,
         }
     }
@@ -297,11 +292,7 @@ pub enum DecisionError {
     #[error("You asked for {0}, so someone else in finance has to approve or deny it.")]
     OwnRequest(RequestId),
     #[error("{id} is no longer waiting for approval: {status}{by}.")]
-    AlreadyDecided {
-        id: RequestId,
-        status: RequestStatus,
-        by: String,
-    },
+    AlreadyDecided { id: RequestId, status: RequestStatus, by: String },
     #[error("A denial needs a reason the requester can act on.")]
     EmptyReason,
 }
@@ -357,11 +348,7 @@ impl RefundRequest {
     }
 
     fn expect(&self, status: RequestStatus, action: &'static str) -> Result<(), StateError> {
-        if self.status == status {
-            Ok(())
-        } else {
-            Err(StateError { id: self.id, status: self.status, action })
-        }
+        if self.status == status { Ok(()) } else { Err(StateError { id: self.id, status: self.status, action }) }
     }
 
     fn move_to(&mut self, to: RequestStatus, now: DateTime<Utc>) -> RequestStatus {
@@ -386,7 +373,12 @@ impl RefundRequest {
     }
 
     /// The charge cannot be refunded as asked: end the request and say why.
-    pub fn reject(&mut self, why: String, facts: Option<ChargeFacts>, now: DateTime<Utc>) -> Result<Transition, StateError> {
+    pub fn reject(
+        &mut self,
+        why: String,
+        facts: Option<ChargeFacts>,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, StateError> {
         self.expect(RequestStatus::Requested, "rejected")?;
         self.charge = facts.or(self.charge.take());
         self.problem = Some(why.clone());
@@ -422,24 +414,31 @@ impl RefundRequest {
     }
 
     /// An approver who is not the requester approves: send the refund to Stripe.
-    pub fn approve(&mut self, by: &UserId, approvers: &Approvers, now: DateTime<Utc>) -> Result<Transition, DecisionError> {
+    pub fn approve(
+        &mut self,
+        by: &UserId,
+        approvers: &Approvers,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DecisionError> {
         self.check_decider(by, approvers)?;
         self.approved = Some(Decision { by: by.clone(), at: now });
         let from = self.move_to(RequestStatus::Approved, now);
         Ok(Transition {
             actor: Actor::User(by.clone()),
             from,
-            effects: vec![
-                Effect::CreateRefund,
-                Effect::RefreshCard,
-                Effect::ThreadReply(Notice::Approved),
-            ],
+            effects: vec![Effect::CreateRefund, Effect::RefreshCard, Effect::ThreadReply(Notice::Approved)],
             detail: None,
         })
     }
 
     /// An approver denies, with a reason the requester will read.
-    pub fn deny(&mut self, by: &UserId, reason: &str, approvers: &Approvers, now: DateTime<Utc>) -> Result<Transition, DecisionError> {
+    pub fn deny(
+        &mut self,
+        by: &UserId,
+        reason: &str,
+        approvers: &Approvers,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DecisionError> {
         self.check_decider(by, approvers)?;
         let reason = reason.trim();
         if reason.is_empty() {
@@ -461,12 +460,18 @@ impl RefundRequest {
     }
 
     /// Stripe answered the refund call with a refund object.
-    pub fn record_submitted(&mut self, refund: RefundId, stripe_status: &str, now: DateTime<Utc>) -> Result<Transition, StateError> {
+    pub fn record_submitted(
+        &mut self,
+        refund: RefundId,
+        stripe_status: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, StateError> {
         if self.status.refund_rank().is_none() {
             return Err(StateError { id: self.id, status: self.status, action: "submitted to Stripe" });
         }
         if self.refund.is_none() {
-            self.refund = Some(RefundRecord { id: refund, stripe_status: stripe_status.to_string(), failure_reason: None });
+            self.refund =
+                Some(RefundRecord { id: refund, stripe_status: stripe_status.to_string(), failure_reason: None });
         }
         let mut effects = vec![];
         let from = self.status;
@@ -516,7 +521,8 @@ impl RefundRequest {
         let target = to.refund_rank()?;
         if target <= current {
             if self.refund.is_none() {
-                self.refund = Some(RefundRecord { id: refund, stripe_status: stripe_status.to_string(), failure_reason });
+                self.refund =
+                    Some(RefundRecord { id: refund, stripe_status: stripe_status.to_string(), failure_reason });
                 self.updated_at = now;
             }
             return None;

@@ -34,20 +34,16 @@ impl SlackCallError {
 }
 
 /// Slack error codes that mean "try again later".
-const TRANSIENT_CODES: [&str; 6] = [
-    "ratelimited",
-    "internal_error",
-    "fatal_error",
-    "service_unavailable",
-    "request_timeout",
-    "team_added_to_org",
-];
+const TRANSIENT_CODES: [&str; 6] =
+    ["ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout", "team_added_to_org"];
 
 impl From<SlackClientError> for SlackCallError {
     fn from(e: SlackClientError) -> Self {
         match e {
             SlackClientError::RateLimitError(r) => SlackCallError::RateLimited(r.retry_after),
-            SlackClientError::ApiError(a) if TRANSIENT_CODES.contains(&a.code.as_str()) => SlackCallError::Unavailable(a.code),
+            SlackClientError::ApiError(a) if TRANSIENT_CODES.contains(&a.code.as_str()) => {
+                SlackCallError::Unavailable(a.code)
+            }
             SlackClientError::ApiError(a) => SlackCallError::Refused(a.code),
             // Payloads in these errors can hold message text; keep only the kind.
             SlackClientError::ProtocolError(_) => SlackCallError::Unavailable("unreadable answer from Slack".into()),
@@ -100,7 +96,12 @@ impl SlackApi {
 
     /// Posts a message (in a thread when `thread_ts` is given); returns its `ts`.
     #[tracing::instrument(skip(self, content))]
-    pub async fn post_message(&self, channel: &str, content: SlackMessageContent, thread_ts: Option<&str>) -> Result<String, SlackCallError> {
+    pub async fn post_message(
+        &self,
+        channel: &str,
+        content: SlackMessageContent,
+        thread_ts: Option<&str>,
+    ) -> Result<String, SlackCallError> {
         let mut req = SlackApiChatPostMessageRequest::new(channel.into(), content);
         if let Some(ts) = thread_ts {
             req = req.with_thread_ts(ts.into());
@@ -110,7 +111,12 @@ impl SlackApi {
     }
 
     #[tracing::instrument(skip(self, content))]
-    pub async fn update_message(&self, channel: &str, ts: &str, content: SlackMessageContent) -> Result<(), SlackCallError> {
+    pub async fn update_message(
+        &self,
+        channel: &str,
+        ts: &str,
+        content: SlackMessageContent,
+    ) -> Result<(), SlackCallError> {
         let req = SlackApiChatUpdateRequest::new(channel.into(), content, ts.into());
         self.call("chat.update", async |s| s.chat_update(&req).await).await.map(|_| ())
     }

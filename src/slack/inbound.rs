@@ -10,7 +10,7 @@ use super::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature};
 use super::views::{self, APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, DENY_REASON_ACTION, DENY_REASON_BLOCK};
 use crate::app::AppContext;
 use crate::domain::command::{parse_command, usage};
-use crate::domain::{Command, DecisionError, NewRequest, RequestId, UserId};
+use crate::domain::{Command, DecisionError, NewRequest, RequestId, UserId, capitalised};
 use crate::storage::StoreError;
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
@@ -32,7 +32,8 @@ impl FromRequest<Arc<AppContext>> for SlackSigned {
         let body = Bytes::from_request(req, ctx).await.map_err(IntoResponse::into_response)?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let secret = &ctx.settings.slack.signing_secret;
-        match verify_signature(secret, header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, ctx.now().timestamp()) {
+        match verify_signature(secret, header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, ctx.now().timestamp())
+        {
             Ok(()) => Ok(SlackSigned(body)),
             Err(e) => {
                 tracing::warn!(reason = %e, "refused a Slack request");
@@ -57,11 +58,6 @@ pub async fn http_command(State(ctx): State<Arc<AppContext>>, SlackSigned(body):
     }
 }
 
-fn capitalised(text: &str) -> String {
-    let mut chars = text.chars();
-    chars.next().map(|c| c.to_uppercase().collect::<String>() + chars.as_str()).unwrap_or_default()
-}
-
 /// Answers one `/refund`, privately.
 #[tracing::instrument(skip_all, fields(slack_user = %cmd.user_id))]
 pub async fn handle_command(ctx: &AppContext, cmd: SlashCommand) -> String {
@@ -75,7 +71,9 @@ pub async fn handle_command(ctx: &AppContext, cmd: SlashCommand) -> String {
     }
     let command = match parse_command(&cmd.text) {
         Ok(c) => c,
-        Err(e) => return format!(":warning: {}\nNothing was stored.\n\n{}", capitalised(&e.to_string()), usage()),
+        Err(e) => {
+            return format!(":warning: {}\nNothing was stored.\n\n{}", capitalised(&e.to_string()), usage());
+        }
     };
     match command {
         Command::Help => usage(),
@@ -159,7 +157,9 @@ async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action:
         return;
     }
     let channel = interaction.channel_id().unwrap_or_else(|| ctx.settings.slack.finance_channel.clone());
-    let Ok(user) = UserId::parse(&interaction.user.id) else { return };
+    let Ok(user) = UserId::parse(&interaction.user.id) else {
+        return;
+    };
     let Some(id) = action.value.as_deref().and_then(|v| RequestId::parse(v).ok()) else {
         tracing::warn!(value = ?action.value, "button without a request id");
         return;
@@ -185,7 +185,9 @@ async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action:
     if let Err(refusal) = request.may_decide(&user, approvers) {
         return ctx.tell_privately(channel, user, refusal.to_string());
     }
-    let Some(trigger) = interaction.trigger_id.clone() else { return };
+    let Some(trigger) = interaction.trigger_id.clone() else {
+        return;
+    };
     let ctx2 = ctx.clone();
     tokio::spawn(async move {
         if let Err(e) = ctx2.slack.open_view(&trigger, views::deny_modal(&request)).await {
@@ -200,7 +202,11 @@ fn report_store_error(ctx: &Arc<AppContext>, channel: String, user: UserId, id: 
         StoreError::NotFound(_) => ctx.tell_privately(channel, user, format!("There is no request {id}.")),
         e => {
             tracing::error!(error = %e, request_id = %id, "storage failed on a click");
-            ctx.tell_privately(channel, user, format!("{id} could not be updated just now, so nothing changed. Try again in a minute."));
+            ctx.tell_privately(
+                channel,
+                user,
+                format!("{id} could not be updated just now, so nothing changed. Try again in a minute."),
+            );
         }
     }
 }
@@ -210,18 +216,27 @@ fn view_error(block: &str, message: String) -> Response {
 }
 
 async fn handle_deny_submission(ctx: &Arc<AppContext>, interaction: &Interaction) -> Response {
-    let Some(view) = &interaction.view else { return StatusCode::OK.into_response() };
-    let Some(id) = views::deny_modal_request(&view.private_metadata) else {
-        return view_error(DENY_REASON_BLOCK, "This form lost track of its request; close it and click Deny again.".into());
+    let Some(view) = &interaction.view else {
+        return StatusCode::OK.into_response();
     };
-    let Ok(user) = UserId::parse(&interaction.user.id) else { return StatusCode::OK.into_response() };
+    let Some(id) = views::deny_modal_request(&view.private_metadata) else {
+        return view_error(
+            DENY_REASON_BLOCK,
+            "This form lost track of its request; close it and click Deny again.".into(),
+        );
+    };
+    let Ok(user) = UserId::parse(&interaction.user.id) else {
+        return StatusCode::OK.into_response();
+    };
     let reason = view.input(DENY_REASON_BLOCK, DENY_REASON_ACTION).unwrap_or_default();
     let approvers = &ctx.settings.slack.approvers;
     let now = ctx.now();
     match ctx.store.transition(id, now, |r| r.deny(&user, &reason, approvers, now).map(Some)).await {
         // An empty 200 closes the form.
         Ok(Ok(_)) => StatusCode::OK.into_response(),
-        Ok(Err(DecisionError::EmptyReason)) => view_error(DENY_REASON_BLOCK, "Write a reason the requester can act on.".into()),
+        Ok(Err(DecisionError::EmptyReason)) => {
+            view_error(DENY_REASON_BLOCK, "Write a reason the requester can act on.".into())
+        }
         Ok(Err(refusal)) => view_error(DENY_REASON_BLOCK, refusal.to_string()),
         Err(e) => {
             tracing::error!(error = %e, request_id = %id, "storage failed on a denial");

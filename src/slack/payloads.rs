@@ -104,13 +104,16 @@ mod tests {
 
     #[test]
     fn slacks_sample_payloads_parse() {
-        let block: Interaction = serde_json::from_str(include_str!("../../tests/fixtures/slack/BlockActionPayload.json")).unwrap();
+        let block: Interaction =
+            serde_json::from_str(include_str!("../../tests/fixtures/slack/BlockActionPayload.json")).unwrap();
         assert_eq!(block.kind, "block_actions");
         assert!(!block.actions.is_empty());
-        let view: Interaction = serde_json::from_str(include_str!("../../tests/fixtures/slack/ViewSubmissionPayload.json")).unwrap();
+        let view: Interaction =
+            serde_json::from_str(include_str!("../../tests/fixtures/slack/ViewSubmissionPayload.json")).unwrap();
         assert_eq!(view.kind, "view_submission");
         assert!(view.view.is_some());
-        let cmd: SlashCommand = serde_json::from_str(include_str!("../../tests/fixtures/slack/SlashCommandPayload.json")).unwrap();
+        let cmd: SlashCommand =
+            serde_json::from_str(include_str!("../../tests/fixtures/slack/SlashCommandPayload.json")).unwrap();
         assert_eq!(cmd.text, "");
     }
 

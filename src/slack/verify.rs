@@ -33,7 +33,13 @@ fn mac(secret: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
 }
 
 /// Checks one request's signature as of `now` (unix seconds).
-pub fn verify_signature(secret: &SecretString, timestamp: Option<&str>, signature: Option<&str>, body: &[u8], now: i64) -> Result<(), SignatureError> {
+pub fn verify_signature(
+    secret: &SecretString,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    body: &[u8],
+    now: i64,
+) -> Result<(), SignatureError> {
     let (Some(timestamp), Some(signature)) = (timestamp, signature) else {
         return Err(SignatureError::Missing);
     };
@@ -41,10 +47,7 @@ pub fn verify_signature(secret: &SecretString, timestamp: Option<&str>, signatur
         return Err(SignatureError::Mismatch);
     }
     let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
-    let expected = signature
-        .strip_prefix("v0=")
-        .and_then(|h| hex::decode(h).ok())
-        .ok_or(SignatureError::Mismatch)?;
+    let expected = signature.strip_prefix("v0=").and_then(|h| hex::decode(h).ok()).ok_or(SignatureError::Mismatch)?;
     // verify_slice compares in constant time.
     mac(secret.expose_secret(), timestamp.trim(), body)
         .verify_slice(&expected)
@@ -67,13 +70,20 @@ mod tests {
 
     #[test]
     fn every_official_slack_vector_gives_the_official_answer() {
-        let vectors: Value = serde_json::from_str(include_str!("../../tests/fixtures/signatures/slack_sig_vectors.json")).unwrap();
+        let vectors: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/signatures/slack_sig_vectors.json")).unwrap();
         let vectors = vectors["vectors"].as_array().unwrap();
         assert_eq!(vectors.len(), 7);
         for v in vectors {
             let s = |k: &str| v[k].as_str().unwrap().to_string();
             let secret = SecretString::from(s("signing_secret"));
-            let result = verify_signature(&secret, Some(&s("timestamp")), Some(&s("x_slack_signature")), s("body").as_bytes(), v["now"].as_i64().unwrap());
+            let result = verify_signature(
+                &secret,
+                Some(&s("timestamp")),
+                Some(&s("x_slack_signature")),
+                s("body").as_bytes(),
+                v["now"].as_i64().unwrap(),
+            );
             assert_eq!(result.is_ok(), v["expect_valid"].as_bool().unwrap(), "{}: {result:?}", s("name"));
         }
     }
@@ -83,11 +93,26 @@ mod tests {
         let secret = SecretString::from("s3cret".to_string());
         let sig = sign("s3cret", 1_700_000_000, b"text=hi");
         assert_eq!(verify_signature(&secret, Some("1700000000"), Some(&sig), b"text=hi", 1_700_000_100), Ok(()));
-        assert_eq!(verify_signature(&secret, None, Some(&sig), b"text=hi", 1_700_000_100), Err(SignatureError::Missing));
-        assert_eq!(verify_signature(&secret, Some("1700000000"), None, b"text=hi", 1_700_000_100), Err(SignatureError::Missing));
-        assert_eq!(verify_signature(&secret, Some("soon"), Some(&sig), b"text=hi", 1_700_000_100), Err(SignatureError::BadTimestamp));
-        assert_eq!(verify_signature(&secret, Some("1700000000"), Some("v0=zz"), b"text=hi", 1_700_000_100), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify_signature(&secret, None, Some(&sig), b"text=hi", 1_700_000_100),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify_signature(&secret, Some("1700000000"), None, b"text=hi", 1_700_000_100),
+            Err(SignatureError::Missing)
+        );
+        assert_eq!(
+            verify_signature(&secret, Some("soon"), Some(&sig), b"text=hi", 1_700_000_100),
+            Err(SignatureError::BadTimestamp)
+        );
+        assert_eq!(
+            verify_signature(&secret, Some("1700000000"), Some("v0=zz"), b"text=hi", 1_700_000_100),
+            Err(SignatureError::Mismatch)
+        );
         let empty = SecretString::from(String::new());
-        assert_eq!(verify_signature(&empty, Some("1700000000"), Some(&sign("", 1_700_000_000, b"x")), b"x", 1_700_000_000), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify_signature(&empty, Some("1700000000"), Some(&sign("", 1_700_000_000, b"x")), b"x", 1_700_000_000),
+            Err(SignatureError::Mismatch)
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Block Kit views: the approval card, thread replies and direct messages, the deny form.
 //! Each is a function of the stored request; no handler writes Slack JSON inline.
 
-use crate::domain::{Notice, RefundRequest, RequestId, RequestStatus};
+use crate::domain::{Notice, RefundRequest, RequestId, RequestStatus, capitalised};
 use chrono::{DateTime, Utc};
 use slack_morphism::prelude::*;
 
@@ -13,16 +13,7 @@ pub const DENY_REASON_ACTION: &str = "deny_reason";
 
 /// A time that each reader sees in their own time zone, with a UTC fallback.
 pub fn slack_time(at: DateTime<Utc>) -> String {
-    format!(
-        "<!date^{}^{{date_short_pretty}} at {{time}}|{}>",
-        at.timestamp(),
-        at.format("%Y-%m-%d %H:%M UTC")
-    )
-}
-
-fn capitalised(word: &str) -> String {
-    let mut c = word.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+    format!("<!date^{}^{{date_short_pretty}} at {{time}}|{}>", at.timestamp(), at.format("%Y-%m-%d %H:%M UTC"))
 }
 
 fn mention(user: &impl std::fmt::Display) -> String {
@@ -44,11 +35,7 @@ fn amount_text(r: &RefundRequest) -> String {
 
 /// Who decided and where the refund stands, one line.
 pub fn status_line(r: &RefundRequest) -> String {
-    let refund = r
-        .refund
-        .as_ref()
-        .map(|f| format!(" · Stripe refund `{}`", f.id))
-        .unwrap_or_default();
+    let refund = r.refund.as_ref().map(|f| format!(" · Stripe refund `{}`", f.id)).unwrap_or_default();
     let decision = match (&r.approved, &r.denied) {
         (Some(d), _) => format!("Approved by {} {}", mention(&d.by), slack_time(d.at)),
         (None, Some(d)) => format!(
@@ -94,7 +81,10 @@ pub fn approval_card(r: &RefundRequest, now: DateTime<Utc>) -> SlackMessageConte
     if let Some(note) = &r.note {
         blocks.push(SlackSectionBlock::new().with_text(md!("*Note*\n{}", escape(note.as_str()))).into());
     }
-    blocks.push(SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(SlackBlockMarkDownText::new(status_line(r)))]).into());
+    blocks.push(
+        SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(SlackBlockMarkDownText::new(status_line(r)))])
+            .into(),
+    );
     if r.status == RequestStatus::AwaitingApproval {
         let value = r.id.to_string();
         let confirm = SlackBlockConfirmItem::new(
@@ -146,7 +136,8 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
             escape(r.problem.as_deref().unwrap_or("Stripe could not confirm the charge"))
         ),
         (Notice::Approved, _) => {
-            let by = r.approved.as_ref().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).unwrap_or_default();
+            let by =
+                r.approved.as_ref().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).unwrap_or_default();
             format!(":white_check_mark: Approved by {by}. Sending the refund to Stripe.")
         }
         (Notice::Denied, Audience::Thread) => {
@@ -162,28 +153,40 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
         }
         (Notice::Submitted, _) => {
             let status = r.refund.as_ref().map(|f| f.stripe_status.as_str()).unwrap_or("unknown");
-            format!(":outbox_tray: Submitted to Stripe as {refund_id} (Stripe says: {status}). Waiting for Stripe to confirm.")
+            format!(
+                ":outbox_tray: Submitted to Stripe as {refund_id} (Stripe says: {status}). Waiting for Stripe to confirm."
+            )
         }
         (Notice::StripeStatus(s), Audience::Thread) => match s {
-            RequestStatus::Pending => format!(":hourglass_flowing_sand: Stripe reports {refund_id} pending."),
+            RequestStatus::Pending => {
+                format!(":hourglass_flowing_sand: Stripe reports {refund_id} pending.")
+            }
             RequestStatus::Succeeded => format!(":tada: Stripe confirms {refund_id} of {} succeeded.", amount_text(r)),
             RequestStatus::Failed => format!(
                 ":x: The refund failed: {}",
                 escape(r.problem.as_deref().unwrap_or("Stripe reported a failure"))
             ),
-            RequestStatus::Canceled => format!(":heavy_minus_sign: Stripe reports {refund_id} canceled."),
+            RequestStatus::Canceled => {
+                format!(":heavy_minus_sign: Stripe reports {refund_id} canceled.")
+            }
             other => format!("Status: {other}."),
         },
         (Notice::StripeStatus(s), Audience::Requester) => match s {
-            RequestStatus::Succeeded => format!(":tada: Your refund request {what} is done: Stripe confirms the refund succeeded."),
+            RequestStatus::Succeeded => {
+                format!(":tada: Your refund request {what} is done: Stripe confirms the refund succeeded.")
+            }
             RequestStatus::Failed => format!(
                 ":x: Your refund request {what} failed at Stripe: {}",
                 escape(r.problem.as_deref().unwrap_or("Stripe reported a failure"))
             ),
             other => format!("Your refund request {what}: {other}."),
         },
-        (Notice::CustomerEmailed { to }, _) => format!(":email: Confirmation emailed to the customer ({}).", escape(to)),
-        (Notice::CustomerNotEmailed { why }, _) => format!(":email: The customer was not emailed: {}", escape(why)),
+        (Notice::CustomerEmailed { to }, _) => {
+            format!(":email: Confirmation emailed to the customer ({}).", escape(to))
+        }
+        (Notice::CustomerNotEmailed { why }, _) => {
+            format!(":email: The customer was not emailed: {}", escape(why))
+        }
     }
 }
 
@@ -201,7 +204,12 @@ pub fn deny_modal(r: &RefundRequest) -> SlackView {
             pt!("Deny {}", r.id),
             vec![
                 SlackSectionBlock::new()
-                    .with_text(md!("Deny the refund of *{}* on `{}` asked by {}?", amount_text(r), r.target, mention(&r.requester)))
+                    .with_text(md!(
+                        "Deny the refund of *{}* on `{}` asked by {}?",
+                        amount_text(r),
+                        r.target,
+                        mention(&r.requester)
+                    ))
                     .into(),
                 SlackInputBlock::new(
                     pt!("Reason (the requester will read it)"),
@@ -271,7 +279,18 @@ mod tests {
     #[test]
     fn a_waiting_card_shows_the_facts_and_both_buttons() {
         let card = json(&approval_card(&request(), Utc::now()));
-        for expected in ["R-1001", "$25.00", "jenny@example.com", "4242", "3 days ago", "Visa", "refund_approve", "refund_deny", "\"confirm\"", "&lt;twice&gt; &amp;"] {
+        for expected in [
+            "R-1001",
+            "$25.00",
+            "jenny@example.com",
+            "4242",
+            "3 days ago",
+            "Visa",
+            "refund_approve",
+            "refund_deny",
+            "\"confirm\"",
+            "&lt;twice&gt; &amp;",
+        ] {
             assert!(card.contains(expected), "missing {expected}: {card}");
         }
         assert_eq!(card.matches("\"value\":\"R-1001\"").count(), 2);
@@ -290,7 +309,10 @@ mod tests {
     #[test]
     fn the_deny_form_carries_the_request_and_asks_for_text() {
         let view = serde_json::to_string(&deny_modal(&request())).unwrap();
-        assert!(view.contains(DENY_CALLBACK) && view.contains(DENY_REASON_BLOCK) && view.contains("plain_text_input"), "{view}");
+        assert!(
+            view.contains(DENY_CALLBACK) && view.contains(DENY_REASON_BLOCK) && view.contains("plain_text_input"),
+            "{view}"
+        );
         assert_eq!(deny_modal_request("R-1001"), Some(RequestId::new(1001)));
     }
 }

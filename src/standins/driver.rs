@@ -16,7 +16,14 @@ pub const FINANCE_CHANNEL: &str = "C0FINANCE1";
 pub const EMAIL_FROM: &str = "Acme Billing <billing@acme.example>";
 
 /// Settings for a desk on port 0 that talks to the given stand-ins.
-pub fn desk_settings(slack_url: &str, stripe_url: &str, smtp_url: Option<&str>, data_dir: &Path, approvers: &str, jobs: JobSettings) -> Settings {
+pub fn desk_settings(
+    slack_url: &str,
+    stripe_url: &str,
+    smtp_url: Option<&str>,
+    data_dir: &Path,
+    approvers: &str,
+    jobs: JobSettings,
+) -> Settings {
     let mut vars: HashMap<&str, String> = HashMap::from([
         ("REFUND_DESK_LISTEN", "127.0.0.1:0".to_string()),
         ("REFUND_DESK_DATA_DIR", data_dir.display().to_string()),
@@ -53,7 +60,13 @@ impl SlackDriver {
     }
 
     /// Posts `body` to `path`, signed at `timestamp` with `secret` (or unsigned when `None`).
-    pub async fn post_signed(&self, path: &str, content_type: &str, body: String, signature: Option<(&str, i64)>) -> reqwest::Response {
+    pub async fn post_signed(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+        signature: Option<(&str, i64)>,
+    ) -> reqwest::Response {
         let mut req = self.http.post(format!("{}{path}", self.base)).header("content-type", content_type);
         if let Some((secret, ts)) = signature {
             req = req
@@ -88,7 +101,8 @@ impl SlackDriver {
 
     /// `/refund <text>` as `user`; returns the HTTP status and the JSON answer.
     pub async fn slash(&self, user: &str, text: &str) -> (u16, Value) {
-        let response = self.post("/slack/commands", "application/x-www-form-urlencoded", Self::command_body(user, text)).await;
+        let response =
+            self.post("/slack/commands", "application/x-www-form-urlencoded", Self::command_body(user, text)).await;
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }

@@ -102,11 +102,13 @@ fn text_of(body: &Value) -> String {
     body["text"].as_str().unwrap_or_default().to_string()
 }
 
-async fn handle(State(state): State<Arc<Mutex<SlackState>>>, Path(method): Path<String>, headers: HeaderMap, body: String) -> (axum::http::StatusCode, HeaderMap, Json<Value>) {
-    let json_body = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("json"));
+async fn handle(
+    State(state): State<Arc<Mutex<SlackState>>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: String,
+) -> (axum::http::StatusCode, HeaderMap, Json<Value>) {
+    let json_body = headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
     let body: Value = if json_body {
         serde_json::from_str(&body).unwrap_or(Value::Null)
     } else {
@@ -130,7 +132,9 @@ async fn handle(State(state): State<Arc<Mutex<SlackState>>>, Path(method): Path<
         return (status, out_headers, Json(fault));
     }
     let answer = match method.as_str() {
-        "auth.test" => json!({ "ok": true, "url": "https://example.slack.com/", "team": "Example", "user": "refund-desk", "team_id": "T00000001", "user_id": "U0BOT0001", "bot_id": "B00000001" }),
+        "auth.test" => {
+            json!({ "ok": true, "url": "https://example.slack.com/", "team": "Example", "user": "refund-desk", "team_id": "T00000001", "user_id": "U0BOT0001", "bot_id": "B00000001" })
+        }
         "chat.postMessage" => {
             let Some(channel) = body["channel"].as_str().filter(|c| !c.is_empty()) else {
                 return (ok, out_headers, Json(slack_error("channel_not_found")));
@@ -175,7 +179,13 @@ async fn handle(State(state): State<Arc<Mutex<SlackState>>>, Path(method): Path<
             };
             s.views.push(json!({ "trigger_id": trigger, "view": body["view"] }));
             let mut view = body["view"].clone();
-            for (k, v) in [("id", "V0000001"), ("team_id", "T00000001"), ("hash", "1700000000.abc"), ("app_id", "A00000001"), ("bot_id", "B00000001")] {
+            for (k, v) in [
+                ("id", "V0000001"),
+                ("team_id", "T00000001"),
+                ("hash", "1700000000.abc"),
+                ("app_id", "A00000001"),
+                ("bot_id", "B00000001"),
+            ] {
                 view[k] = Value::String(v.into());
             }
             view["state"] = json!({ "values": {} });

@@ -40,9 +40,7 @@ impl Received {
     /// The body, decoded from quoted-printable when so encoded.
     pub fn body(&self) -> String {
         let body = self.data.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-        let qp = self
-            .header("Content-Transfer-Encoding")
-            .is_some_and(|e| e.eq_ignore_ascii_case("quoted-printable"));
+        let qp = self.header("Content-Transfer-Encoding").is_some_and(|e| e.eq_ignore_ascii_case("quoted-printable"));
         if qp { decode_quoted_printable(body) } else { body.to_string() }
     }
 }
@@ -130,12 +128,18 @@ async fn serve(stream: TcpStream, state: Arc<Mutex<SinkState>>) -> std::io::Resu
             "EHLO" => "250-sink.localhost\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10485760".into(),
             "HELO" => "250 sink.localhost".into(),
             "MAIL" => {
-                from = command.split_once(':').map(|(_, a)| a.trim().trim_matches(['<', '>']).to_string()).unwrap_or_default();
+                from = command
+                    .split_once(':')
+                    .map(|(_, a)| a.trim().trim_matches(['<', '>']).to_string())
+                    .unwrap_or_default();
                 to.clear();
                 "250 2.1.0 OK".into()
             }
             "RCPT" => {
-                let addr = command.split_once(':').map(|(_, a)| a.trim().trim_matches(['<', '>']).to_string()).unwrap_or_default();
+                let addr = command
+                    .split_once(':')
+                    .map(|(_, a)| a.trim().trim_matches(['<', '>']).to_string())
+                    .unwrap_or_default();
                 if addr.contains('@') {
                     to.push(addr);
                     "250 2.1.5 OK".into()

@@ -78,6 +78,9 @@ pub enum Fault {
     Status(u16),
 }
 
+/// The first answer given for an idempotency key: its parameters, status and body.
+type SavedAnswer = (Vec<(String, String)>, u16, Value);
+
 struct StripeState {
     api_key: String,
     charges: HashMap<String, Value>,
@@ -85,7 +88,7 @@ struct StripeState {
     customers: HashMap<String, Value>,
     refunds: BTreeMap<String, Value>,
     /// Idempotency key → (parameters, status, body) of the first answer.
-    saved: HashMap<String, (Vec<(String, String)>, u16, Value)>,
+    saved: HashMap<String, SavedAnswer>,
     received: Vec<Received>,
     refund_faults: VecDeque<Fault>,
     /// While set, every `POST /v1/refunds` gets a 503 and changes nothing.
@@ -185,7 +188,8 @@ impl FakeStripe {
         charge["disputed"] = spec.disputed.into();
         charge["billing_details"]["email"] = spec.billing_email.clone().into();
         charge["receipt_email"] = spec.receipt_email.clone().into();
-        charge["refunds"] = json!({ "object": "list", "data": [], "has_more": false, "url": format!("/v1/charges/{id}/refunds") });
+        charge["refunds"] =
+            json!({ "object": "list", "data": [], "has_more": false, "url": format!("/v1/charges/{id}/refunds") });
         if let Some(email) = &spec.customer_email {
             let mut customer = template("customer");
             let cus = format!("cus_Standin{n:08}");
@@ -259,7 +263,13 @@ impl FakeStripe {
     }
 
     /// Moves a refund to `status` (and `failure_reason`) and returns the event Stripe would send.
-    pub fn refund_event(&self, refund_id: &str, kind: &str, status: &str, failure_reason: Option<&str>) -> Option<Value> {
+    pub fn refund_event(
+        &self,
+        refund_id: &str,
+        kind: &str,
+        status: &str,
+        failure_reason: Option<&str>,
+    ) -> Option<Value> {
         let mut s = self.lock();
         let refund = s.refunds.get_mut(refund_id)?;
         refund["status"] = status.into();
@@ -308,12 +318,12 @@ impl FakeStripe {
     }
 }
 
-fn authorised(s: &StripeState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorised(s: &StripeState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if bearer == format!("Bearer {}", s.api_key) {
         Ok(())
     } else {
-        Err(error(401, "invalid_request_error", None, "Invalid API Key provided: sk_test_********", None))
+        Err(Box::new(error(401, "invalid_request_error", None, "Invalid API Key provided: sk_test_********", None)))
     }
 }
 
@@ -330,11 +340,18 @@ fn record(s: &mut StripeState, method: &str, path: String, headers: &HeaderMap, 
 
 type Shared = State<Arc<Mutex<StripeState>>>;
 
-fn lookup(state: &Arc<Mutex<StripeState>>, headers: &HeaderMap, path: String, kind: &str, id: &str, pick: fn(&StripeState) -> &HashMap<String, Value>) -> Response {
+fn lookup(
+    state: &Arc<Mutex<StripeState>>,
+    headers: &HeaderMap,
+    path: String,
+    kind: &str,
+    id: &str,
+    pick: fn(&StripeState) -> &HashMap<String, Value>,
+) -> Response {
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", path, headers, vec![]);
     if let Err(r) = authorised(&s, headers) {
-        return r;
+        return *r;
     }
     match pick(&s).get(id) {
         Some(v) => axum::Json(v.clone()).into_response(),
@@ -355,7 +372,7 @@ async fn get_refund(State(st): Shared, Path(id): Path<String>, headers: HeaderMa
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", format!("/v1/refunds/{id}"), &headers, vec![]);
     if let Err(r) = authorised(&s, &headers) {
-        return r;
+        return *r;
     }
     match s.refunds.get(&id) {
         Some(v) => axum::Json(v.clone()).into_response(),
@@ -368,13 +385,19 @@ async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> R
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "POST", "/v1/refunds".into(), &headers, form.clone());
     if let Err(r) = authorised(&s, &headers) {
-        return r;
+        return *r;
     }
     let fault = if s.refunds_down { Some(Fault::Status(503)) } else { s.refund_faults.pop_front() };
     if let Some(Fault::Status(status)) = fault {
         let kind = if status == 429 { "rate_limit_error" } else { "api_error" };
         let code = (status == 429).then_some("rate_limit");
-        return error(status, kind, code, "An error occurred with our connection to Stripe. Request was retried 0 times.", None);
+        return error(
+            status,
+            kind,
+            code,
+            "An error occurred with our connection to Stripe. Request was retried 0 times.",
+            None,
+        );
     }
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(key) = &key
@@ -385,7 +408,9 @@ async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> R
                 400,
                 "idempotency_error",
                 None,
-                &format!("Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."),
+                &format!(
+                    "Keys for idempotent requests can only be used with the same parameters they were first used with. Try using a key other than '{key}' if you meant to execute a different request."
+                ),
                 None,
             );
         }
@@ -417,14 +442,33 @@ fn apply_refund(s: &mut StripeState, form: &[(String, String)]) -> (u16, Value) 
         (Some(c), None) => c,
         (None, Some(pi)) => match s.intents.get(&pi).and_then(|i| i["latest_charge"].as_str().map(str::to_string)) {
             Some(c) => c,
-            None => return refuse(400, Some("resource_missing"), format!("No such payment_intent: '{pi}'"), Some("payment_intent")),
+            None => {
+                return refuse(
+                    400,
+                    Some("resource_missing"),
+                    format!("No such payment_intent: '{pi}'"),
+                    Some("payment_intent"),
+                );
+            }
         },
-        _ => return refuse(400, Some("parameter_missing"), "You must pass either a charge or a payment_intent.".into(), None),
+        _ => {
+            return refuse(
+                400,
+                Some("parameter_missing"),
+                "You must pass either a charge or a payment_intent.".into(),
+                None,
+            );
+        }
     };
     if let Some(reason) = param("reason")
         && !["duplicate", "fraudulent", "requested_by_customer"].contains(&reason.as_str())
     {
-        return refuse(400, Some("parameter_invalid_string"), "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer".into(), Some("reason"));
+        return refuse(
+            400,
+            Some("parameter_invalid_string"),
+            "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer".into(),
+            Some("reason"),
+        );
     }
     let Some(charge) = s.charges.get(&charge_id).cloned() else {
         return refuse(400, Some("resource_missing"), format!("No such charge: '{charge_id}'"), Some("charge"));
@@ -434,21 +478,37 @@ fn apply_refund(s: &mut StripeState, form: &[(String, String)]) -> (u16, Value) 
     let refunded = charge["amount_refunded"].as_u64().unwrap_or(0);
     let remaining = captured.saturating_sub(refunded);
     if charge["disputed"].as_bool() == Some(true) {
-        return refuse(400, Some("charge_disputed"), format!("Charge {charge_id} has been charged back; cannot issue a refund."), None);
+        return refuse(
+            400,
+            Some("charge_disputed"),
+            format!("Charge {charge_id} has been charged back; cannot issue a refund."),
+            None,
+        );
     }
     if remaining == 0 {
-        return refuse(400, Some("charge_already_refunded"), format!("Charge {charge_id} has already been refunded."), None);
+        return refuse(
+            400,
+            Some("charge_already_refunded"),
+            format!("Charge {charge_id} has already been refunded."),
+            None,
+        );
     }
     let amount = match param("amount").map(|a| a.parse::<u64>()) {
         None => remaining,
         Some(Ok(a)) if a > 0 => a,
-        Some(_) => return refuse(400, Some("parameter_invalid_integer"), "Invalid positive integer".into(), Some("amount")),
+        Some(_) => {
+            return refuse(400, Some("parameter_invalid_integer"), "Invalid positive integer".into(), Some("amount"));
+        }
     };
     if amount > remaining {
         return refuse(
             400,
             Some("amount_too_large"),
-            format!("Refund amount ({}) is greater than unrefunded amount on charge ({})", format_amount(amount, &currency), format_amount(remaining, &currency)),
+            format!(
+                "Refund amount ({}) is greater than unrefunded amount on charge ({})",
+                format_amount(amount, &currency),
+                format_amount(remaining, &currency)
+            ),
             Some("amount"),
         );
     }
@@ -456,7 +516,9 @@ fn apply_refund(s: &mut StripeState, form: &[(String, String)]) -> (u16, Value) 
     let id = format!("re_3Standin{:08}", s.counter);
     let metadata: serde_json::Map<String, Value> = form
         .iter()
-        .filter_map(|(k, v)| Some((k.strip_prefix("metadata[")?.strip_suffix(']')?.to_string(), Value::String(v.clone()))))
+        .filter_map(|(k, v)| {
+            Some((k.strip_prefix("metadata[")?.strip_suffix(']')?.to_string(), Value::String(v.clone())))
+        })
         .collect();
     let mut refund = template("refund");
     refund["id"] = id.clone().into();

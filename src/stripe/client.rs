@@ -22,11 +22,7 @@ pub enum StripeError {
     NotFound(String),
     /// Stripe understood and said no (already refunded, amount too large, disputed, ...).
     #[error("Stripe refused: {message}")]
-    Refused {
-        status: u16,
-        code: Option<String>,
-        message: String,
-    },
+    Refused { status: u16, code: Option<String>, message: String },
     /// The same idempotency key with other parameters: a bug, never retried blindly.
     #[error("Stripe reported an idempotency conflict: {0}")]
     Idempotency(String),
@@ -102,11 +98,8 @@ impl StripeClient {
             .await
             .map_err(|e| StripeError::Unavailable(describe(&e)))?;
         let status = response.status();
-        let should_retry = response
-            .headers()
-            .get("stripe-should-retry")
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v == "true");
+        let should_retry =
+            response.headers().get("stripe-should-retry").and_then(|v| v.to_str().ok()).map(|v| v == "true");
         let body = response.bytes().await.map_err(|e| StripeError::Unavailable(describe(&e)))?;
         if status.is_success() {
             return serde_json::from_slice(&body)
@@ -119,7 +112,9 @@ impl StripeClient {
             StatusCode::TOO_MANY_REQUESTS => StripeError::Unavailable(format!("rate limited: {message}")),
             StatusCode::CONFLICT => StripeError::Unavailable(format!("conflict: {message}")),
             // A wrong or revoked key is an operator's fix, not a reason to end requests.
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => StripeError::Unavailable(format!("Stripe rejected the API key: {message}")),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                StripeError::Unavailable(format!("Stripe rejected the API key: {message}"))
+            }
             s if s.is_server_error() => StripeError::Unavailable(format!("HTTP {s}: {message}")),
             _ if error.kind == "idempotency_error" => StripeError::Idempotency(message),
             _ if should_retry == Some(true) => StripeError::Unavailable(message),
@@ -149,11 +144,7 @@ impl StripeClient {
     #[tracing::instrument(skip(self, refund), fields(request_id = %refund.request_id, stripe_charge = %refund.target))]
     pub async fn create_refund(&self, refund: &CreateRefund, idempotency_key: &str) -> Result<Refund, StripeError> {
         let url = self.url("/v1/refunds")?;
-        let request = self
-            .http
-            .post(url)
-            .header("Idempotency-Key", idempotency_key)
-            .form(&refund.form());
+        let request = self.http.post(url).header("Idempotency-Key", idempotency_key).form(&refund.form());
         self.send(request).await
     }
 }

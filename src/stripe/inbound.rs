@@ -13,19 +13,25 @@ use std::sync::Arc;
 pub async fn http_stripe_webhook(State(ctx): State<Arc<AppContext>>, headers: HeaderMap, body: Bytes) -> Response {
     let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     let now = ctx.now();
-    if let Err(e) = verify_signature(header, &body, &ctx.settings.stripe.webhook_secrets, now.timestamp(), TOLERANCE_SECS) {
+    if let Err(e) =
+        verify_signature(header, &body, &ctx.settings.stripe.webhook_secrets, now.timestamp(), TOLERANCE_SECS)
+    {
         tracing::warn!(reason = %e, "refused a Stripe webhook");
         return (StatusCode::BAD_REQUEST, format!("signature: {e}")).into_response();
     }
     let event: Event = match serde_json::from_slice(&body) {
         Ok(e) => e,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("unreadable event: {e}")).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("unreadable event: {e}")).into_response();
+        }
     };
     let span = tracing::info_span!("stripe_event", event_id = %event.id, kind = %event.kind);
     let _enter = span.enter();
     let updates = match refund_updates(&event) {
         Ok(u) => u,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("unreadable {}: {e}", event.kind)).into_response(),
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("unreadable {}: {e}", event.kind)).into_response();
+        }
     };
     drop(_enter);
     match ctx.store.apply_stripe_event(&event.id, &updates, now).await {

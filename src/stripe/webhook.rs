@@ -30,7 +30,13 @@ pub enum SignatureError {
 }
 
 /// Checks `header` against `body` with any of `secrets`, as of `now` (unix seconds).
-pub fn verify_signature(header: Option<&str>, body: &[u8], secrets: &[SecretString], now: i64, tolerance: i64) -> Result<(), SignatureError> {
+pub fn verify_signature(
+    header: Option<&str>,
+    body: &[u8],
+    secrets: &[SecretString],
+    now: i64,
+    tolerance: i64,
+) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp = None;
     let mut signatures = vec![];
@@ -47,7 +53,9 @@ pub fn verify_signature(header: Option<&str>, body: &[u8], secrets: &[SecretStri
     }
     let matches = secrets.iter().any(|secret| {
         signatures.iter().any(|sig| {
-            let Ok(expected) = hex::decode(sig) else { return false };
+            let Ok(expected) = hex::decode(sig) else {
+                return false;
+            };
             let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()) else {
                 return false;
             };
@@ -77,23 +85,15 @@ pub fn sign(body: &[u8], secret: &str, t: i64) -> String {
 }
 
 /// The event types that carry refund news.
-pub const REFUND_EVENTS: [&str; 5] = [
-    "refund.created",
-    "refund.updated",
-    "refund.failed",
-    "charge.refunded",
-    "charge.refund.updated",
-];
+pub const REFUND_EVENTS: [&str; 5] =
+    ["refund.created", "refund.updated", "refund.failed", "charge.refunded", "charge.refund.updated"];
 
 fn update_from(refund: &Refund) -> Option<RefundUpdate> {
     Some(RefundUpdate {
         refund: RefundId::parse(&refund.id).ok()?,
         status: refund.status.clone()?,
         failure_reason: refund.failure_reason.clone(),
-        request_hint: refund
-            .metadata
-            .get("refund_request_id")
-            .and_then(|v| RequestId::parse(v).ok()),
+        request_hint: refund.metadata.get("refund_request_id").and_then(|v| RequestId::parse(v).ok()),
     })
 }
 
@@ -107,10 +107,7 @@ pub fn refund_updates(event: &Event) -> Result<Vec<RefundUpdate>, serde_json::Er
         }
         "charge.refunded" => {
             let charge: Charge = serde_json::from_value(object)?;
-            charge
-                .refunds
-                .map(|list| list.data.iter().filter_map(update_from).collect())
-                .unwrap_or_default()
+            charge.refunds.map(|list| list.data.iter().filter_map(update_from).collect()).unwrap_or_default()
         }
         _ => vec![],
     })
@@ -123,7 +120,8 @@ mod tests {
 
     #[test]
     fn every_official_stripe_vector_gives_the_official_answer() {
-        let vectors: Value = serde_json::from_str(include_str!("../../tests/fixtures/signatures/stripe_sig_vectors.json")).unwrap();
+        let vectors: Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/signatures/stripe_sig_vectors.json")).unwrap();
         let vectors = vectors["vectors"].as_array().unwrap();
         assert_eq!(vectors.len(), 9);
         for v in vectors {
@@ -142,9 +140,15 @@ mod tests {
         let header = sign(body, "whsec_old", 1_700_000_000);
         let secrets = vec![SecretString::from("whsec_new".to_string()), SecretString::from("whsec_old".to_string())];
         assert_eq!(verify_signature(Some(&header), body, &secrets, 1_700_000_001, 300), Ok(()));
-        assert_eq!(verify_signature(Some(&header), body, &secrets[..1], 1_700_000_001, 300), Err(SignatureError::NoMatch));
+        assert_eq!(
+            verify_signature(Some(&header), body, &secrets[..1], 1_700_000_001, 300),
+            Err(SignatureError::NoMatch)
+        );
         assert_eq!(verify_signature(None, body, &secrets, 1_700_000_001, 300), Err(SignatureError::Missing));
-        assert_eq!(verify_signature(Some("v1=00"), body, &secrets, 1_700_000_001, 300), Err(SignatureError::NoTimestamp));
+        assert_eq!(
+            verify_signature(Some("v1=00"), body, &secrets, 1_700_000_001, 300),
+            Err(SignatureError::NoTimestamp)
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@
 
 use crate::app::AppContext;
 use crate::domain::{
-    AmountAsked, CardFacts, ChargeFacts, ChargeId, Currency, Effect, EmailKind, MessageRef, Money,
-    Notice, PaymentIntentId, PaymentRef, RefundId, RefundRequest, RequestId, RequestStatus,
+    AmountAsked, CardFacts, ChargeFacts, ChargeId, Currency, Effect, EmailKind, MessageRef, Money, Notice,
+    PaymentIntentId, PaymentRef, RefundId, RefundRequest, RequestId, RequestStatus, capitalised,
 };
 use crate::email::{EmailError, mask_address};
 use crate::slack::SlackCallError;
@@ -96,7 +96,9 @@ fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, Strin
 fn judge(request: &RefundRequest, charge: &Charge, email: Option<String>) -> Verdict {
     let facts = match facts_of(charge, email) {
         Ok(f) => f,
-        Err(why) => return Verdict::Refused(format!("Stripe's answer about {} could not be read: {why}", charge.id), None),
+        Err(why) => {
+            return Verdict::Refused(format!("Stripe's answer about {} could not be read: {why}", charge.id), None);
+        }
     };
     let refuse = |why: String| Verdict::Refused(why, Some(facts.clone()));
     let status = charge.status.as_deref().unwrap_or("unknown");
@@ -104,10 +106,16 @@ fn judge(request: &RefundRequest, charge: &Charge, email: Option<String>) -> Ver
         return refuse(format!("the charge `{}` has not succeeded (Stripe says `{status}`)", charge.id));
     }
     if !charge.captured {
-        return refuse(format!("the charge `{}` was never captured, so there is nothing to refund; release the authorization in Stripe instead", charge.id));
+        return refuse(format!(
+            "the charge `{}` was never captured, so there is nothing to refund; release the authorization in Stripe instead",
+            charge.id
+        ));
     }
     if charge.disputed {
-        return refuse(format!("the charge `{}` is disputed; money goes back through the dispute, not a refund", charge.id));
+        return refuse(format!(
+            "the charge `{}` is disputed; money goes back through the dispute, not a refund",
+            charge.id
+        ));
     }
     let remaining = facts.remaining();
     if charge.refunded || remaining.is_zero() {
@@ -147,7 +155,9 @@ async fn customer_email(ctx: &AppContext, charge: &Charge) -> Result<Option<Stri
     if direct.is_some() {
         return Ok(direct);
     }
-    let Some(customer) = &charge.customer else { return Ok(None) };
+    let Some(customer) = &charge.customer else {
+        return Ok(None);
+    };
     if let crate::stripe::types::Expandable::Object(c) = customer {
         return Ok(c.email.clone());
     }
@@ -168,7 +178,15 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
         PaymentRef::PaymentIntent(pi) => match ctx.stripe.get_payment_intent(pi.as_str()).await {
             Err(e) => Err((e, format!("payment intent `{pi}`"))),
             Ok(intent) => match &intent.latest_charge {
-                None => return reject(ctx, request, format!("the payment intent `{pi}` has no charge yet (Stripe says `{}`)", intent.status), None).await,
+                None => {
+                    return reject(
+                        ctx,
+                        request,
+                        format!("the payment intent `{pi}` has no charge yet (Stripe says `{}`)", intent.status),
+                        None,
+                    )
+                    .await;
+                }
                 Some(c) => ctx.stripe.get_charge(c.id()).await.map_err(|e| (e, format!("charge `{}`", c.id()))),
             },
         },
@@ -191,16 +209,16 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
     }
 }
 
-async fn reject(ctx: &AppContext, request: &RefundRequest, why: String, facts: Option<ChargeFacts>) -> Result<(), JobError> {
+async fn reject(
+    ctx: &AppContext,
+    request: &RefundRequest,
+    why: String,
+    facts: Option<ChargeFacts>,
+) -> Result<(), JobError> {
     let now = ctx.now();
-    let why = capitalise(&why);
+    let why = capitalised(&why);
     ctx.store.transition(request.id, now, |r| r.reject(why.clone(), facts.clone(), now).map(Some)).await?.ok();
     Ok(())
-}
-
-fn capitalise(text: &str) -> String {
-    let mut c = text.chars();
-    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
 }
 
 async fn post_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
@@ -243,9 +261,8 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
     if request.status != RequestStatus::Approved || request.refund.is_some() {
         return Ok(());
     }
-    let amount = request
-        .amount
-        .ok_or_else(|| JobError::Permanent(format!("{} was approved without an amount", request.id)))?;
+    let amount =
+        request.amount.ok_or_else(|| JobError::Permanent(format!("{} was approved without an amount", request.id)))?;
     let call = CreateRefund {
         target: request.target.clone(),
         amount,

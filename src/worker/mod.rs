@@ -54,16 +54,15 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
             }
         };
         for job in due {
-            let Ok(permit) = permits.clone().try_acquire_owned() else { break };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                break;
+            };
             if let Ok(mut r) = running.lock() {
                 r.insert(job.id);
             }
             tasks.spawn(run_one(ctx.clone(), job, permit, running.clone()));
         }
-        let wait = next
-            .map(|n| (n - now).to_std().unwrap_or_default())
-            .unwrap_or(IDLE_WAKE)
-            .min(IDLE_WAKE);
+        let wait = next.map(|n| (n - now).to_std().unwrap_or_default()).unwrap_or(IDLE_WAKE).min(IDLE_WAKE);
         tokio::select! {
             _ = jobs_added.notified() => {}
             _ = tokio::time::sleep(wait) => {}
@@ -73,7 +72,10 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
     }
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(left = tasks.len(), "jobs still running at shutdown stay queued and run again at the next start");
+        tracing::warn!(
+            left = tasks.len(),
+            "jobs still running at shutdown stay queued and run again at the next start"
+        );
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }

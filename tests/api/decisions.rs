@@ -20,7 +20,9 @@ async fn denying_with_a_reason_never_calls_stripe_and_tells_everyone_why() {
     assert!(app.stripe.refund_posts().is_empty(), "no refund for a denied request");
     let thread = app.thread_texts(&card).join("\n");
     assert!(thread.contains("Denied by <@U0APPROVE1>") && thread.contains("Outside the 30-day window"), "{thread}");
-    assert!(app.direct_messages(REQUESTER).iter().any(|m| m.contains("denied") && m.contains("Outside the 30-day window")));
+    assert!(
+        app.direct_messages(REQUESTER).iter().any(|m| m.contains("denied") && m.contains("Outside the 30-day window"))
+    );
     let blocks = app.slack.message(&card.ts).unwrap().blocks.to_string();
     assert!(!blocks.contains("refund_approve") && blocks.contains("Denied by"), "{blocks}");
     assert!(app.smtp.messages().is_empty());
@@ -73,7 +75,10 @@ async fn someone_who_is_not_an_approver_cannot_approve() {
 async fn two_approvals_at_the_same_moment_refund_once() {
     let app = TestApp::spawn().await;
     let (id, card) = app.waiting_request().await;
-    let (a, b) = tokio::join!(app.click(APPROVER, "refund_approve", id, &card), app.click(APPROVER_2, "refund_approve", id, &card));
+    let (a, b) = tokio::join!(
+        app.click(APPROVER, "refund_approve", id, &card),
+        app.click(APPROVER_2, "refund_approve", id, &card)
+    );
     assert_eq!((a, b), (200, 200));
     app.wait_for_status(id, RequestStatus::Submitted).await;
     app.wait_until_idle().await;

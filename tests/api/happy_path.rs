@@ -17,7 +17,15 @@ async fn a_refund_goes_from_slash_command_to_one_stripe_refund_and_one_customer_
     // Stripe is read, then the card lands in finance with what an approver needs.
     let card = app.card(id).await;
     let blocks = card.blocks.to_string();
-    for expected in ["$25.00", "jenny.rosen@example.com", "Duplicate charge", "customer charged twice", "$40.00", "refund_approve", "refund_deny"] {
+    for expected in [
+        "$25.00",
+        "jenny.rosen@example.com",
+        "Duplicate charge",
+        "customer charged twice",
+        "$40.00",
+        "refund_approve",
+        "refund_deny",
+    ] {
         assert!(blocks.contains(expected), "card lacks {expected}: {blocks}");
     }
 
@@ -53,24 +61,41 @@ async fn a_refund_goes_from_slash_command_to_one_stripe_refund_and_one_customer_
 
     // The thread tells the story; the card says who decided and has no buttons left.
     let thread = app.thread_texts(&card).join("\n");
-    for step in ["Approved by <@U0APPROVE1>", "Submitted to Stripe", "pending", "succeeded", "emailed to the customer (j***@example.com)"] {
+    for step in [
+        "Approved by <@U0APPROVE1>",
+        "Submitted to Stripe",
+        "pending",
+        "succeeded",
+        "emailed to the customer (j***@example.com)",
+    ] {
         assert!(thread.contains(step), "thread lacks {step:?}:\n{thread}");
     }
     let edited = app.slack.message(&card.ts).unwrap();
     assert!(edited.edits >= 1);
     let blocks = edited.blocks.to_string();
-    assert!(!blocks.contains("refund_approve") && blocks.contains("Approved by <@U0APPROVE1>") && blocks.contains("Refunded"), "{blocks}");
+    assert!(
+        !blocks.contains("refund_approve")
+            && blocks.contains("Approved by <@U0APPROVE1>")
+            && blocks.contains("Refunded"),
+        "{blocks}"
+    );
 
     // The requester hears the outcome privately, and Stripe made one refund for this request.
     assert!(app.direct_messages(REQUESTER).iter().any(|m| m.contains("R-1001") && m.contains("succeeded")));
-    let ours: Vec<_> = app.stripe.refunds().into_iter().filter(|r| r["metadata"]["refund_request_id"] == "R-1001").collect();
+    let ours: Vec<_> =
+        app.stripe.refunds().into_iter().filter(|r| r["metadata"]["refund_request_id"] == "R-1001").collect();
     assert_eq!(ours.len(), 1);
 }
 
 #[tokio::test]
 async fn a_payment_intent_is_refunded_by_its_id_in_zero_decimal_currency() {
     let app = TestApp::spawn().await;
-    let (_, pi) = app.stripe.add_charge(ChargeSpec { amount: 5000, currency: "jpy".into(), with_payment_intent: true, ..ChargeSpec::default() });
+    let (_, pi) = app.stripe.add_charge(ChargeSpec {
+        amount: 5000,
+        currency: "jpy".into(),
+        with_payment_intent: true,
+        ..ChargeSpec::default()
+    });
     let pi = pi.unwrap();
     let id = app.request_refund(&format!("{pi} ¥1200 customer")).await;
     let card = app.card(id).await;

@@ -40,7 +40,10 @@ impl TestApp {
     /// A desk where the requester is an approver too, so "never your own request" is tested
     /// against someone who could otherwise approve.
     pub async fn spawn() -> TestApp {
-        let _ = tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .with_test_writer()
+            .try_init();
         let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
         let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
         let smtp = SmtpSink::start().await.unwrap();
@@ -52,7 +55,14 @@ impl TestApp {
 
     async fn start(&mut self) {
         let approvers = format!("{APPROVER},{APPROVER_2},{REQUESTER}");
-        let settings = driver::desk_settings(&self.slack.url, &self.stripe.url, Some(&self.smtp.url()), self.data_dir.path(), &approvers, fast_jobs());
+        let settings = driver::desk_settings(
+            &self.slack.url,
+            &self.stripe.url,
+            Some(&self.smtp.url()),
+            self.data_dir.path(),
+            &approvers,
+            fast_jobs(),
+        );
         let app = Application::build(settings).await.unwrap();
         let base = format!("http://{}", app.local_addr());
         self.stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
@@ -91,11 +101,10 @@ impl TestApp {
     /// `/refund <text>` that must be accepted; returns the new request's id.
     pub async fn request_refund(&self, text: &str) -> RequestId {
         let answer = self.slash_refund(REQUESTER, text).await;
-        let id = answer
+        answer
             .split(|c: char| c == '*' || c.is_whitespace())
             .find_map(|w| RequestId::parse(w).ok())
-            .unwrap_or_else(|| panic!("no request id in {answer:?}"));
-        id
+            .unwrap_or_else(|| panic!("no request id in {answer:?}"))
     }
 
     pub fn request(&self, id: RequestId) -> RefundRequest {

@@ -28,14 +28,16 @@ async fn unsigned_forged_and_stale_slack_requests_get_401_and_change_nothing() {
         assert_eq!(status, 401, "{name}");
     }
     // A signature over another body does not carry over.
-    let mut tampered = app.driver.post_signed("/slack/commands", FORM, body.replace("5", "50"), Some((SIGNING_SECRET, now))).await;
+    let mut tampered =
+        app.driver.post_signed("/slack/commands", FORM, body.replace("5", "50"), Some((SIGNING_SECRET, now))).await;
     assert_eq!(tampered.status(), 200, "control: a good signature passes");
-    tampered = app
-        .driver
-        .post_signed("/slack/interactions", FORM, "payload=%7B%7D".into(), Some(("forged", now)))
-        .await;
+    tampered =
+        app.driver.post_signed("/slack/interactions", FORM, "payload=%7B%7D".into(), Some(("forged", now))).await;
     assert_eq!(tampered.status(), 401);
-    let events = app.driver.post_signed("/slack/events", "application/json", r#"{"type":"url_verification","challenge":"x"}"#.into(), None).await;
+    let events = app
+        .driver
+        .post_signed("/slack/events", "application/json", r#"{"type":"url_verification","challenge":"x"}"#.into(), None)
+        .await;
     assert_eq!(events.status(), 401);
     // Only the control request was stored.
     assert_eq!(app.store().all_requests().unwrap().len(), 1);
@@ -47,7 +49,11 @@ async fn a_forged_click_cannot_approve() {
     let (id, card) = app.waiting_request().await;
     let payload = SlackDriver::click_payload(APPROVER, "refund_approve", &id.to_string(), &card.ts);
     let body = serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap();
-    let status = app.driver.post_signed("/slack/interactions", FORM, body, Some(("forged", chrono::Utc::now().timestamp()))).await.status();
+    let status = app
+        .driver
+        .post_signed("/slack/interactions", FORM, body, Some(("forged", chrono::Utc::now().timestamp())))
+        .await
+        .status();
     assert_eq!(status, 401);
     app.wait_until_idle().await;
     assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
@@ -58,7 +64,11 @@ async fn a_forged_click_cannot_approve() {
 async fn bodies_over_one_mebibyte_get_413() {
     let app = TestApp::spawn().await;
     let body = format!("text={}", "a".repeat(1024 * 1024 + 1));
-    let status = app.driver.post_signed("/slack/commands", FORM, body, Some((SIGNING_SECRET, chrono::Utc::now().timestamp()))).await.status();
+    let status = app
+        .driver
+        .post_signed("/slack/commands", FORM, body, Some((SIGNING_SECRET, chrono::Utc::now().timestamp())))
+        .await
+        .status();
     assert_eq!(status, 413);
     let status = reqwest::Client::new()
         .post(format!("{}/stripe/webhook", app.driver.base))
@@ -84,7 +94,10 @@ async fn a_forged_stripe_event_gets_400_and_changes_nothing() {
     let now = chrono::Utc::now().timestamp();
     for (name, header) in [
         ("wrong secret", Some(refund_desk::stripe::webhook::sign(&body, "whsec_forged", now))),
-        ("too old", Some(refund_desk::stripe::webhook::sign(&body, refund_desk::standins::driver::WEBHOOK_SECRET, now - 301))),
+        (
+            "too old",
+            Some(refund_desk::stripe::webhook::sign(&body, refund_desk::standins::driver::WEBHOOK_SECRET, now - 301)),
+        ),
         ("missing", None),
     ] {
         let mut req = http.post(&url).body(body.clone());
@@ -104,10 +117,16 @@ async fn a_forged_stripe_event_gets_400_and_changes_nothing() {
 #[tokio::test]
 async fn url_verification_echoes_the_challenge() {
     let app = TestApp::spawn().await;
-    let body = r#"{"token":"x","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
+    let body =
+        r#"{"token":"x","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}"#;
     let response = app
         .driver
-        .post_signed("/slack/events", "application/json", body.into(), Some((SIGNING_SECRET, chrono::Utc::now().timestamp())))
+        .post_signed(
+            "/slack/events",
+            "application/json",
+            body.into(),
+            Some((SIGNING_SECRET, chrono::Utc::now().timestamp())),
+        )
         .await;
     assert_eq!(response.status(), 200);
     let answer: serde_json::Value = response.json().await.unwrap();

@@ -43,7 +43,11 @@ async fn unknown_fully_refunded_and_disputed_charges_are_refused_with_the_reason
     let app = TestApp::spawn().await;
     let refunded = app.add_charge(ChargeSpec { amount_refunded: 2500, ..ChargeSpec::default() });
     let disputed = app.add_charge(ChargeSpec { disputed: true, ..ChargeSpec::default() });
-    for (target, reason) in [("ch_3DoesNotExist", "Stripe has no charge"), (refunded.as_str(), "already fully refunded"), (disputed.as_str(), "disputed")] {
+    for (target, reason) in [
+        ("ch_3DoesNotExist", "Stripe has no charge"),
+        (refunded.as_str(), "already fully refunded"),
+        (disputed.as_str(), "disputed"),
+    ] {
         let id = app.request_refund(&format!("{target} full")).await;
         let r = app.wait_for_status(id, RequestStatus::Rejected).await;
         assert!(r.problem.as_deref().unwrap().contains(reason), "{target}: {:?}", r.problem);

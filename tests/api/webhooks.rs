@@ -46,7 +46,8 @@ async fn a_refund_that_fails_at_stripe_is_reported_and_nobody_is_emailed() {
     let app = TestApp::spawn().await;
     let (id, card) = submitted(&app).await;
     let refund = app.request(id).refund.unwrap().id;
-    let failed = app.stripe.refund_event(refund.as_str(), "refund.failed", "failed", Some("expired_or_canceled_card")).unwrap();
+    let failed =
+        app.stripe.refund_event(refund.as_str(), "refund.failed", "failed", Some("expired_or_canceled_card")).unwrap();
     assert_eq!(app.deliver_stripe_event(&failed).await, 200);
     app.wait_for_status(id, RequestStatus::Failed).await;
     app.wait_until_idle().await;
