@@ -109,6 +109,11 @@ impl Application {
         if mailer.is_none() {
             tracing::warn!("SMTP_URL is not set: customers will get no email");
         }
+        if settings.slack.app_token.is_some() {
+            tracing::warn!(
+                "SLACK_APP_TOKEN is set, but Socket Mode is not supported yet: Slack must reach the HTTP routes"
+            );
+        }
         if settings.policy.is_some() {
             tracing::warn!("the [policy] table is read but not applied yet: every refund needs one approval");
         }

@@ -65,8 +65,12 @@ async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     say(&format!("/refund {text}"));
     let (status, answer) = slack_side.slash(AGENT, &text).await;
     anyhow::ensure!(status == 200, "/refund answered HTTP {status}");
-    say(&format!("refund-desk, privately to sam:\n{}", indent(answer["text"].as_str().unwrap_or_default())));
-    let id = RequestId::new(1001);
+    let answer = answer["text"].as_str().unwrap_or_default();
+    say(&format!("refund-desk, privately to sam:\n{}", indent(answer)));
+    let id = answer
+        .split(|c: char| c == '*' || c.is_whitespace())
+        .find_map(|w| RequestId::parse(w).ok())
+        .ok_or_else(|| anyhow!("the answer names no request"))?;
 
     section("In #finance, the approval card");
     let card = wait_for(DEADLINE, || slack.messages_in(driver::FINANCE_CHANNEL).pop())

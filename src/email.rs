@@ -47,7 +47,8 @@ impl Mailer {
     /// with `user:pass@` for AUTH: whatever lettre's URL form supports.
     pub fn new(settings: &EmailSettings) -> Result<Mailer, EmailError> {
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(settings.smtp_url.expose_secret())
-            .map_err(|e| EmailError::Build(format!("SMTP_URL: {e}")))?
+            // lettre's error may quote the URL, and the URL may hold the password.
+            .map_err(|_| EmailError::Build("SMTP_URL is not a URL lettre can use (smtp://, smtps://)".into()))?
             .timeout(Some(Duration::from_secs(30)))
             .build();
         Ok(Mailer { transport, from: settings.from.clone() })

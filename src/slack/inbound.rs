@@ -82,7 +82,10 @@ pub async fn handle_command(ctx: &AppContext, cmd: SlashCommand) -> String {
             "`/refund list` and `/refund cancel` are not available yet. `/refund status R-…` shows where a request stands.".into()
         }
         Command::Status(id) => match ctx.store.get_request(id) {
-            Ok(Some(r)) => format!("*{}*: {} on `{}`.\n{}", r.id, r.charge.as_ref().and(r.amount).map(|m| m.to_string()).unwrap_or_else(|| r.asked_text()), r.target, views::status_line(&r)),
+            Ok(Some(r)) => {
+                let amount = r.amount.map(|m| m.to_string()).unwrap_or_else(|| r.asked_text());
+                format!("*{}*: {amount} on `{}`.\n{}", r.id, r.target, views::status_line(&r))
+            }
             Ok(None) => format!("There is no request {id}."),
             Err(e) => {
                 tracing::error!(error = %e, "status lookup failed");
@@ -253,7 +256,10 @@ pub async fn http_events(State(ctx): State<Arc<AppContext>>, SlackSigned(body): 
     match event["type"].as_str() {
         Some("url_verification") => Json(json!({ "challenge": event["challenge"] })).into_response(),
         Some("event_callback") => {
-            let event_id = event["event_id"].as_str().unwrap_or_default();
+            let Some(event_id) = event["event_id"].as_str().filter(|id| !id.is_empty()) else {
+                return (StatusCode::BAD_REQUEST, "event without an event_id").into_response();
+            };
+            // Slack retries (X-Slack-Retry-Num) carry the same event_id.
             match ctx.store.remember_slack_event(event_id, ctx.now()).await {
                 // A retry of an event already handled: acknowledge, change nothing.
                 Ok(false) => StatusCode::OK.into_response(),
