@@ -2,8 +2,10 @@
 //! on loopback, with a real sled database in a temporary directory.
 
 mod decisions;
+mod faults;
 mod happy_path;
 mod helpers;
+mod process;
 mod restart;
 mod signatures;
 mod validation;

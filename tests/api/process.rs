@@ -1,0 +1,64 @@
+//! The real binary: start-up errors and graceful shutdown.
+
+use refund_desk::standins::driver;
+use refund_desk::standins::{FakeSlack, FakeStripe};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_refund-desk");
+
+#[test]
+fn a_missing_setting_stops_start_up_with_one_line_naming_it() {
+    let out = Command::new(BIN).arg("serve").env_clear().env("SLACK_SIGNING_SECRET", "x").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("SLACK_BOT_TOKEN is required"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_service_cleanly_with_exit_0() {
+    let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
+    let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{port}"))
+        .env("REFUND_DESK_DATA_DIR", dir.path())
+        .env("SLACK_SIGNING_SECRET", driver::SIGNING_SECRET)
+        .env("SLACK_BOT_TOKEN", driver::BOT_TOKEN)
+        .env("SLACK_API_URL", &slack.url)
+        .env("SLACK_FINANCE_CHANNEL", driver::FINANCE_CHANNEL)
+        .env("SLACK_APPROVERS", "U0APPROVE1")
+        .env("STRIPE_SECRET_KEY", driver::STRIPE_KEY)
+        .env("STRIPE_WEBHOOK_SECRET", driver::WEBHOOK_SECRET)
+        .env("STRIPE_API_URL", &stripe.url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ready = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the service never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    // The database was closed cleanly: it opens again.
+    refund_desk::storage::Store::open(dir.path()).unwrap();
+}
