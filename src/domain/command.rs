@@ -311,4 +311,16 @@ mod tests {
         let mapped: Vec<_> = RefundReason::ALL.iter().filter_map(|r| r.stripe_reason()).collect();
         assert_eq!(mapped, ["duplicate", "fraudulent", "requested_by_customer"]);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn no_command_text_makes_the_parser_panic(text in "\\PC{0,80}") {
+            let _ = parse_command(&text);
+        }
+
+        #[test]
+        fn refund_like_commands_never_panic(text in "(ch_|pi_)[a-zA-Z0-9]{0,8} [-$¥0-9,.full]{0,12} [a-z_]{0,12} .{0,20}") {
+            let _ = parse_command(&text);
+        }
+    }
 }

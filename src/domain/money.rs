@@ -13,6 +13,9 @@ const ZERO_DECIMAL: [&str; 16] =
     ["bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"];
 /// Stripe's three-decimal currencies; amounts must end in 0.
 const THREE_DECIMAL: [&str; 5] = ["bhd", "jod", "kwd", "omr", "tnd"];
+/// ISK is two-decimal in Stripe's API, but since 2023-04-14 amounts must be whole krónur
+/// (divisible by 100); refunds of older fractional charges must be rounded down.
+const WHOLE_UNITS_ONLY: [&str; 1] = ["isk"];
 /// Stripe accepts at most 8 digits of minor units (12 for IDR).
 const MAX_MINOR: u64 = 99_999_999;
 const MAX_MINOR_IDR: u64 = 999_999_999_999;
@@ -63,6 +66,25 @@ impl Currency {
         } else {
             2
         }
+    }
+
+    /// The smallest refundable increment in minor units: 10 for three-decimal currencies (last
+    /// digit 0), 100 for ISK (whole krónur), else 1. HUF and TWD are zero-decimal only for
+    /// payouts; charges and refunds take two decimals, so they need nothing special here.
+    pub fn minor_step(&self) -> u64 {
+        let c = self.code();
+        if WHOLE_UNITS_ONLY.contains(&c) {
+            100
+        } else if THREE_DECIMAL.contains(&c) {
+            10
+        } else {
+            1
+        }
+    }
+
+    /// The most of `minor` that Stripe will accept as a refund: rounded down to the step.
+    pub fn refundable_part(&self, minor: u64) -> u64 {
+        minor - minor % self.minor_step()
     }
 
     fn max_minor(&self) -> u64 {
@@ -130,10 +152,13 @@ impl Money {
 
     /// The number alone, with thousands separators: `1,234.50`, `1,200` (JPY), `1.250` (KWD).
     pub fn format_number(&self) -> String {
-        let exp = self.currency.exponent();
+        let step = self.currency.minor_step();
+        // Whole-unit currencies (ISK) show no decimals unless the amount has some.
+        let exp = if step == 100 && self.minor % 100 == 0 { 0 } else { self.currency.exponent() };
+        let minor = if exp == 0 && step == 100 { self.minor / 100 } else { self.minor };
         let scale = 10u64.pow(exp);
-        let whole = group_thousands(self.minor / scale);
-        if exp == 0 { whole } else { format!("{whole}.{:0width$}", self.minor % scale, width = exp as usize) }
+        let whole = group_thousands(minor / scale);
+        if exp == 0 { whole } else { format!("{whole}.{:0width$}", minor % scale, width = exp as usize) }
     }
 }
 
@@ -173,9 +198,9 @@ pub enum AmountError {
     #[error("`{text}` has too many decimals for {currency}, which has {places}. Write it like `{example}`.")]
     TooManyDecimals { text: String, currency: Currency, places: u32, example: String },
     #[error(
-        "{currency} amounts must end in 0 in their last decimal (Stripe's rule): `{text}` cannot be refunded. Write it like `{example}`."
+        "{currency} refunds go in steps of {step} (Stripe's rule), so `{text}` cannot be refunded. Write it like `{example}`."
     )]
-    LastDigitNotZero { text: String, currency: Currency, example: String },
+    NotInSteps { text: String, currency: Currency, step: String, example: String },
     #[error(
         "`{text}` is in `{symbol}`, but the charge is in {currency}. Write the amount in {currency}, like `{example}`."
     )]
@@ -286,8 +311,10 @@ impl AmountInput {
         if minor > currency.max_minor() {
             return Err(too_large());
         }
-        if exp == 3 && minor % 10 != 0 {
-            return Err(AmountError::LastDigitNotZero { text: self.text.clone(), currency, example: example() });
+        let step = currency.minor_step();
+        if minor % step != 0 {
+            let step = Money::new(step, currency).to_string();
+            return Err(AmountError::NotInSteps { text: self.text.clone(), currency, step, example: example() });
         }
         Ok(Money::new(minor, currency))
     }
@@ -295,9 +322,9 @@ impl AmountInput {
 
 /// A correct amount to show in a message, in the currency's own form.
 fn example_for(currency: Currency) -> String {
-    match currency.exponent() {
-        0 => "1200".to_string(),
-        3 => "1.250".to_string(),
+    match (currency.exponent(), currency.minor_step()) {
+        (0, _) | (_, 100) => "1200".to_string(),
+        (3, _) => "1.250".to_string(),
         _ => "25.50".to_string(),
     }
 }
@@ -337,8 +364,28 @@ mod tests {
     fn three_decimal_currencies_need_a_final_zero() {
         assert_eq!(minor("1.250", "kwd"), Ok(1250));
         assert_eq!(minor("1.25", "kwd"), Ok(1250));
-        assert!(matches!(minor("1.255", "kwd"), Err(AmountError::LastDigitNotZero { .. })));
+        assert!(matches!(minor("1.255", "kwd"), Err(AmountError::NotInSteps { .. })));
         assert!(matches!(minor("1.2555", "bhd"), Err(AmountError::TooManyDecimals { .. })));
+    }
+
+    #[test]
+    fn isk_is_two_decimal_at_stripe_but_only_whole_kronur() {
+        assert_eq!(minor("1200", "isk"), Ok(120_000));
+        assert_eq!(minor("1,200.00", "isk"), Ok(120_000));
+        assert!(matches!(minor("1200.50", "isk"), Err(AmountError::NotInSteps { .. })));
+        let isk = cur("isk");
+        assert_eq!(Money::new(120_000, isk).to_string(), "1,200 ISK");
+        assert_eq!(Money::new(120_050, isk).to_string(), "1,200.50 ISK");
+        assert_eq!(isk.refundable_part(120_050), 120_000, "old fractional charges refund rounded down");
+        assert_eq!(cur("kwd").refundable_part(1255), 1250);
+        assert_eq!(cur("usd").refundable_part(1255), 1255);
+    }
+
+    #[test]
+    fn huf_and_twd_take_two_decimals_in_refunds() {
+        assert_eq!(minor("1500.50", "huf"), Ok(150_050));
+        assert_eq!(minor("99.99", "twd"), Ok(9_999));
+        assert_eq!(minor("500", "ugx"), Ok(500), "UGX follows Stripe's zero-decimal list");
     }
 
     #[test]
@@ -379,6 +426,44 @@ mod tests {
         for (m, c) in [(2550, "usd"), (1200, "jpy"), (1250, "kwd"), (99_999_999, "eur"), (1, "gbp")] {
             let money = Money::new(m, cur(c));
             assert_eq!(minor(&money.format_number(), c), Ok(m), "{money}");
+        }
+    }
+
+    /// Every currency with a rule of its own, and a few ordinary ones.
+    const CURRENCIES: [&str; 28] = [
+        "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
+        "bhd", "jod", "kwd", "omr", "tnd", "isk", "huf", "twd", "usd", "eur", "gbp", "idr",
+    ];
+
+    proptest::proptest! {
+        #[test]
+        fn formatting_then_parsing_gives_the_same_amount(index in 0..CURRENCIES.len(), raw in 1u64..=99_999_999) {
+            let currency = cur(CURRENCIES[index]);
+            let amount = currency.refundable_part(raw).max(currency.minor_step());
+            let money = Money::new(amount, currency);
+            let back = AmountInput::parse(&money.format_number()).and_then(|a| a.to_money(currency));
+            proptest::prop_assert_eq!(back, Ok(money));
+            if let Some(sym) = currency.display_symbol() {
+                let shown = money.to_string();
+                proptest::prop_assert!(shown.starts_with(sym));
+                proptest::prop_assert_eq!(AmountInput::parse(&shown).and_then(|a| a.to_money(currency)), Ok(money));
+            }
+        }
+
+        #[test]
+        fn no_input_makes_the_parser_panic(text in "\\PC{0,40}", index in 0..CURRENCIES.len()) {
+            if let Ok(input) = AmountInput::parse(&text) {
+                let _ = input.to_money(cur(CURRENCIES[index]));
+            }
+        }
+
+        #[test]
+        fn amount_like_input_never_panics(text in "[-$€£¥₩₹US]{0,3}[0-9,.]{0,30}", index in 0..CURRENCIES.len()) {
+            if let Ok(input) = AmountInput::parse(&text) {
+                if let Ok(m) = input.to_money(cur(CURRENCIES[index])) {
+                    proptest::prop_assert!(m.minor() > 0);
+                }
+            }
         }
     }
 }
