@@ -114,9 +114,7 @@ impl Application {
                 "SLACK_APP_TOKEN is set, but Socket Mode is not supported yet: Slack must reach the HTTP routes"
             );
         }
-        if settings.policy.is_some() {
-            tracing::warn!("the [policy] table is read but not applied yet: every refund needs one approval");
-        }
+
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("could not listen on {}", settings.listen))?;

@@ -3,7 +3,8 @@
 //! The environment wins over the file. Secrets are wrapped in [`SecretString`], so they never
 //! reach a log, an error or `Debug` output.
 
-use crate::domain::{Approvers, UserId};
+use crate::domain::policy::{CurrencyRules, Policy};
+use crate::domain::{AmountInput, Approvers, Currency, Money, RefundReason, UserId};
 use secrecy::{ExposeSecret, SecretString};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub enum ConfigError {
     Invalid { name: &'static str, why: String },
     #[error("the config file {path} could not be read: {why}")]
     File { path: String, why: String },
+    #[error("the refund policy is not valid: {key}: {why}")]
+    Policy { key: String, why: String },
 }
 
 fn invalid(name: &'static str, why: impl std::fmt::Display) -> ConfigError {
@@ -105,8 +108,8 @@ pub struct Settings {
     /// `None`: customers get no email.
     pub email: Option<EmailSettings>,
     pub jobs: JobSettings,
-    /// The `[policy]` table, kept for the policy engine.
-    pub policy: Option<toml::Table>,
+    /// The refund policy from the `[policy]` table; empty: every refund needs one approval.
+    pub policy: Policy,
 }
 
 /// Where settings come from: a name → value lookup (the environment in production, a map in
@@ -268,9 +271,104 @@ impl Settings {
             stripe,
             email,
             jobs: JobSettings::default(),
-            policy: src.policy.clone(),
+            policy: parse_policy(src.policy.as_ref())?,
         })
     }
+}
+
+fn policy_error(key: impl Into<String>, why: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Policy { key: key.into(), why: why.to_string() }
+}
+
+/// An amount in `currency` written as a string (`"25.00"`) or a whole number; never a float.
+fn policy_amount(key: &str, value: &toml::Value, currency: Currency) -> Result<Money, ConfigError> {
+    let text = match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(_) => {
+            return Err(policy_error(key, "write amounts as strings, like \"25.00\", so no float rounds them"));
+        }
+        other => return Err(policy_error(key, format!("expected an amount like \"25.00\", found {other}"))),
+    };
+    AmountInput::parse(&text).and_then(|a| a.to_money(currency)).map_err(|e| policy_error(key, e))
+}
+
+/// Reads `[policy]`; every mistake names the key it is in.
+pub fn parse_policy(table: Option<&toml::Table>) -> Result<Policy, ConfigError> {
+    let mut policy = Policy::default();
+    let Some(table) = table else { return Ok(policy) };
+    for (key, value) in table {
+        let at = format!("policy.{key}");
+        match key.as_str() {
+            "refund_window_days" => {
+                let days = value
+                    .as_integer()
+                    .filter(|d| (0..=3650).contains(d))
+                    .ok_or_else(|| policy_error(&at, "expected a number of days from 0 to 3650"))?;
+                policy.refund_window_days = Some(days as u32);
+            }
+            "always_require_approval" => {
+                let items = value
+                    .as_array()
+                    .ok_or_else(|| policy_error(&at, "expected a list of reasons, like [\"goodwill\"]"))?;
+                for item in items {
+                    let word = item.as_str().unwrap_or_default();
+                    let reason = RefundReason::parse(word).ok_or_else(|| {
+                        let known: Vec<_> = RefundReason::ALL.iter().map(|r| r.as_str()).collect();
+                        policy_error(&at, format!("`{word}` is not a reason; use {}", known.join(", ")))
+                    })?;
+                    policy.always_require_approval.insert(reason);
+                }
+            }
+            "currency" => {
+                let currencies =
+                    value.as_table().ok_or_else(|| policy_error(&at, "expected [policy.currency.<code>] tables"))?;
+                for (code, rules) in currencies {
+                    let at = format!("policy.currency.{code}");
+                    let currency = Currency::parse(code).map_err(|e| policy_error(&at, e))?;
+                    let rules = rules.as_table().ok_or_else(|| policy_error(&at, "expected a table"))?;
+                    policy.currencies.insert(currency.code().to_string(), parse_currency_rules(&at, rules, currency)?);
+                }
+            }
+            "email_customer_on_deny" | "remind_after" | "expire_after" => {
+                return Err(policy_error(&at, "is not supported yet; remove it"));
+            }
+            _ => return Err(policy_error(&at, "unknown key")),
+        }
+    }
+    Ok(policy)
+}
+
+fn parse_currency_rules(at: &str, table: &toml::Table, currency: Currency) -> Result<CurrencyRules, ConfigError> {
+    let mut rules = CurrencyRules::default();
+    for (key, value) in table {
+        let key_at = format!("{at}.{key}");
+        let amount = Some(policy_amount(&key_at, value, currency)?);
+        match key.as_str() {
+            "auto_approve_up_to" => rules.auto_approve_up_to = amount,
+            "second_approval_from" => rules.second_approval_from = amount,
+            "max_amount" => rules.max_amount = amount,
+            _ => {
+                return Err(policy_error(&key_at, "unknown key (auto_approve_up_to, second_approval_from, max_amount)"));
+            }
+        }
+    }
+    let minor = |m: Option<Money>| m.map(|m| m.minor());
+    if let (Some(auto), Some(second)) = (minor(rules.auto_approve_up_to), minor(rules.second_approval_from))
+        && auto >= second
+    {
+        return Err(policy_error(format!("{at}.auto_approve_up_to"), "must be below second_approval_from"));
+    }
+    for (name, value) in
+        [("auto_approve_up_to", rules.auto_approve_up_to), ("second_approval_from", rules.second_approval_from)]
+    {
+        if let (Some(v), Some(max)) = (value, rules.max_amount)
+            && v.minor() > max.minor()
+        {
+            return Err(policy_error(format!("{at}.{name}"), format!("{v} is above max_amount ({max})")));
+        }
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]
@@ -347,7 +445,7 @@ mod tests {
         let s = load(&vars).unwrap();
         assert_eq!(s.slack.finance_channel, "CFILE");
         assert!(s.slack.approvers.contains(&UserId::parse("UAPP1").unwrap()), "env wins");
-        assert!(s.policy.is_some());
+        assert_eq!(s.policy.refund_window_days, Some(60));
         std::fs::write(&path, "slak_finance_channel = \"C\"\n").unwrap();
         assert!(load(&vars).unwrap_err().to_string().contains("slak_finance_channel"));
     }
@@ -365,6 +463,52 @@ mod tests {
             vars.insert(name, value.into());
             let err = load(&vars).unwrap_err().to_string();
             assert!(err.contains(name), "{name}: {err}");
+        }
+    }
+
+    fn policy_from(text: &str) -> Result<Policy, ConfigError> {
+        let table: toml::Table = text.parse().unwrap();
+        parse_policy(table.get("policy").and_then(|p| p.as_table()))
+    }
+
+    #[test]
+    fn the_contracts_policy_parses_into_minor_units() {
+        let p = policy_from(
+            "[policy]\nrefund_window_days = 60\nalways_require_approval = [\"goodwill\", \"other\"]\n\
+             [policy.currency.usd]\nauto_approve_up_to = \"25.00\"\nsecond_approval_from = \"1000.00\"\nmax_amount = \"5000.00\"\n\
+             [policy.currency.JPY]\nauto_approve_up_to = \"3000\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.refund_window_days, Some(60));
+        assert!(p.always_require_approval.contains(&RefundReason::Goodwill));
+        let usd = &p.currencies["usd"];
+        assert_eq!(usd.auto_approve_up_to.unwrap().minor(), 2500);
+        assert_eq!(usd.max_amount.unwrap().minor(), 500_000);
+        assert_eq!(p.currencies["jpy"].auto_approve_up_to.unwrap().minor(), 3000, "zero-decimal");
+    }
+
+    #[test]
+    fn each_bad_policy_key_is_named() {
+        for (text, key) in [
+            ("[policy]\nrefund_window = 60", "policy.refund_window"),
+            ("[policy]\nrefund_window_days = \"sixty\"", "policy.refund_window_days"),
+            ("[policy]\nalways_require_approval = [\"kindness\"]", "policy.always_require_approval"),
+            ("[policy.currency.usd]\nauto_approve_up_to = 25.0", "policy.currency.usd.auto_approve_up_to"),
+            ("[policy.currency.usd]\nmax_amount = \"lots\"", "policy.currency.usd.max_amount"),
+            ("[policy.currency.usd]\nauto_approve = \"5\"", "policy.currency.usd.auto_approve"),
+            ("[policy.currency.dollars]\nmax_amount = \"5\"", "policy.currency.dollars"),
+            ("[policy.currency.jpy]\nmax_amount = \"5.50\"", "policy.currency.jpy.max_amount"),
+            (
+                "[policy.currency.usd]\nauto_approve_up_to = \"50\"\nsecond_approval_from = \"40\"",
+                "policy.currency.usd.auto_approve_up_to",
+            ),
+            (
+                "[policy.currency.usd]\nsecond_approval_from = \"60\"\nmax_amount = \"50\"",
+                "policy.currency.usd.second_approval_from",
+            ),
+        ] {
+            let err = policy_from(text).unwrap_err().to_string();
+            assert!(err.contains(&format!("{key}:")), "{text:?} gave {err}");
         }
     }
 }

@@ -6,6 +6,8 @@
 //! - `jobs`: request id (8) ‖ lane (1) ‖ job id (8) → [`Job`]; only outstanding jobs live here,
 //!   so the key order is each request's lanes in the order their jobs were created;
 //! - `refund_ids`: Stripe refund id → request id;
+//! - `holds`: Stripe charge id → the [`Hold`]s of the requests still open on it, rewritten by
+//!   every transition of those requests, so two requests on one charge serialize;
 //! - `stripe_events`, `slack_events`: event ids already applied → when;
 //! - `emails`: `R-id/kind` → [`EmailRecord`];
 //! - `meta`: the request counter and this installation's id.
@@ -13,8 +15,10 @@
 //! A transition writes the request, its audit entry and its effects' jobs in one transaction and
 //! is flushed to disk before the caller acknowledges anything.
 
+use crate::domain::policy::Hold;
 use crate::domain::{
-    Actor, Effect, EmailKind, Lane, Money, NewRequest, RefundId, RefundRequest, RequestId, RequestStatus, Transition,
+    Actor, ChargeId, Effect, EmailKind, Lane, Money, NewRequest, RefundId, RefundRequest, RequestId, RequestStatus,
+    Transition,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -131,6 +135,7 @@ pub struct Store {
     audit: Tree,
     jobs: Tree,
     refund_ids: Tree,
+    holds: Tree,
     stripe_events: Tree,
     slack_events: Tree,
     emails: Tree,
@@ -162,16 +167,56 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// Writes the request, its audit entry and one job per effect.
+/// The trees every transition writes.
+struct TxTrees<'a> {
+    requests: &'a TransactionalTree,
+    audit: &'a TransactionalTree,
+    jobs: &'a TransactionalTree,
+    holds: &'a TransactionalTree,
+}
+
+/// Whether a request in this status holds its amount against its charge.
+fn holds_its_amount(status: RequestStatus) -> bool {
+    matches!(
+        status,
+        RequestStatus::AwaitingApproval | RequestStatus::Approved | RequestStatus::Submitted | RequestStatus::Pending
+    )
+}
+
+fn read_holds<E>(holds: &TransactionalTree, charge: &str) -> TxResult<Vec<Hold>, E> {
+    match holds.get(charge.as_bytes())? {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(corrupt),
+        None => Ok(vec![]),
+    }
+}
+
+/// Keeps the request's hold on its charge in step with its status.
+fn sync_hold<E>(holds: &TransactionalTree, request: &RefundRequest) -> TxResult<(), E> {
+    let (Some(facts), Some(amount)) = (&request.charge, request.amount) else { return Ok(()) };
+    let key = facts.charge.as_str();
+    let mut list = read_holds(holds, key)?;
+    list.retain(|h| h.request != request.id);
+    if holds_its_amount(request.status) {
+        list.push(Hold { request: request.id, amount, refund: request.refund.as_ref().map(|r| r.id.clone()) });
+    }
+    if list.is_empty() {
+        holds.remove(key.as_bytes())?;
+    } else {
+        holds.insert(key.as_bytes(), encode(&list))?;
+    }
+    Ok(())
+}
+
+/// Writes the request, its hold, its audit entry and one job per effect.
 fn write_transition<E>(
-    requests: &TransactionalTree,
-    audit: &TransactionalTree,
-    jobs: &TransactionalTree,
+    tx: &TxTrees<'_>,
     request: &RefundRequest,
     transition: &Transition,
     now: DateTime<Utc>,
 ) -> TxResult<(), E> {
+    let (requests, audit, jobs) = (tx.requests, tx.audit, tx.jobs);
     requests.insert(&request.id.to_key(), encode(request))?;
+    sync_hold(tx.holds, request)?;
     let seq = audit.generate_id()?;
     let entry = AuditEntry {
         seq,
@@ -235,6 +280,7 @@ impl Store {
             audit: db.open_tree("audit")?,
             jobs: db.open_tree("jobs")?,
             refund_ids: db.open_tree("refund_ids")?,
+            holds: db.open_tree("holds")?,
             stripe_events: db.open_tree("stripe_events")?,
             slack_events: db.open_tree("slack_events")?,
             emails: db.open_tree("emails")?,
@@ -284,15 +330,15 @@ impl Store {
     /// Stores a new request (status `Requested`) and its first job; durable on return.
     #[tracing::instrument(skip_all, fields(slack_user = %new.requester))]
     pub async fn insert_request(&self, new: NewRequest, now: DateTime<Utc>) -> Result<RefundRequest, StoreError> {
-        let result = (&self.requests, &self.audit, &self.jobs, &self.meta).transaction(
-            |(requests, audit, jobs, meta)| -> TxResult<RefundRequest, ()> {
+        let result = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.meta).transaction(
+            |(requests, audit, jobs, holds, meta)| -> TxResult<RefundRequest, ()> {
                 let number = match meta.get(NEXT_REQUEST_KEY)? {
                     Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(corrupt)?),
                     None => FIRST_REQUEST_NUMBER,
                 };
                 meta.insert(NEXT_REQUEST_KEY, &(number + 1).to_be_bytes())?;
                 let request = RefundRequest::new(RequestId::new(number), new.clone(), now);
-                write_transition(requests, audit, jobs, &request, &request.created(), now)?;
+                write_transition(&TxTrees { requests, audit, jobs, holds }, &request, &request.created(), now)?;
                 Ok(request)
             },
         );
@@ -305,7 +351,6 @@ impl Store {
     /// Applies `change` to the stored request as one compare-and-swap: if it returns a
     /// transition, the new state, its audit entry and its jobs are written together. `Ok(None)`
     /// from `change` writes nothing. The closure may run more than once; it must be pure.
-    #[tracing::instrument(skip(self, now, change), fields(request_id = %id))]
     pub async fn transition<E, F>(
         &self,
         id: RequestId,
@@ -315,17 +360,52 @@ impl Store {
     where
         F: Fn(&mut RefundRequest) -> Result<Option<Transition>, E>,
     {
-        let result = (&self.requests, &self.audit, &self.jobs).transaction(|(requests, audit, jobs)| {
-            let mut request = read_request(requests, id)?;
-            match change(&mut request) {
-                Err(e) => Err(ConflictableTransactionError::Abort(Abort::Refused(e))),
-                Ok(None) => Ok(None),
-                Ok(Some(t)) => {
-                    write_transition(requests, audit, jobs, &request, &t, now)?;
-                    Ok(Some((request, !t.effects.is_empty())))
+        self.transition_inner(id, None, now, |r, _| change(r)).await
+    }
+
+    /// Like [`Store::transition`], with the holds of the open requests on `charge` given to
+    /// `change`, read in the same transaction: two requests on one charge cannot both count on
+    /// the same money.
+    pub async fn transition_on_charge<E, F>(
+        &self,
+        id: RequestId,
+        charge: &ChargeId,
+        now: DateTime<Utc>,
+        change: F,
+    ) -> Result<Result<Option<RefundRequest>, E>, StoreError>
+    where
+        F: Fn(&mut RefundRequest, &[Hold]) -> Result<Option<Transition>, E>,
+    {
+        self.transition_inner(id, Some(charge.as_str()), now, change).await
+    }
+
+    #[tracing::instrument(skip(self, now, change), fields(request_id = %id))]
+    async fn transition_inner<E, F>(
+        &self,
+        id: RequestId,
+        charge: Option<&str>,
+        now: DateTime<Utc>,
+        change: F,
+    ) -> Result<Result<Option<RefundRequest>, E>, StoreError>
+    where
+        F: Fn(&mut RefundRequest, &[Hold]) -> Result<Option<Transition>, E>,
+    {
+        let result =
+            (&self.requests, &self.audit, &self.jobs, &self.holds).transaction(|(requests, audit, jobs, holds)| {
+                let mut request = read_request(requests, id)?;
+                let current = match charge {
+                    Some(c) => read_holds(holds, c)?,
+                    None => vec![],
+                };
+                match change(&mut request, &current) {
+                    Err(e) => Err(ConflictableTransactionError::Abort(Abort::Refused(e))),
+                    Ok(None) => Ok(None),
+                    Ok(Some(t)) => {
+                        write_transition(&TxTrees { requests, audit, jobs, holds }, &request, &t, now)?;
+                        Ok(Some((request, !t.effects.is_empty())))
+                    }
                 }
-            }
-        });
+            });
         match Self::finish_tx(result)? {
             Ok(Some((request, added))) => {
                 self.committed(added).await?;
@@ -334,6 +414,14 @@ impl Store {
             }
             Ok(None) => Ok(Ok(None)),
             Err(e) => Ok(Err(e)),
+        }
+    }
+
+    /// The holds on a charge, for showing them.
+    pub fn holds_on(&self, charge: &ChargeId) -> Result<Vec<Hold>, StoreError> {
+        match self.holds.get(charge.as_str().as_bytes())? {
+            Some(b) => decode(&b),
+            None => Ok(vec![]),
         }
     }
 
@@ -385,9 +473,10 @@ impl Store {
         updates: &[RefundUpdate],
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError> {
-        let trees = (&self.requests, &self.audit, &self.jobs, &self.refund_ids, &self.stripe_events);
-        let result =
-            trees.transaction(|(requests, audit, jobs, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
+        let trees = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.refund_ids, &self.stripe_events);
+        let result = trees.transaction(
+            |(requests, audit, jobs, holds, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
+                let tx = TxTrees { requests, audit, jobs, holds };
                 if events.get(event_id.as_bytes())?.is_some() {
                     return Ok((EventOutcome::Duplicate, false));
                 }
@@ -414,13 +503,14 @@ impl Store {
                     let before = request.clone();
                     match request.record_stripe_refund(u.refund.clone(), &u.status, u.failure_reason.clone(), now) {
                         Some(t) => {
-                            write_transition(requests, audit, jobs, &request, &t, now)?;
+                            write_transition(&tx, &request, &t, now)?;
                             added |= !t.effects.is_empty();
                             outcomes.push(RefundOutcome::Moved(id, request.status));
                         }
                         None => {
                             if request != before {
                                 requests.insert(&id.to_key(), encode(&request))?;
+                                sync_hold(holds, &request)?;
                             }
                             outcomes.push(RefundOutcome::Unchanged(id));
                         }
@@ -430,7 +520,8 @@ impl Store {
                     }
                 }
                 Ok((EventOutcome::Applied(outcomes), added))
-            });
+            },
+        );
         let (outcome, added) = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("events never refuse"));
         if outcome != EventOutcome::Duplicate {
             self.committed(added).await?;
@@ -446,13 +537,13 @@ impl Store {
         stripe_status: &str,
         now: DateTime<Utc>,
     ) -> Result<Result<RefundRequest, crate::domain::StateError>, StoreError> {
-        let trees = (&self.requests, &self.audit, &self.jobs, &self.refund_ids);
-        let result = trees.transaction(|(requests, audit, jobs, refund_ids)| {
+        let trees = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.refund_ids);
+        let result = trees.transaction(|(requests, audit, jobs, holds, refund_ids)| {
             let mut request = read_request(requests, id)?;
             let t = request
                 .record_submitted(refund.clone(), stripe_status, now)
                 .map_err(|e| ConflictableTransactionError::Abort(Abort::Refused(e)))?;
-            write_transition(requests, audit, jobs, &request, &t, now)?;
+            write_transition(&TxTrees { requests, audit, jobs, holds }, &request, &t, now)?;
             refund_ids.insert(refund.as_str().as_bytes(), &id.to_key())?;
             Ok(request)
         });
@@ -652,12 +743,18 @@ mod tests {
             created: Utc::now(),
             customer_email: None,
             card: None,
+            refunds: None,
         };
         let approver = UserId::parse("UFIN").unwrap();
         let approvers = crate::domain::Approvers::new([approver.clone()]);
         let now = Utc::now();
+        let one = crate::domain::policy::PolicyDecision {
+            route: crate::domain::policy::Route::Approvals(1),
+            rule: String::new(),
+            warnings: vec![],
+        };
         store
-            .transition(id, now, |r| r.accept(facts.clone(), Money::new(2500, usd), now).map(Some))
+            .transition(id, now, |r| r.accept(facts.clone(), Money::new(2500, usd), one.clone(), now).map(Some))
             .await
             .unwrap()
             .unwrap();

@@ -16,7 +16,7 @@ use std::fmt;
 pub const MAX_NOTE_CHARS: usize = 500;
 
 /// Why a refund is made. Maps to Stripe's three reasons where one fits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefundReason {
     Duplicate,

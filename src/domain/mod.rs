@@ -4,6 +4,7 @@
 pub mod command;
 pub mod ids;
 pub mod money;
+pub mod policy;
 pub mod request;
 
 pub use command::{AmountAsked, Command, CommandError, Note, RefundCommand, RefundReason};
@@ -11,7 +12,7 @@ pub use ids::{ChargeId, CustomerId, IdError, PaymentIntentId, PaymentRef, Refund
 pub use money::{AmountError, AmountInput, Currency, Money};
 pub use request::{
     Actor, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane, MessageRef, NewRequest,
-    Notice, RefundRecord, RefundRequest, RequestStatus, StateError, Transition,
+    Notice, PriorRefund, RefundRecord, RefundRequest, RequestStatus, StateError, Transition,
 };
 
 /// `text` with its first letter in upper case, for messages that start with a phrase.

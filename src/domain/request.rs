@@ -7,6 +7,7 @@
 use super::command::{AmountAsked, Note, RefundReason};
 use super::ids::{ChargeId, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
 use super::money::Money;
+use super::policy::{PolicyDecision, Route};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -104,6 +105,18 @@ pub struct ChargeFacts {
     pub created: DateTime<Utc>,
     pub customer_email: Option<String>,
     pub card: Option<CardFacts>,
+    /// The refunds Stripe lists on the charge, when it listed them.
+    #[serde(default)]
+    pub refunds: Option<Vec<PriorRefund>>,
+}
+
+/// A refund Stripe already has on the charge, and the request that made it, if one did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PriorRefund {
+    pub id: RefundId,
+    pub amount: Money,
+    pub status: String,
+    pub request: Option<RequestId>,
 }
 
 impl ChargeFacts {
@@ -164,7 +177,19 @@ pub struct RefundRequest {
     pub charge: Option<ChargeFacts>,
     /// The amount to refund, in the charge's currency; set with `charge`.
     pub amount: Option<Money>,
+    /// The approval that completed the request's approvals.
     pub approved: Option<Decision>,
+    /// Every approval given, in order (two where the policy asks for two).
+    #[serde(default)]
+    pub approvals: Vec<Decision>,
+    #[serde(default = "one")]
+    pub required_approvals: u8,
+    /// What the policy decided, and why.
+    #[serde(default)]
+    pub policy: Option<PolicyDecision>,
+    /// Refunded by the policy, without a click.
+    #[serde(default)]
+    pub auto_approved: bool,
     pub denied: Option<Decision>,
     pub deny_reason: Option<String>,
     pub card: Option<MessageRef>,
@@ -173,12 +198,18 @@ pub struct RefundRequest {
     pub problem: Option<String>,
 }
 
+fn one() -> u8 {
+    1
+}
+
 /// Someone or something that moved a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Actor {
     User(UserId),
     Stripe,
+    /// The refund policy (auto-approval).
+    Policy,
     System,
 }
 
@@ -187,6 +218,7 @@ impl fmt::Display for Actor {
         match self {
             Actor::User(u) => write!(f, "{u}"),
             Actor::Stripe => f.write_str("stripe"),
+            Actor::Policy => f.write_str("policy"),
             Actor::System => f.write_str("refund-desk"),
         }
     }
@@ -197,12 +229,19 @@ impl fmt::Display for Actor {
 #[serde(rename_all = "snake_case")]
 pub enum Notice {
     Rejected,
+    /// One approval of two.
+    ApprovalRecorded,
     Approved,
+    AutoApproved,
     Denied,
     Submitted,
     StripeStatus(RequestStatus),
-    CustomerEmailed { to: String },
-    CustomerNotEmailed { why: String },
+    CustomerEmailed {
+        to: String,
+    },
+    CustomerNotEmailed {
+        why: String,
+    },
 }
 
 /// Kinds of email sent to the customer; at most one of each per request.
@@ -295,6 +334,8 @@ pub enum DecisionError {
     AlreadyDecided { id: RequestId, status: RequestStatus, by: String },
     #[error("A denial needs a reason the requester can act on.")]
     EmptyReason,
+    #[error("You already approved {0}; it needs a second, different approver.")]
+    AlreadyApprovedByYou(RequestId),
 }
 
 /// A transition that does not apply to the request's current state.
@@ -322,6 +363,10 @@ impl RefundRequest {
             charge: None,
             amount: None,
             approved: None,
+            approvals: vec![],
+            required_approvals: 1,
+            policy: None,
+            auto_approved: false,
             denied: None,
             deny_reason: None,
             card: None,
@@ -358,18 +403,39 @@ impl RefundRequest {
         from
     }
 
-    /// Stripe confirmed the charge can be refunded as asked: post the card.
-    pub fn accept(&mut self, facts: ChargeFacts, amount: Money, now: DateTime<Utc>) -> Result<Transition, StateError> {
+    /// Stripe confirmed the charge can be refunded as asked, and the policy decided how: post
+    /// the card for approval, or refund at once and post the card as a notice.
+    pub fn accept(
+        &mut self,
+        facts: ChargeFacts,
+        amount: Money,
+        decision: PolicyDecision,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, StateError> {
         self.expect(RequestStatus::Requested, "sent for approval")?;
+        let route = decision.route;
+        if route == Route::Refuse {
+            return self.reject(decision.rule, Some(facts), now);
+        }
         self.charge = Some(facts);
         self.amount = Some(amount);
+        let detail = Some(format!("{amount}: {}", decision.rule));
+        self.policy = Some(decision);
+        if route == Route::AutoApprove {
+            self.auto_approved = true;
+            let from = self.move_to(RequestStatus::Approved, now);
+            return Ok(Transition {
+                actor: Actor::Policy,
+                from,
+                effects: vec![Effect::CreateRefund, Effect::PostCard, Effect::ThreadReply(Notice::AutoApproved)],
+                detail,
+            });
+        }
+        if let Route::Approvals(n) = route {
+            self.required_approvals = n.max(1);
+        }
         let from = self.move_to(RequestStatus::AwaitingApproval, now);
-        Ok(Transition {
-            actor: Actor::System,
-            from,
-            effects: vec![Effect::PostCard],
-            detail: Some(format!("{amount} refundable; sent for approval")),
-        })
+        Ok(Transition { actor: Actor::System, from, effects: vec![Effect::PostCard], detail })
     }
 
     /// The charge cannot be refunded as asked: end the request and say why.
@@ -405,6 +471,9 @@ impl RefundRequest {
         if !approvers.contains(user) {
             return Err(DecisionError::NotAnApprover(self.id));
         }
+        if self.approvals.iter().any(|a| a.by == *user) {
+            return Err(DecisionError::AlreadyApprovedByYou(self.id));
+        }
         Ok(())
     }
 
@@ -413,7 +482,8 @@ impl RefundRequest {
         self.check_decider(user, approvers)
     }
 
-    /// An approver who is not the requester approves: send the refund to Stripe.
+    /// An approver who is not the requester approves. With all the approvals the policy asks
+    /// for, the refund goes to Stripe; before that, the approval is recorded and shown.
     pub fn approve(
         &mut self,
         by: &UserId,
@@ -421,13 +491,25 @@ impl RefundRequest {
         now: DateTime<Utc>,
     ) -> Result<Transition, DecisionError> {
         self.check_decider(by, approvers)?;
-        self.approved = Some(Decision { by: by.clone(), at: now });
+        let decision = Decision { by: by.clone(), at: now };
+        self.approvals.push(decision.clone());
+        let (given, needed) = (self.approvals.len(), usize::from(self.required_approvals.max(1)));
+        if given < needed {
+            self.updated_at = now;
+            return Ok(Transition {
+                actor: Actor::User(by.clone()),
+                from: self.status,
+                effects: vec![Effect::RefreshCard, Effect::ThreadReply(Notice::ApprovalRecorded)],
+                detail: Some(format!("approval {given} of {needed}")),
+            });
+        }
+        self.approved = Some(decision);
         let from = self.move_to(RequestStatus::Approved, now);
         Ok(Transition {
             actor: Actor::User(by.clone()),
             from,
             effects: vec![Effect::CreateRefund, Effect::RefreshCard, Effect::ThreadReply(Notice::Approved)],
-            detail: None,
+            detail: (needed > 1).then(|| format!("approval {given} of {needed}")),
         })
     }
 
@@ -583,9 +665,14 @@ mod tests {
             created: now,
             customer_email: None,
             card: None,
+            refunds: None,
         };
-        r.accept(facts, Money::new(2500, usd), now).unwrap();
+        r.accept(facts, Money::new(2500, usd), one_approval(), now).unwrap();
         r
+    }
+
+    fn one_approval() -> PolicyDecision {
+        PolicyDecision { route: Route::Approvals(1), rule: "One approval".into(), warnings: vec![] }
     }
 
     fn approvers() -> Approvers {
@@ -673,5 +760,37 @@ mod tests {
         let mut r = waiting();
         assert_eq!(r.record_stripe_refund(RefundId::parse("re_1").unwrap(), "succeeded", None, Utc::now()), None);
         assert_eq!(r.status, RequestStatus::AwaitingApproval);
+    }
+
+    #[test]
+    fn two_approvals_need_two_different_approvers() {
+        let mut r = waiting();
+        r.required_approvals = 2;
+        let approvers = Approvers::new([user("UFIN"), user("UFIN2")]);
+        let t = r.approve(&user("UFIN"), &approvers, Utc::now()).unwrap();
+        assert_eq!(r.status, RequestStatus::AwaitingApproval);
+        assert!(!t.effects.contains(&Effect::CreateRefund));
+        assert_eq!(r.approve(&user("UFIN"), &approvers, Utc::now()), Err(DecisionError::AlreadyApprovedByYou(r.id)));
+        let t = r.approve(&user("UFIN2"), &approvers, Utc::now()).unwrap();
+        assert_eq!(r.status, RequestStatus::Approved);
+        assert!(t.effects.contains(&Effect::CreateRefund));
+        assert_eq!(r.approvals.len(), 2);
+    }
+
+    #[test]
+    fn auto_approval_refunds_at_once_with_the_policy_as_actor() {
+        let now = Utc::now();
+        let mut r = waiting();
+        r.status = RequestStatus::Requested;
+        let facts = r.charge.clone().unwrap();
+        let auto = PolicyDecision { route: Route::AutoApprove, rule: "Auto-approved".into(), warnings: vec![] };
+        let t = r.accept(facts.clone(), facts.amount, auto, now).unwrap();
+        assert_eq!((r.status, t.actor), (RequestStatus::Approved, Actor::Policy));
+        assert!(r.auto_approved && t.effects.contains(&Effect::CreateRefund) && t.effects.contains(&Effect::PostCard));
+        let mut r2 = waiting();
+        r2.status = RequestStatus::Requested;
+        let refuse = PolicyDecision { route: Route::Refuse, rule: "above the cap".into(), warnings: vec![] };
+        r2.accept(facts.clone(), facts.amount, refuse, now).unwrap();
+        assert_eq!(r2.status, RequestStatus::Rejected);
     }
 }

@@ -37,7 +37,12 @@ fn amount_text(r: &RefundRequest) -> String {
 pub fn status_line(r: &RefundRequest) -> String {
     let refund = r.refund.as_ref().map(|f| format!(" · Stripe refund `{}`", f.id)).unwrap_or_default();
     let decision = match (&r.approved, &r.denied) {
+        _ if r.auto_approved => "Approved by the refund policy, without a click".to_string(),
+        (Some(_), _) if r.approvals.len() > 1 => format!("Approved by {}", approvers_text(r)),
         (Some(d), _) => format!("Approved by {} {}", mention(&d.by), slack_time(d.at)),
+        (None, None) if !r.approvals.is_empty() => {
+            format!("{} of {} approvals: {}", r.approvals.len(), r.required_approvals, approvers_text(r))
+        }
         (None, Some(d)) => format!(
             "Denied by {} {}: {}",
             mention(&d.by),
@@ -52,6 +57,27 @@ pub fn status_line(r: &RefundRequest) -> String {
     };
     let sep = if decision.is_empty() { "" } else { " · " };
     format!("*Status:* {}{sep}{decision}{refund}{problem}", r.status)
+}
+
+/// Everyone who approved, with when.
+fn approvers_text(r: &RefundRequest) -> String {
+    r.approvals.iter().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).collect::<Vec<_>>().join(" and ")
+}
+
+/// Refunds Stripe already had on the charge, and which request made each.
+fn history_text(c: &crate::domain::ChargeFacts) -> Option<String> {
+    let refunds = c.refunds.as_ref()?;
+    if refunds.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = refunds
+        .iter()
+        .map(|p| {
+            let by = p.request.map(|id| id.to_string()).unwrap_or_else(|| "made outside refund-desk".into());
+            format!("{} `{}` ({by}, {})", p.amount, p.id, p.status)
+        })
+        .collect();
+    Some(format!("*Refunded before*\n{}", lines.join("\n")))
 }
 
 /// The approval card in the finance channel. Buttons only while the request waits.
@@ -75,9 +101,27 @@ pub fn approval_card(r: &RefundRequest, now: DateTime<Utc>) -> SlackMessageConte
         }
     }
     let mut blocks: Vec<SlackBlock> = vec![
-        SlackHeaderBlock::new(pt!("Refund request {}", r.id)).into(),
+        SlackHeaderBlock::new(if r.auto_approved {
+            pt!("Refund request {} (auto-approved)", r.id)
+        } else {
+            pt!("Refund request {}", r.id)
+        })
+        .into(),
         SlackSectionBlock::new().with_fields(fields).into(),
     ];
+    if let Some(policy) = &r.policy {
+        let mut text = format!("*Policy:* {}", escape(&policy.rule));
+        if r.required_approvals > 1 && r.status == RequestStatus::AwaitingApproval {
+            text.push_str(&format!(" ({} of {} approvals so far)", r.approvals.len(), r.required_approvals));
+        }
+        for warning in &policy.warnings {
+            text.push_str(&format!("\n:warning: {}", escape(warning)));
+        }
+        blocks.push(SlackSectionBlock::new().with_text(md!("{}", text)).into());
+    }
+    if let Some(history) = r.charge.as_ref().and_then(history_text) {
+        blocks.push(SlackSectionBlock::new().with_text(md!("{}", history)).into());
+    }
     if let Some(note) = &r.note {
         blocks.push(SlackSectionBlock::new().with_text(md!("*Note*\n{}", escape(note.as_str()))).into());
     }
@@ -139,6 +183,16 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
             let by =
                 r.approved.as_ref().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).unwrap_or_default();
             format!(":white_check_mark: Approved by {by}. Sending the refund to Stripe.")
+        }
+        (Notice::ApprovalRecorded, _) => format!(
+            ":ballot_box_with_check: {} of {} approvals: {}. Waiting for another approver.",
+            r.approvals.len(),
+            r.required_approvals,
+            approvers_text(r)
+        ),
+        (Notice::AutoApproved, _) => {
+            let rule = r.policy.as_ref().map(|p| escape(&p.rule)).unwrap_or_default();
+            format!(":robot_face: Refunded by the policy without approval ({rule}). Sending the refund to Stripe.")
         }
         (Notice::Denied, Audience::Thread) => {
             let by = r.denied.as_ref().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).unwrap_or_default();
@@ -264,8 +318,19 @@ mod tests {
                 created: now - chrono::Duration::days(3),
                 customer_email: Some("jenny@example.com".into()),
                 card: Some(CardFacts { brand: "visa".into(), last4: "4242".into() }),
+                refunds: Some(vec![PriorRefund {
+                    id: RefundId::parse("re_before").unwrap(),
+                    amount: Money::new(500, usd),
+                    status: "succeeded".into(),
+                    request: None,
+                }]),
             },
             Money::new(2500, usd),
+            crate::domain::policy::PolicyDecision {
+                route: crate::domain::policy::Route::Approvals(1),
+                rule: "One approval: above the $20.00 auto-approval limit".into(),
+                warnings: vec!["Charged 75 days ago, past the 60-day refund window".into()],
+            },
             now,
         )
         .unwrap();

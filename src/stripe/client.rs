@@ -124,7 +124,9 @@ impl StripeClient {
 
     #[tracing::instrument(skip(self), fields(stripe_charge = %id))]
     pub async fn get_charge(&self, id: &str) -> Result<Charge, StripeError> {
-        let url = self.url(&format!("/v1/charges/{id}"))?;
+        // With its refunds, so what was refunded before (and by which request) is known.
+        let mut url = self.url(&format!("/v1/charges/{id}"))?;
+        url.query_pairs_mut().append_pair("expand[]", "refunds");
         self.send(self.http.get(url)).await
     }
 

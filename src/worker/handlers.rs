@@ -3,9 +3,10 @@
 //! an idempotency key fixed per request.
 
 use crate::app::AppContext;
+use crate::domain::policy::{Plan, plan};
 use crate::domain::{
-    AmountAsked, CardFacts, ChargeFacts, ChargeId, Currency, Effect, EmailKind, MessageRef, Money, Notice,
-    PaymentIntentId, PaymentRef, RefundId, RefundRequest, RequestId, RequestStatus, capitalised,
+    CardFacts, ChargeFacts, ChargeId, Currency, Effect, EmailKind, MessageRef, Money, Notice, PaymentIntentId,
+    PaymentRef, PriorRefund, RefundId, RefundRequest, RequestId, RequestStatus, capitalised,
 };
 use crate::email::{EmailError, mask_address};
 use crate::slack::SlackCallError;
@@ -68,15 +69,22 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
     }
 }
 
-/// What Stripe said about the payment, reduced to a verdict.
-enum Verdict {
-    Refundable(ChargeFacts, Money),
-    Refused(String, Option<ChargeFacts>),
-}
-
 fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, String> {
     let currency = Currency::parse(&charge.currency).map_err(|e| e.to_string())?;
     let captured = if charge.amount_captured > 0 { charge.amount_captured } else { charge.amount };
+    let refunds = charge.refunds.as_ref().map(|list| {
+        list.data
+            .iter()
+            .filter_map(|r| {
+                Some(PriorRefund {
+                    id: RefundId::parse(&r.id).ok()?,
+                    amount: Money::new(r.amount, currency),
+                    status: r.status.clone().unwrap_or_default(),
+                    request: r.metadata.get("refund_request_id").and_then(|v| RequestId::parse(v).ok()),
+                })
+            })
+            .collect()
+    });
     Ok(ChargeFacts {
         charge: ChargeId::parse(&charge.id).map_err(|e| e.to_string())?,
         payment_intent: charge.payment_intent.as_ref().and_then(|p| PaymentIntentId::parse(p.id()).ok()),
@@ -89,49 +97,32 @@ fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, Strin
             .as_ref()
             .and_then(|d| d.card.as_ref())
             .and_then(|c| Some(CardFacts { brand: c.brand.clone()?, last4: c.last4.clone()? })),
+        refunds,
     })
 }
 
-/// Can this charge be refunded as asked?
-fn judge(request: &RefundRequest, charge: &Charge, email: Option<String>) -> Verdict {
-    let facts = match facts_of(charge, email) {
-        Ok(f) => f,
-        Err(why) => {
-            return Verdict::Refused(format!("Stripe's answer about {} could not be read: {why}", charge.id), None);
-        }
-    };
-    let refuse = |why: String| Verdict::Refused(why, Some(facts.clone()));
+/// Why the charge cannot be refunded at all, whatever the amount.
+fn unrefundable(charge: &Charge, facts: &ChargeFacts) -> Option<String> {
     let status = charge.status.as_deref().unwrap_or("unknown");
     if status != "succeeded" {
-        return refuse(format!("the charge `{}` has not succeeded (Stripe says `{status}`)", charge.id));
+        return Some(format!("the charge `{}` has not succeeded (Stripe says `{status}`)", charge.id));
     }
     if !charge.captured {
-        return refuse(format!(
+        return Some(format!(
             "the charge `{}` was never captured, so there is nothing to refund; release the authorization in Stripe instead",
             charge.id
         ));
     }
     if charge.disputed {
-        return refuse(format!(
+        return Some(format!(
             "the charge `{}` is disputed; money goes back through the dispute, not a refund",
             charge.id
         ));
     }
-    let remaining = facts.remaining();
-    if charge.refunded || remaining.is_zero() {
-        return refuse(format!("the charge `{}` is already fully refunded", charge.id));
+    if charge.refunded || facts.remaining().is_zero() {
+        return Some(format!("the charge `{}` is already fully refunded", charge.id));
     }
-    let amount = match &request.asked {
-        AmountAsked::Full => remaining,
-        AmountAsked::Exact(input) => match input.to_money(remaining.currency()) {
-            Ok(m) => m,
-            Err(e) => return refuse(e.to_string()),
-        },
-    };
-    if amount.minor() > remaining.minor() {
-        return refuse(format!("{amount} is more than the {remaining} still refundable on `{}`", charge.id));
-    }
-    Verdict::Refundable(facts, amount)
+    None
 }
 
 fn stripe_failure(e: StripeError, what: &str) -> Result<String, JobError> {
@@ -199,14 +190,34 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
         }
     };
     let email = customer_email(ctx, &charge).await?;
-    match judge(request, &charge, email) {
-        Verdict::Refundable(facts, amount) => {
-            let now = ctx.now();
-            ctx.store.transition(request.id, now, |r| r.accept(facts.clone(), amount, now).map(Some)).await?.ok();
-            Ok(())
+    let facts = match facts_of(&charge, email) {
+        Ok(f) => f,
+        Err(why) => {
+            return reject(ctx, request, format!("Stripe's answer about {} could not be read: {why}", charge.id), None)
+                .await;
         }
-        Verdict::Refused(why, facts) => reject(ctx, request, why, facts).await,
+    };
+    if let Some(why) = unrefundable(&charge, &facts) {
+        return reject(ctx, request, why, Some(facts)).await;
     }
+    // The amount and the policy are decided inside the transaction, against the holds of the
+    // other requests open on this charge.
+    let (policy, now) = (&ctx.settings.policy, ctx.now());
+    let charge_id = facts.charge.clone();
+    let outcome = ctx
+        .store
+        .transition_on_charge(request.id, &charge_id, now, |r, holds| {
+            let t = match plan(r.id, &r.asked, r.reason, &facts, holds, policy, now) {
+                Plan::Refuse(why) => r.reject(capitalised(&why), Some(facts.clone()), now),
+                Plan::Go(amount, decision) => r.accept(facts.clone(), amount, decision, now),
+            };
+            t.map(Some)
+        })
+        .await?;
+    if let Err(e) = outcome {
+        tracing::info!(error = %e, "the request moved on before its check finished");
+    }
+    Ok(())
 }
 
 async fn reject(
