@@ -349,7 +349,10 @@ fn parse_currency_rules(at: &str, table: &toml::Table, currency: Currency) -> Re
             "second_approval_from" => rules.second_approval_from = amount,
             "max_amount" => rules.max_amount = amount,
             _ => {
-                return Err(policy_error(&key_at, "unknown key (auto_approve_up_to, second_approval_from, max_amount)"));
+                return Err(policy_error(
+                    &key_at,
+                    "unknown key (auto_approve_up_to, second_approval_from, max_amount)",
+                ));
             }
         }
     }

@@ -26,6 +26,7 @@ pub struct TestApp {
     pub smtp: SmtpSink,
     pub driver: SlackDriver,
     pub data_dir: TempDir,
+    policy: refund_desk::domain::policy::Policy,
 }
 
 fn fast_jobs() -> JobSettings {
@@ -40,6 +41,11 @@ impl TestApp {
     /// A desk where the requester is an approver too, so "never your own request" is tested
     /// against someone who could otherwise approve.
     pub async fn spawn() -> TestApp {
+        TestApp::spawn_with_policy("").await
+    }
+
+    /// A desk with `[policy]` TOML (the contract's form) applied.
+    pub async fn spawn_with_policy(policy_toml: &str) -> TestApp {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
@@ -48,14 +54,18 @@ impl TestApp {
         let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
         let smtp = SmtpSink::start().await.unwrap();
         let data_dir = tempfile::tempdir().unwrap();
-        let mut test = TestApp { app: None, driver: SlackDriver::new(String::new()), slack, stripe, smtp, data_dir };
+        let table: toml::Table = policy_toml.parse().expect("valid TOML");
+        let policy =
+            refund_desk::config::parse_policy(table.get("policy").and_then(|p| p.as_table())).expect("valid policy");
+        let mut test =
+            TestApp { app: None, driver: SlackDriver::new(String::new()), slack, stripe, smtp, data_dir, policy };
         test.start().await;
         test
     }
 
     async fn start(&mut self) {
         let approvers = format!("{APPROVER},{APPROVER_2},{REQUESTER}");
-        let settings = driver::desk_settings(
+        let mut settings = driver::desk_settings(
             &self.slack.url,
             &self.stripe.url,
             Some(&self.smtp.url()),
@@ -63,6 +73,7 @@ impl TestApp {
             &approvers,
             fast_jobs(),
         );
+        settings.policy = self.policy.clone();
         let app = Application::build(settings).await.unwrap();
         let base = format!("http://{}", app.local_addr());
         self.stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
@@ -140,6 +151,15 @@ impl TestApp {
 
     pub async fn approve(&self, user: &str, id: RequestId, card: &Posted) {
         assert_eq!(self.click(user, "refund_approve", id, card).await, 200);
+    }
+
+    /// Approves and lets Stripe confirm: the request ends succeeded.
+    pub async fn approve_and_settle(&self, id: RequestId) {
+        let card = self.card(id).await;
+        self.approve(APPROVER, id, &card).await;
+        self.wait_for_status(id, RequestStatus::Submitted).await;
+        assert_eq!(self.deliver_stripe_event(&self.refund_event(id, "refund.updated", "succeeded")).await, 200);
+        self.wait_for_status(id, RequestStatus::Succeeded).await;
     }
 
     /// Waits until no job is left for any request: every side effect has run.

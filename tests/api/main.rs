@@ -5,6 +5,7 @@ mod decisions;
 mod faults;
 mod happy_path;
 mod helpers;
+mod policy;
 mod process;
 mod restart;
 mod signatures;
