@@ -33,11 +33,36 @@ pub struct AppContext {
     pub mailer: Option<Mailer>,
     /// Set while the job runner runs; `/readyz` reads it.
     pub workers_running: AtomicBool,
+    /// Who may approve now: `SLACK_APPROVERS` plus the members of `SLACK_APPROVER_GROUP`.
+    /// A std lock: read and replaced whole, never held across an await.
+    approvers: std::sync::RwLock<crate::domain::Approvers>,
 }
 
 impl AppContext {
     pub fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+
+    /// The approvers as last read.
+    pub fn approvers(&self) -> crate::domain::Approvers {
+        self.approvers.read().map(|a| a.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Reads the approver group again; on failure keeps the last members read.
+    pub async fn refresh_approvers(&self) {
+        let Some(group) = &self.settings.slack.approver_group else { return };
+        match self.slack.usergroup_members(group).await {
+            Ok(members) => {
+                let named = self.settings.slack.approvers.iter().cloned();
+                let members = members.iter().filter_map(|m| UserId::parse(m).ok());
+                let all = crate::domain::Approvers::new(named.chain(members));
+                tracing::info!(approvers = all.iter().count(), "approver group read");
+                if let Ok(mut a) = self.approvers.write() {
+                    *a = all;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not read the approver group; keeping the last members read"),
+        }
     }
 
     /// Tells `user` something privately in `channel`, without holding up the caller. Not
@@ -119,8 +144,16 @@ impl Application {
             .await
             .with_context(|| format!("could not listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        let ctx =
-            Arc::new(AppContext { settings, store, slack, stripe, mailer, workers_running: AtomicBool::new(false) });
+        let approvers = std::sync::RwLock::new(settings.slack.approvers.clone());
+        let ctx = Arc::new(AppContext {
+            settings,
+            store,
+            slack,
+            stripe,
+            mailer,
+            workers_running: AtomicBool::new(false),
+            approvers,
+        });
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let worker_ctx = ctx.clone();
@@ -130,6 +163,9 @@ impl Application {
             crate::worker::run_jobs_until_stopped(worker_ctx.clone(), worker_stop).await;
             worker_ctx.workers_running.store(false, Ordering::Relaxed);
         });
+        if ctx.settings.slack.approver_group.is_some() {
+            tokio::spawn(refresh_approvers_until_stopped(ctx.clone(), stop_rx.clone()));
+        }
         let app = router(ctx.clone());
         let mut server_stop = stop_rx;
         let server = tokio::spawn(async move {
@@ -184,6 +220,17 @@ impl Application {
         }
         tracing::warn!("some tasks still hold the database at shutdown");
         Ok(())
+    }
+}
+
+/// Keeps the approver group's members fresh until shutdown.
+async fn refresh_approvers_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    loop {
+        ctx.refresh_approvers().await;
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.settings.slack.approver_refresh) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

@@ -56,8 +56,12 @@ pub struct SlackSettings {
     /// Web API base, without a trailing slash.
     pub api_url: String,
     pub finance_channel: String,
+    /// Approvers named one by one.
     pub approvers: Approvers,
+    /// A user group whose members approve too, read from Slack and refreshed.
     pub approver_group: Option<String>,
+    /// How often the group's members are read again.
+    pub approver_refresh: Duration,
     /// `None`: anyone may use `/refund`.
     pub requesters: Option<Vec<UserId>>,
 }
@@ -212,11 +216,8 @@ impl Settings {
         if approvers.is_empty() && approver_group.is_none() {
             return Err(ConfigError::Missing("SLACK_APPROVERS (or SLACK_APPROVER_GROUP)"));
         }
-        if approvers.is_empty() {
-            return Err(invalid(
-                "SLACK_APPROVER_GROUP",
-                "approver groups are not supported yet; list the approvers in SLACK_APPROVERS",
-            ));
+        if approver_group.as_deref().is_some_and(|g| !g.starts_with('S') || g.len() < 2) {
+            return Err(invalid("SLACK_APPROVER_GROUP", "must be a user group id, like S0614TZR7"));
         }
         let requesters = src.get("SLACK_REQUESTERS").map(|s| user_list("SLACK_REQUESTERS", s)).transpose()?;
         let slack = SlackSettings {
@@ -227,6 +228,7 @@ impl Settings {
             finance_channel: src.require("SLACK_FINANCE_CHANNEL")?.to_string(),
             approvers,
             approver_group,
+            approver_refresh: Duration::from_secs(300),
             requesters,
         };
 
@@ -420,6 +422,19 @@ mod tests {
         let mut vars = base();
         vars.insert("SMTP_URL", "smtp://127.0.0.1:2525".into());
         assert!(load(&vars).unwrap_err().to_string().contains("EMAIL_FROM"));
+    }
+
+    #[test]
+    fn an_approver_group_alone_is_enough() {
+        let mut vars = base();
+        vars.remove("SLACK_APPROVERS");
+        assert!(load(&vars).unwrap_err().to_string().contains("SLACK_APPROVERS"));
+        vars.insert("SLACK_APPROVER_GROUP", "S0614TZR7".into());
+        let s = load(&vars).unwrap();
+        assert_eq!(s.slack.approver_group.as_deref(), Some("S0614TZR7"));
+        assert!(s.slack.approvers.is_empty());
+        vars.insert("SLACK_APPROVER_GROUP", "finance".into());
+        assert!(load(&vars).unwrap_err().to_string().contains("SLACK_APPROVER_GROUP"));
     }
 
     #[test]

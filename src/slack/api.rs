@@ -133,4 +133,12 @@ impl SlackApi {
         let req = SlackApiViewsOpenRequest::new(trigger_id.into(), view);
         self.call("views.open", async |s| s.views_open(&req).await).await.map(|_| ())
     }
+
+    /// The members of a user group.
+    #[tracing::instrument(skip(self))]
+    pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, SlackCallError> {
+        let req = SlackApiUserGroupsUsersListRequest::new(group.into());
+        let res = self.call("usergroups.users.list", async |s| s.usergroups_users_list(&req).await).await?;
+        Ok(res.users.into_iter().map(|u| u.0).collect())
+    }
 }

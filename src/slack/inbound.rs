@@ -167,7 +167,7 @@ async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action:
         tracing::warn!(value = ?action.value, "button without a request id");
         return;
     };
-    let approvers = &ctx.settings.slack.approvers;
+    let approvers = &ctx.approvers();
     let now = ctx.now();
     if action.action_id == APPROVE_ACTION {
         let result = ctx.store.transition(id, now, |r| r.approve(&user, approvers, now).map(Some)).await;
@@ -232,7 +232,7 @@ async fn handle_deny_submission(ctx: &Arc<AppContext>, interaction: &Interaction
         return StatusCode::OK.into_response();
     };
     let reason = view.input(DENY_REASON_BLOCK, DENY_REASON_ACTION).unwrap_or_default();
-    let approvers = &ctx.settings.slack.approvers;
+    let approvers = &ctx.approvers();
     let now = ctx.now();
     match ctx.store.transition(id, now, |r| r.deny(&user, &reason, approvers, now).map(Some)).await {
         // An empty 200 closes the form.

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::routing::any;
 use serde_json::{Value, json};
@@ -37,6 +37,8 @@ struct SlackState {
     next_ts: u64,
     /// Answers to give instead of the normal one, per method, in order (429s, errors).
     faults: Vec<(String, u16, Value)>,
+    /// User group id → member ids.
+    groups: std::collections::HashMap<String, Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -63,6 +65,11 @@ impl FakeSlack {
     /// The next call to `method` gets HTTP `status` with `body` (e.g. 429, or `ok: false`).
     pub fn fail_next(&self, method: &str, status: u16, body: Value) {
         self.lock().faults.push((method.to_string(), status, body));
+    }
+
+    /// Sets the members `usergroups.users.list` returns for `group`.
+    pub fn set_group_members(&self, group: &str, members: &[&str]) {
+        self.lock().groups.insert(group.to_string(), members.iter().map(|m| m.to_string()).collect());
     }
 
     pub fn calls(&self, method: &str) -> Vec<Call> {
@@ -105,14 +112,17 @@ fn text_of(body: &Value) -> String {
 async fn handle(
     State(state): State<Arc<Mutex<SlackState>>>,
     Path(method): Path<String>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: String,
 ) -> (axum::http::StatusCode, HeaderMap, Json<Value>) {
     let json_body = headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
+    // GET methods carry their arguments in the query string.
     let body: Value = if json_body {
         serde_json::from_str(&body).unwrap_or(Value::Null)
     } else {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&body).unwrap_or_default();
+        let form = if body.is_empty() { query.unwrap_or_default() } else { body };
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&form).unwrap_or_default();
         Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
     };
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
@@ -190,6 +200,13 @@ async fn handle(
             }
             view["state"] = json!({ "values": {} });
             json!({ "ok": true, "view": view })
+        }
+        "usergroups.users.list" => {
+            let group = body["usergroup"].as_str().unwrap_or_default();
+            match s.groups.get(group) {
+                Some(users) => json!({ "ok": true, "users": users }),
+                None => slack_error("no_such_subteam"),
+            }
         }
         _ => slack_error("unknown_method"),
     };

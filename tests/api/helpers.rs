@@ -27,6 +27,8 @@ pub struct TestApp {
     pub driver: SlackDriver,
     pub data_dir: TempDir,
     policy: refund_desk::domain::policy::Policy,
+    /// Applied to the settings at every start.
+    customize: fn(&mut refund_desk::config::Settings),
 }
 
 fn fast_jobs() -> JobSettings {
@@ -57,8 +59,16 @@ impl TestApp {
         let table: toml::Table = policy_toml.parse().expect("valid TOML");
         let policy =
             refund_desk::config::parse_policy(table.get("policy").and_then(|p| p.as_table())).expect("valid policy");
-        let mut test =
-            TestApp { app: None, driver: SlackDriver::new(String::new()), slack, stripe, smtp, data_dir, policy };
+        let mut test = TestApp {
+            app: None,
+            driver: SlackDriver::new(String::new()),
+            slack,
+            stripe,
+            smtp,
+            data_dir,
+            policy,
+            customize: |_| {},
+        };
         test.start().await;
         test
     }
@@ -74,11 +84,18 @@ impl TestApp {
             fast_jobs(),
         );
         settings.policy = self.policy.clone();
+        (self.customize)(&mut settings);
         let app = Application::build(settings).await.unwrap();
         let base = format!("http://{}", app.local_addr());
         self.stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
         self.driver = SlackDriver::new(base);
         self.app = Some(app);
+    }
+
+    /// Restarts the desk with `customize` applied to its settings.
+    pub async fn reconfigure(&mut self, customize: fn(&mut refund_desk::config::Settings)) {
+        self.customize = customize;
+        self.restart().await;
     }
 
     /// Stops the desk gracefully and starts it again on the same data.

@@ -1,6 +1,7 @@
 //! Integration tests: the real service over HTTP, against the Slack, Stripe and SMTP stand-ins
 //! on loopback, with a real sled database in a temporary directory.
 
+mod approvers;
 mod decisions;
 mod faults;
 mod happy_path;
