@@ -744,6 +744,7 @@ mod tests {
             customer_email: None,
             card: None,
             refunds: None,
+            fraud_warnings: vec![],
         };
         let approver = UserId::parse("UFIN").unwrap();
         let approvers = crate::domain::Approvers::new([approver.clone()]);

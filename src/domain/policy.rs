@@ -67,6 +67,9 @@ pub fn decide(
     if let Some(window) = policy.refund_window_days.filter(|_| outside_window) {
         warnings.push(format!("Charged {age_days} days ago, past the {window}-day refund window"));
     }
+    for kind in &charge.fraud_warnings {
+        warnings.push(format!("The card network sent an early fraud warning ({kind}) for this charge"));
+    }
     if !charge.amount_refunded.is_zero() {
         warnings.push(format!("{} of this charge was refunded before", charge.amount_refunded));
     }
@@ -92,6 +95,9 @@ pub fn decide(
     }
     if outside_window {
         return decision(Route::Approvals(1), "One approval: the charge is outside the refund window".to_string());
+    }
+    if !charge.fraud_warnings.is_empty() {
+        return decision(Route::Approvals(1), "One approval: the charge has an early fraud warning".to_string());
     }
     decision(Route::AutoApprove, format!("Auto-approved: at or under the {limit} limit"))
 }
@@ -197,6 +203,7 @@ mod tests {
             customer_email: None,
             card: None,
             refunds: Some(vec![]),
+            fraud_warnings: vec![],
         }
     }
 
@@ -241,6 +248,15 @@ mod tests {
             assert_eq!(d.route, route, "{name}: {d:?}");
             assert!(d.rule.contains(rule), "{name}: {}", d.rule);
         }
+    }
+
+    #[test]
+    fn an_early_fraud_warning_needs_a_person_and_is_shown() {
+        let mut c = charge(2500, 0, 1);
+        c.fraud_warnings = vec!["made_with_stolen_card".into()];
+        let d = decide(RefundReason::Duplicate, usd(100), &c, &policy(), Utc::now());
+        assert_eq!(d.route, Route::Approvals(1));
+        assert!(d.warnings.iter().any(|w| w.contains("made_with_stolen_card")), "{:?}", d.warnings);
     }
 
     #[test]

@@ -108,6 +108,9 @@ pub struct ChargeFacts {
     /// The refunds Stripe lists on the charge, when it listed them.
     #[serde(default)]
     pub refunds: Option<Vec<PriorRefund>>,
+    /// Card networks' early fraud warnings, in words (e.g. `misc`, `made_with_stolen_card`).
+    #[serde(default)]
+    pub fraud_warnings: Vec<String>,
 }
 
 /// A refund Stripe already has on the charge, and the request that made it, if one did.
@@ -666,6 +669,7 @@ mod tests {
             customer_email: None,
             card: None,
             refunds: None,
+            fraud_warnings: vec![],
         };
         r.accept(facts, Money::new(2500, usd), one_approval(), now).unwrap();
         r

@@ -324,6 +324,7 @@ mod tests {
                     status: "succeeded".into(),
                     request: None,
                 }]),
+                fraud_warnings: vec![],
             },
             Money::new(2500, usd),
             crate::domain::policy::PolicyDecision {

@@ -36,6 +36,8 @@ pub struct ChargeSpec {
     /// Also creates a payment intent whose latest charge this is.
     pub with_payment_intent: bool,
     pub created_days_ago: i64,
+    /// Adds an early fraud warning of this type.
+    pub early_fraud_warning: Option<String>,
 }
 
 impl Default for ChargeSpec {
@@ -51,6 +53,7 @@ impl Default for ChargeSpec {
             amount_refunded: 0,
             with_payment_intent: false,
             created_days_ago: 2,
+            early_fraud_warning: None,
         }
     }
 }
@@ -85,6 +88,8 @@ struct StripeState {
     api_key: String,
     charges: HashMap<String, Value>,
     intents: HashMap<String, Value>,
+    /// Early fraud warnings, by charge.
+    fraud_warnings: HashMap<String, Vec<Value>>,
     customers: HashMap<String, Value>,
     refunds: BTreeMap<String, Value>,
     /// Idempotency key → (parameters, status, body) of the first answer.
@@ -138,6 +143,7 @@ impl FakeStripe {
             api_key: api_key.to_string(),
             charges: HashMap::new(),
             intents: HashMap::new(),
+            fraud_warnings: HashMap::new(),
             customers: HashMap::new(),
             refunds: BTreeMap::new(),
             saved: HashMap::new(),
@@ -155,6 +161,7 @@ impl FakeStripe {
             .route("/v1/customers/{id}", get(get_customer))
             .route("/v1/refunds", post(create_refund))
             .route("/v1/refunds/{id}", get(get_refund))
+            .route("/v1/radar/early_fraud_warnings", get(list_fraud_warnings))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -213,6 +220,13 @@ impl FakeStripe {
             charge["payment_intent"] = pi.clone().into();
             s.intents.insert(pi.clone(), intent);
             pi_id = Some(pi);
+        }
+        if let Some(kind) = &spec.early_fraud_warning {
+            let mut warning = template("radar.early_fraud_warning");
+            warning["id"] = format!("issfr_Standin{n:08}").into();
+            warning["charge"] = id.clone().into();
+            warning["fraud_type"] = kind.clone().into();
+            s.fraud_warnings.insert(id.clone(), vec![warning]);
         }
         s.charges.insert(id.clone(), charge);
         (id, pi_id)
@@ -378,6 +392,24 @@ async fn get_refund(State(st): Shared, Path(id): Path<String>, headers: HeaderMa
         Some(v) => axum::Json(v.clone()).into_response(),
         None => no_such("refund", &id),
     }
+}
+
+async fn list_fraud_warnings(
+    State(st): Shared,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    record(&mut s, "GET", "/v1/radar/early_fraud_warnings".into(), &headers, params.clone());
+    if let Err(r) = authorised(&s, &headers) {
+        return *r;
+    }
+    let charge = params.iter().find(|(k, _)| k == "charge").map(|(_, v)| v.clone()).unwrap_or_default();
+    let data = s.fraud_warnings.get(&charge).cloned().unwrap_or_default();
+    axum::Json(json!({ "object": "list", "data": data, "has_more": false, "url": "/v1/radar/early_fraud_warnings" }))
+        .into_response()
 }
 
 async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> Response {

@@ -4,7 +4,7 @@
 //! Stripe's message) and what may be retried with the same idempotency key (429, 409, 5xx,
 //! timeouts, dropped connections, a key Stripe would not accept).
 
-use super::types::{ApiErrorEnvelope, Charge, Customer, PaymentIntent, Refund};
+use super::types::{ApiErrorEnvelope, Charge, Customer, EarlyFraudWarning, List, PaymentIntent, Refund};
 use crate::domain::{Money, PaymentRef, RequestId};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
@@ -140,6 +140,15 @@ impl StripeClient {
     pub async fn get_customer(&self, id: &str) -> Result<Customer, StripeError> {
         let url = self.url(&format!("/v1/customers/{id}"))?;
         self.send(self.http.get(url)).await
+    }
+
+    /// The card networks' early fraud warnings on a charge.
+    #[tracing::instrument(skip(self), fields(stripe_charge = %charge))]
+    pub async fn early_fraud_warnings(&self, charge: &str) -> Result<Vec<EarlyFraudWarning>, StripeError> {
+        let mut url = self.url("/v1/radar/early_fraud_warnings")?;
+        url.query_pairs_mut().append_pair("charge", charge);
+        let list: List<EarlyFraudWarning> = self.send(self.http.get(url)).await?;
+        Ok(list.data)
     }
 
     /// Creates a refund. `idempotency_key` must be the same for every try of one request.

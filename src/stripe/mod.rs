@@ -6,4 +6,4 @@ pub mod types;
 pub mod webhook;
 
 pub use client::{CreateRefund, StripeClient, StripeError};
-pub use types::{Charge, Customer, Event, PaymentIntent, Refund};
+pub use types::{Charge, Customer, EarlyFraudWarning, Event, PaymentIntent, Refund};

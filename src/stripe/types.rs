@@ -129,6 +129,15 @@ pub struct Refund {
     pub created: i64,
 }
 
+/// A card network's early warning that a charge may be fraudulent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlyFraudWarning {
+    pub id: String,
+    #[serde(default)]
+    pub actionable: bool,
+    pub fraud_type: Option<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventData {
     pub object: serde_json::Value,
@@ -181,6 +190,8 @@ mod tests {
         assert!(pi.latest_charge.is_none());
         let _: Customer = serde_json::from_value(o["customer"].clone()).unwrap();
         let _: Event = serde_json::from_value(o["event"].clone()).unwrap();
+        let efw: EarlyFraudWarning = serde_json::from_value(o["radar.early_fraud_warning"].clone()).unwrap();
+        assert_eq!(efw.fraud_type.as_deref(), Some("misc"));
     }
 
     #[test]

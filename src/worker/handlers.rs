@@ -98,6 +98,7 @@ fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, Strin
             .and_then(|d| d.card.as_ref())
             .and_then(|c| Some(CardFacts { brand: c.brand.clone()?, last4: c.last4.clone()? })),
         refunds,
+        fraud_warnings: vec![],
     })
 }
 
@@ -200,6 +201,16 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
     if let Some(why) = unrefundable(&charge, &facts) {
         return reject(ctx, request, why, Some(facts)).await;
     }
+    let mut facts = facts;
+    facts.fraud_warnings = match ctx.stripe.early_fraud_warnings(&charge.id).await {
+        Ok(list) => list.into_iter().map(|w| w.fraud_type.unwrap_or_else(|| "unspecified".into())).collect(),
+        Err(StripeError::Unavailable(m)) => return Err(JobError::retry(m)),
+        // A restricted key without Radar access: go on without, and say so in the log.
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read early fraud warnings");
+            vec![]
+        }
+    };
     // The amount and the policy are decided inside the transaction, against the holds of the
     // other requests open on this charge.
     let (policy, now) = (&ctx.settings.policy, ctx.now());

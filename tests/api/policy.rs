@@ -160,3 +160,16 @@ async fn two_requests_checked_at_the_same_moment_cannot_both_take_the_money() {
     statuses.sort_by_key(|s| format!("{s:?}"));
     assert_eq!(statuses, [RequestStatus::AwaitingApproval, RequestStatus::Rejected]);
 }
+
+#[tokio::test]
+async fn an_early_fraud_warning_is_on_the_card_and_stops_auto_approval() {
+    let app = TestApp::spawn_with_policy(POLICY).await;
+    let charge = app
+        .add_charge(ChargeSpec { early_fraud_warning: Some("made_with_stolen_card".into()), ..ChargeSpec::default() });
+    let id = app.request_refund(&format!("{charge} 5.00 fraud")).await;
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let blocks = app.card(id).await.blocks.to_string();
+    assert!(blocks.contains("early fraud warning (made_with_stolen_card)"), "{blocks}");
+    app.wait_until_idle().await;
+    assert!(app.stripe.refund_posts().is_empty());
+}
