@@ -13,7 +13,13 @@ use std::time::Duration;
 use url::Url;
 
 /// Every setting refund-desk reads, by its environment name.
-pub const KNOWN_SETTINGS: [&str; 16] = [
+pub const KNOWN_SETTINGS: [&str; 22] = [
+    "STRIPE_TIMEOUT_SECS",
+    "STRIPE_RATE_LIMIT",
+    "REFUND_DESK_PENDING_CHECK_SECS",
+    "REFUND_DESK_JOB_ATTEMPTS",
+    "REFUND_DESK_JOB_FIRST_RETRY_MS",
+    "REFUND_DESK_JOB_MAX_RETRY_SECS",
     "REFUND_DESK_LISTEN",
     "REFUND_DESK_DATA_DIR",
     "SLACK_SIGNING_SECRET",
@@ -72,8 +78,17 @@ pub struct StripeSettings {
     /// Several during rotation; any may sign an event.
     pub webhook_secrets: Vec<SecretString>,
     pub api_url: Url,
-    /// Per-call deadline.
+    /// Per-call deadline (`STRIPE_TIMEOUT_SECS`, default 30).
     pub timeout: Duration,
+    /// Calls per second at most (`STRIPE_RATE_LIMIT`); default under Stripe's published limits:
+    /// 20 for test keys (limit 25), 80 for live keys (limit 100).
+    pub max_requests_per_second: u32,
+    /// Stripe keeps idempotency keys at least 24 hours; past this age a refund call first
+    /// looks for a refund already made for the request.
+    pub idempotency_horizon: Duration,
+    /// A refund still pending after this long without a webhook is read back from Stripe
+    /// (`REFUND_DESK_PENDING_CHECK_SECS`, default 3600).
+    pub pending_check_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +189,16 @@ impl Sources {
     }
 }
 
+/// A positive whole number setting, or its default.
+fn number(src: &Sources, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match src.get(name) {
+        None => Ok(default),
+        Some(v) => {
+            v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| invalid(name, "must be a whole number above 0"))
+        }
+    }
+}
+
 fn user_list(name: &'static str, text: &str) -> Result<Vec<UserId>, ConfigError> {
     text.split(',')
         .map(str::trim)
@@ -250,7 +275,14 @@ impl Settings {
             secret_key: SecretString::from(secret_key.to_string()),
             webhook_secrets,
             api_url: base_url("STRIPE_API_URL", src.get("STRIPE_API_URL").unwrap_or("https://api.stripe.com"))?,
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(number(src, "STRIPE_TIMEOUT_SECS", 30)?),
+            max_requests_per_second: number(
+                src,
+                "STRIPE_RATE_LIMIT",
+                if secret_key.contains("_live_") { 80 } else { 20 },
+            )? as u32,
+            idempotency_horizon: Duration::from_secs(23 * 3600),
+            pending_check_after: Duration::from_secs(number(src, "REFUND_DESK_PENDING_CHECK_SECS", 3600)?),
         };
 
         let email = match src.get("SMTP_URL") {
@@ -272,7 +304,12 @@ impl Settings {
             slack,
             stripe,
             email,
-            jobs: JobSettings::default(),
+            jobs: JobSettings {
+                max_attempts: number(src, "REFUND_DESK_JOB_ATTEMPTS", 12)? as u32,
+                first_retry: Duration::from_millis(number(src, "REFUND_DESK_JOB_FIRST_RETRY_MS", 500)?),
+                max_retry: Duration::from_secs(number(src, "REFUND_DESK_JOB_MAX_RETRY_SECS", 300)?),
+                ..JobSettings::default()
+            },
             policy: parse_policy(src.policy.as_ref())?,
         })
     }

@@ -473,14 +473,27 @@ impl Store {
         updates: &[RefundUpdate],
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError> {
+        self.apply_refund_updates(Some(event_id), updates, now).await
+    }
+
+    /// Moves requests forward on what Stripe says about their refunds: from an event (with its
+    /// id, applied once) or from reading the refund back (no id).
+    pub async fn apply_refund_updates(
+        &self,
+        event_id: Option<&str>,
+        updates: &[RefundUpdate],
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, StoreError> {
         let trees = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.refund_ids, &self.stripe_events);
         let result = trees.transaction(
             |(requests, audit, jobs, holds, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
                 let tx = TxTrees { requests, audit, jobs, holds };
-                if events.get(event_id.as_bytes())?.is_some() {
-                    return Ok((EventOutcome::Duplicate, false));
+                if let Some(event_id) = event_id {
+                    if events.get(event_id.as_bytes())?.is_some() {
+                        return Ok((EventOutcome::Duplicate, false));
+                    }
+                    events.insert(event_id.as_bytes(), encode(&now))?;
                 }
-                events.insert(event_id.as_bytes(), encode(&now))?;
                 let mut outcomes = vec![];
                 let mut added = false;
                 for u in updates {

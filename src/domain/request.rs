@@ -275,6 +275,8 @@ pub enum Effect {
     NotifyRequester(Notice),
     /// `POST /v1/refunds` with the request's idempotency key.
     CreateRefund,
+    /// Read the refund back from Stripe if no webhook settled it in time.
+    CheckRefund,
     EmailCustomer(EmailKind),
 }
 
@@ -290,7 +292,7 @@ pub enum Lane {
 impl Effect {
     pub fn lane(&self) -> Lane {
         match self {
-            Effect::CheckPayment | Effect::CreateRefund => Lane::Stripe,
+            Effect::CheckPayment | Effect::CreateRefund | Effect::CheckRefund => Lane::Stripe,
             Effect::PostCard | Effect::RefreshCard | Effect::ThreadReply(_) | Effect::NotifyRequester(_) => Lane::Slack,
             Effect::EmailCustomer(_) => Lane::Email,
         }
@@ -564,7 +566,7 @@ impl RefundRequest {
         // moved the request on and told the thread.
         if self.status == RequestStatus::Approved {
             self.move_to(RequestStatus::Submitted, now);
-            effects = vec![Effect::ThreadReply(Notice::Submitted), Effect::RefreshCard];
+            effects = vec![Effect::ThreadReply(Notice::Submitted), Effect::RefreshCard, Effect::CheckRefund];
         }
         Ok(Transition { actor: Actor::Stripe, from, effects, detail: Some(format!("stripe status {stripe_status}")) })
     }

@@ -77,8 +77,15 @@ impl Received {
 /// How the next `POST /v1/refunds` misbehaves.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
-    /// Answer this status with Stripe's error body, without doing anything.
+    /// Answer this status with Stripe's error body, without doing anything (429s carry
+    /// `Retry-After: 1`).
     Status(u16),
+    /// Do nothing for this long (past the client's timeout), then answer normally.
+    Hang(std::time::Duration),
+    /// Make the refund, then wait this long before answering: the client gives up first.
+    ApplyThenHang(std::time::Duration),
+    /// Make the refund, then drop the connection without answering.
+    ApplyThenDrop,
 }
 
 /// The first answer given for an idempotency key: its parameters, status and body.
@@ -98,6 +105,8 @@ struct StripeState {
     refund_faults: VecDeque<Fault>,
     /// While set, every `POST /v1/refunds` gets a 503 and changes nothing.
     refunds_down: bool,
+    /// Idempotency keys are not kept (as if pruned at once).
+    keys_expire: bool,
     /// Status of a new refund, as Stripe first reports it.
     initial_refund_status: String,
     counter: u64,
@@ -150,6 +159,7 @@ impl FakeStripe {
             received: vec![],
             refund_faults: VecDeque::new(),
             refunds_down: false,
+            keys_expire: false,
             initial_refund_status: "pending".into(),
             counter: 0,
             webhook: None,
@@ -159,7 +169,7 @@ impl FakeStripe {
             .route("/v1/charges/{id}", get(get_charge))
             .route("/v1/payment_intents/{id}", get(get_intent))
             .route("/v1/customers/{id}", get(get_customer))
-            .route("/v1/refunds", post(create_refund))
+            .route("/v1/refunds", post(create_refund).get(list_refunds))
             .route("/v1/refunds/{id}", get(get_refund))
             .route("/v1/radar/early_fraud_warnings", get(list_fraud_warnings))
             .with_state(state.clone());
@@ -254,6 +264,14 @@ impl FakeStripe {
     /// The next `POST /v1/refunds` misbehaves as `fault`.
     pub fn fail_next_refund(&self, fault: Fault) {
         self.lock().refund_faults.push_back(fault);
+    }
+
+    /// From now on, keeps no idempotency key: every retry looks like the first call, as
+    /// after Stripe pruned keys older than 24 hours.
+    pub fn forget_idempotency_keys(&self) {
+        let mut s = self.lock();
+        s.saved.clear();
+        s.keys_expire = true;
     }
 
     /// While `down`, refunds fail with 503 and nothing is applied.
@@ -414,23 +432,49 @@ async fn list_fraud_warnings(
 
 async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> Response {
     let form: Vec<(String, String)> = serde_urlencoded::from_str(&body).unwrap_or_default();
-    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
-    record(&mut s, "POST", "/v1/refunds".into(), &headers, form.clone());
-    if let Err(r) = authorised(&s, &headers) {
-        return *r;
+    let fault = {
+        let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+        record(&mut s, "POST", "/v1/refunds".into(), &headers, form.clone());
+        if let Err(r) = authorised(&s, &headers) {
+            return *r;
+        }
+        if s.refunds_down { Some(Fault::Status(503)) } else { s.refund_faults.pop_front() }
+    };
+    match fault {
+        Some(Fault::Status(status)) => {
+            let (kind, code) =
+                if status == 429 { ("rate_limit_error", Some("rate_limit")) } else { ("api_error", None) };
+            let mut response = error(
+                status,
+                kind,
+                code,
+                "An error occurred with our connection to Stripe. Request was retried 0 times.",
+                None,
+            );
+            if status == 429 {
+                response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            }
+            return response;
+        }
+        Some(Fault::Hang(d)) => tokio::time::sleep(d).await,
+        _ => {}
     }
-    let fault = if s.refunds_down { Some(Fault::Status(503)) } else { s.refund_faults.pop_front() };
-    if let Some(Fault::Status(status)) = fault {
-        let kind = if status == 429 { "rate_limit_error" } else { "api_error" };
-        let code = (status == 429).then_some("rate_limit");
-        return error(
-            status,
-            kind,
-            code,
-            "An error occurred with our connection to Stripe. Request was retried 0 times.",
-            None,
-        );
+    let response = {
+        let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+        answer_refund(&mut s, &headers, form)
+    };
+    match fault {
+        Some(Fault::ApplyThenHang(d)) => tokio::time::sleep(d).await,
+        // Unwinding the connection's task closes the socket with no answer, as a network
+        // failure would; resume_unwind skips the panic hook, so nothing is printed.
+        Some(Fault::ApplyThenDrop) => std::panic::resume_unwind(Box::new("connection dropped")),
+        _ => {}
     }
+    response
+}
+
+/// Stripe's answer to `POST /v1/refunds`, honouring the idempotency key.
+fn answer_refund(s: &mut StripeState, headers: &HeaderMap, form: Vec<(String, String)>) -> Response {
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(key) = &key
         && let Some((params, status, saved)) = s.saved.get(key)
@@ -449,12 +493,32 @@ async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> R
         let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
         return (status, [("idempotent-replayed", "true")], axum::Json(saved.clone())).into_response();
     }
-    let (response_status, response) = apply_refund(&mut s, &form);
-    if let Some(key) = key {
+    let (response_status, response) = apply_refund(s, &form);
+    if let Some(key) = key.filter(|_| !s.keys_expire) {
         s.saved.insert(key, (form, response_status, response.clone()));
     }
     let status = StatusCode::from_u16(response_status).unwrap_or(StatusCode::OK);
     (status, [("request-id", "req_standin")], axum::Json(response)).into_response()
+}
+
+/// Lists refunds, as `GET /v1/refunds?charge=` does (newest first).
+async fn list_refunds(
+    State(st): Shared,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    record(&mut s, "GET", "/v1/refunds".into(), &headers, params.clone());
+    if let Err(r) = authorised(&s, &headers) {
+        return *r;
+    }
+    let charge = params.iter().find(|(k, _)| k == "charge").map(|(_, v)| v.clone());
+    let mut data: Vec<Value> =
+        s.refunds.values().filter(|r| charge.as_deref().is_none_or(|c| r["charge"] == c)).cloned().collect();
+    data.reverse();
+    axum::Json(json!({ "object": "list", "data": data, "has_more": false, "url": "/v1/refunds" })).into_response()
 }
 
 /// Creates the refund if Stripe would; returns (status, body).

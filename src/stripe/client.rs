@@ -29,11 +29,14 @@ pub enum StripeError {
     /// Worth trying again later with the same key.
     #[error("Stripe is unavailable: {0}")]
     Unavailable(String),
+    /// 429: try again later, after `Retry-After` when Stripe gives one.
+    #[error("Stripe rate limited the call")]
+    RateLimited(Option<Duration>),
 }
 
 impl StripeError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StripeError::Unavailable(_))
+        matches!(self, StripeError::Unavailable(_) | StripeError::RateLimited(_))
     }
 }
 
@@ -98,6 +101,12 @@ impl StripeClient {
             .await
             .map_err(|e| StripeError::Unavailable(describe(&e)))?;
         let status = response.status();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         let should_retry =
             response.headers().get("stripe-should-retry").and_then(|v| v.to_str().ok()).map(|v| v == "true");
         let body = response.bytes().await.map_err(|e| StripeError::Unavailable(describe(&e)))?;
@@ -109,7 +118,7 @@ impl StripeClient {
         let message = error.message.clone().unwrap_or_else(|| format!("HTTP {status}"));
         Err(match status {
             StatusCode::NOT_FOUND => StripeError::NotFound(message),
-            StatusCode::TOO_MANY_REQUESTS => StripeError::Unavailable(format!("rate limited: {message}")),
+            StatusCode::TOO_MANY_REQUESTS => StripeError::RateLimited(retry_after),
             StatusCode::CONFLICT => StripeError::Unavailable(format!("conflict: {message}")),
             // A wrong or revoked key is an operator's fix, not a reason to end requests.
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -149,6 +158,21 @@ impl StripeClient {
         url.query_pairs_mut().append_pair("charge", charge);
         let list: List<EarlyFraudWarning> = self.send(self.http.get(url)).await?;
         Ok(list.data)
+    }
+
+    /// The refunds on a charge, newest first (up to 100).
+    #[tracing::instrument(skip(self), fields(stripe_charge = %charge))]
+    pub async fn list_refunds(&self, charge: &str) -> Result<Vec<Refund>, StripeError> {
+        let mut url = self.url("/v1/refunds")?;
+        url.query_pairs_mut().append_pair("charge", charge).append_pair("limit", "100");
+        let list: List<Refund> = self.send(self.http.get(url)).await?;
+        Ok(list.data)
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn get_refund(&self, id: &str) -> Result<Refund, StripeError> {
+        let url = self.url(&format!("/v1/refunds/{id}"))?;
+        self.send(self.http.get(url)).await
     }
 
     /// Creates a refund. `idempotency_key` must be the same for every try of one request.

@@ -11,7 +11,7 @@ use crate::domain::{
 use crate::email::{EmailError, mask_address};
 use crate::slack::SlackCallError;
 use crate::slack::views::{self, Audience};
-use crate::storage::{EmailRecord, Job, StoreError};
+use crate::storage::{EmailRecord, Job, RefundUpdate, StoreError};
 use crate::stripe::{Charge, CreateRefund, StripeError};
 use chrono::DateTime;
 use std::time::Duration;
@@ -23,6 +23,8 @@ pub enum JobError {
     Retry { reason: String, after: Option<Duration> },
     /// Retrying cannot help; park it for a person.
     Permanent(String),
+    /// Not due yet: run again after this long, without counting an attempt.
+    Defer(Duration),
 }
 
 impl JobError {
@@ -34,6 +36,15 @@ impl JobError {
 impl From<StoreError> for JobError {
     fn from(e: StoreError) -> Self {
         JobError::retry(e)
+    }
+}
+
+/// A Stripe error that is no business answer: try again (after Stripe's delay, when it gave one).
+fn stripe_retry(e: StripeError) -> JobError {
+    match e {
+        StripeError::RateLimited(after) => JobError::Retry { reason: e.to_string(), after },
+        StripeError::Idempotency(m) => JobError::Permanent(m),
+        other => JobError::retry(other),
     }
 }
 
@@ -64,7 +75,8 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
         Effect::RefreshCard => refresh_card(ctx, &request).await,
         Effect::ThreadReply(notice) => thread_reply(ctx, &request, notice).await,
         Effect::NotifyRequester(notice) => notify_requester(ctx, &request, notice).await,
-        Effect::CreateRefund => create_refund(ctx, &request).await,
+        Effect::CreateRefund => create_refund(ctx, &request, job).await,
+        Effect::CheckRefund => check_refund(ctx, &request, job).await,
         Effect::EmailCustomer(kind) => email_customer(ctx, &request, *kind).await,
     }
 }
@@ -130,8 +142,7 @@ fn stripe_failure(e: StripeError, what: &str) -> Result<String, JobError> {
     match e {
         StripeError::NotFound(_) => Ok(format!("Stripe has no {what}; check the id")),
         StripeError::Refused { message, .. } => Ok(format!("Stripe refused to show {what}: {message}")),
-        StripeError::Unavailable(m) => Err(JobError::retry(m)),
-        StripeError::Idempotency(m) => Err(JobError::Permanent(m)),
+        e => Err(stripe_retry(e)),
     }
 }
 
@@ -156,7 +167,7 @@ async fn customer_email(ctx: &AppContext, charge: &Charge) -> Result<Option<Stri
     match ctx.stripe.get_customer(customer.id()).await {
         Ok(c) if !c.deleted => Ok(c.email.filter(|e| !e.trim().is_empty())),
         Ok(_) | Err(StripeError::NotFound(_)) => Ok(None),
-        Err(StripeError::Unavailable(m)) => Err(JobError::retry(m)),
+        Err(e @ (StripeError::Unavailable(_) | StripeError::RateLimited(_))) => Err(stripe_retry(e)),
         Err(e) => Err(JobError::Permanent(e.to_string())),
     }
 }
@@ -204,7 +215,7 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
     let mut facts = facts;
     facts.fraud_warnings = match ctx.stripe.early_fraud_warnings(&charge.id).await {
         Ok(list) => list.into_iter().map(|w| w.fraud_type.unwrap_or_else(|| "unspecified".into())).collect(),
-        Err(StripeError::Unavailable(m)) => return Err(JobError::retry(m)),
+        Err(e @ (StripeError::Unavailable(_) | StripeError::RateLimited(_))) => return Err(stripe_retry(e)),
         // A restricted key without Radar access: go on without, and say so in the log.
         Err(e) => {
             tracing::warn!(error = %e, "could not read early fraud warnings");
@@ -279,12 +290,25 @@ async fn notify_requester(ctx: &AppContext, request: &RefundRequest, notice: &No
     Ok(())
 }
 
-async fn create_refund(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> Result<(), JobError> {
     if request.status != RequestStatus::Approved || request.refund.is_some() {
         return Ok(());
     }
     let amount =
         request.amount.ok_or_else(|| JobError::Permanent(format!("{} was approved without an amount", request.id)))?;
+    let now = ctx.now();
+    // Stripe forgets idempotency keys after 24 hours: past that, a retry could refund twice,
+    // so first look for a refund an earlier try made.
+    let first_try_age = (now - job.created_at).to_std().unwrap_or_default();
+    if first_try_age >= ctx.settings.stripe.idempotency_horizon
+        && let Some(existing) = find_existing_refund(ctx, request).await?
+    {
+        tracing::warn!(refund = %existing.id, "found the refund an earlier try made; not creating another");
+        let refund_id = RefundId::parse(&existing.id).map_err(|e| JobError::Permanent(e.to_string()))?;
+        let status = existing.status.unwrap_or_else(|| "pending".into());
+        ctx.store.submit_refund(request.id, refund_id, &status, now).await?.ok();
+        return Ok(());
+    }
     let call = CreateRefund {
         target: request.target.clone(),
         amount,
@@ -292,7 +316,6 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
         request_id: request.id,
     };
     let key = idempotency_key(ctx.store.install_id(), request.id);
-    let now = ctx.now();
     match ctx.stripe.create_refund(&call, &key).await {
         Ok(refund) => {
             let refund_id = RefundId::parse(&refund.id).map_err(|e| JobError::Permanent(e.to_string()))?;
@@ -302,13 +325,55 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
             Ok(())
         }
         Err(StripeError::Refused { message, .. }) | Err(StripeError::NotFound(message)) => {
+            // "Already refunded" may be our own earlier try whose answer was lost.
+            if let Some(existing) = find_existing_refund(ctx, request).await? {
+                let refund_id = RefundId::parse(&existing.id).map_err(|e| JobError::Permanent(e.to_string()))?;
+                let status = existing.status.unwrap_or_else(|| "pending".into());
+                ctx.store.submit_refund(request.id, refund_id, &status, now).await?.ok();
+                return Ok(());
+            }
             let why = format!("Stripe refused the refund: {message}");
             ctx.store.transition(request.id, now, |r| r.fail_submission(why.clone(), now).map(Some)).await?.ok();
             Ok(())
         }
-        Err(StripeError::Unavailable(m)) => Err(JobError::retry(m)),
-        Err(StripeError::Idempotency(m)) => Err(JobError::Permanent(m)),
+        Err(e) => Err(stripe_retry(e)),
     }
+}
+
+/// A refund on the request's charge whose metadata names this request.
+async fn find_existing_refund(
+    ctx: &AppContext,
+    request: &RefundRequest,
+) -> Result<Option<crate::stripe::Refund>, JobError> {
+    let Some(charge) = request.charge.as_ref().map(|c| c.charge.clone()) else { return Ok(None) };
+    let refunds = ctx.stripe.list_refunds(charge.as_str()).await.map_err(stripe_retry)?;
+    let ours = request.id.to_string();
+    Ok(refunds.into_iter().find(|r| r.metadata.get("refund_request_id") == Some(&ours)))
+}
+
+/// A refund still pending with no webhook is read back from Stripe, so a lost webhook cannot
+/// leave a request hanging.
+async fn check_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> Result<(), JobError> {
+    let interval = ctx.settings.stripe.pending_check_after;
+    if !matches!(request.status, RequestStatus::Approved | RequestStatus::Submitted | RequestStatus::Pending) {
+        return Ok(());
+    }
+    let now = ctx.now();
+    let due = job.created_at + chrono::Duration::from_std(interval).unwrap_or_default();
+    if now < due && job.attempts == 0 && job.last_error.is_none() {
+        return Err(JobError::Defer((due - now).to_std().unwrap_or(interval)));
+    }
+    let Some(refund) = &request.refund else { return Err(JobError::Defer(interval)) };
+    let current = ctx.stripe.get_refund(refund.id.as_str()).await.map_err(stripe_retry)?;
+    let update = RefundUpdate {
+        refund: refund.id.clone(),
+        status: current.status.unwrap_or_else(|| refund.stripe_status.clone()),
+        failure_reason: current.failure_reason,
+        request_hint: Some(request.id),
+    };
+    let still_pending = matches!(update.status.as_str(), "pending" | "requires_action");
+    ctx.store.apply_refund_updates(None, std::slice::from_ref(&update), now).await?;
+    if still_pending { Err(JobError::Defer(interval)) } else { Ok(()) }
 }
 
 async fn email_customer(ctx: &AppContext, request: &RefundRequest, kind: EmailKind) -> Result<(), JobError> {

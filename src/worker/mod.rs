@@ -87,11 +87,16 @@ async fn run_one(ctx: Arc<AppContext>, mut job: Job, _permit: OwnedSemaphorePerm
     let _enter = span.enter();
     let stored = match result {
         Ok(()) => ctx.store.complete_job(&job).await,
+        Err(JobError::Defer(delay)) => {
+            job.not_before = ctx.now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            ctx.store.reschedule_job(&job).await
+        }
         Err(error) => {
             job.attempts += 1;
             let (reason, after, permanent) = match error {
                 JobError::Retry { reason, after } => (reason, after, false),
                 JobError::Permanent(reason) => (reason, None, true),
+                JobError::Defer(_) => unreachable!("handled above"),
             };
             job.last_error = Some(reason.clone());
             if permanent || job.attempts >= ctx.settings.jobs.max_attempts {

@@ -1,6 +1,7 @@
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
 use refund_desk::standins::stripe::Fault;
+use refund_desk::standins::wait_for;
 
 #[tokio::test]
 async fn a_slack_rate_limit_delays_the_card_but_posts_it_once() {
@@ -50,4 +51,91 @@ async fn stripe_refusing_the_refund_ends_the_request_with_stripes_message() {
     assert!(app.thread_texts(&card).iter().any(|t| t.contains("has already been refunded")));
     assert!(app.direct_messages(REQUESTER).iter().any(|m| m.contains("failed")));
     assert_eq!(app.stripe.refunds().len(), 1, "only the dashboard's refund");
+}
+
+fn short_stripe_timeout(settings: &mut refund_desk::config::Settings) {
+    settings.stripe.timeout = std::time::Duration::from_millis(500);
+}
+
+/// Approves a fresh request and waits for it to reach Stripe and be recorded.
+async fn approve_through(app: &TestApp) -> refund_desk::domain::RequestId {
+    let (id, card) = app.waiting_request().await;
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    app.wait_until_idle().await;
+    id
+}
+
+fn assert_one_refund_with_one_key(app: &TestApp, tries: usize) {
+    let posts = app.stripe.refund_posts();
+    assert_eq!(posts.len(), tries, "{posts:?}");
+    assert!(posts.windows(2).all(|w| w[0].idempotency_key == w[1].idempotency_key && w[0].form == w[1].form));
+    assert_eq!(app.stripe.refunds().len(), 1, "exactly one refund");
+}
+
+#[tokio::test]
+async fn a_stripe_call_that_hangs_past_the_timeout_is_retried_and_refunds_once() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(short_stripe_timeout).await;
+    app.stripe.fail_next_refund(Fault::Hang(std::time::Duration::from_secs(2)));
+    approve_through(&app).await;
+    // The hung call was applied late by the stand-in too; the key made the retry a replay.
+    wait_for_posts(&app, 2).await;
+    assert_one_refund_with_one_key(&app, 2);
+}
+
+#[tokio::test]
+async fn a_refund_applied_then_cut_off_is_replayed_not_repeated() {
+    let app = TestApp::spawn().await;
+    app.stripe.fail_next_refund(Fault::ApplyThenDrop);
+    let id = approve_through(&app).await;
+    assert_one_refund_with_one_key(&app, 2);
+    let refund = &app.stripe.refunds()[0];
+    assert_eq!(app.request(id).refund.unwrap().id.as_str(), refund["id"].as_str().unwrap());
+}
+
+#[tokio::test]
+async fn a_refund_applied_while_the_client_gave_up_is_replayed_not_repeated() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(short_stripe_timeout).await;
+    app.stripe.fail_next_refund(Fault::ApplyThenHang(std::time::Duration::from_secs(2)));
+    approve_through(&app).await;
+    assert_one_refund_with_one_key(&app, 2);
+}
+
+#[tokio::test]
+async fn after_stripe_forgets_the_key_a_retry_finds_the_refund_instead_of_making_another() {
+    let mut app = TestApp::spawn().await;
+    // Every retry counts as "older than Stripe keeps keys".
+    app.reconfigure(|s| s.stripe.idempotency_horizon = std::time::Duration::ZERO).await;
+    app.stripe.fail_next_refund(Fault::ApplyThenDrop);
+    app.stripe.forget_idempotency_keys();
+    let (id, card) = app.waiting_request().await;
+    let charge_refunds =
+        || app.stripe.received().into_iter().filter(|r| r.method == "GET" && r.path == "/v1/refunds").count();
+    // The first call makes the refund and is cut off; Stripe keeps no key to replay.
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    app.wait_until_idle().await;
+    assert_eq!(app.stripe.refunds().len(), 1, "found, not made again");
+    assert!(charge_refunds() >= 1, "the desk looked for an existing refund");
+}
+
+#[tokio::test]
+async fn a_lost_webhook_is_made_good_by_reading_the_refund_back() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(|s| s.stripe.pending_check_after = std::time::Duration::from_millis(300)).await;
+    let (id, card) = app.waiting_request().await;
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    // Stripe settles the refund, but its webhook never arrives.
+    let refund = app.request(id).refund.unwrap().id;
+    app.stripe.refund_event(refund.as_str(), "refund.updated", "succeeded", None).unwrap();
+    app.wait_for_status(id, RequestStatus::Succeeded).await;
+    assert!(app.stripe.received().iter().any(|r| r.path == format!("/v1/refunds/{refund}")));
+    wait_for(DEADLINE, || (app.smtp.messages().len() == 1).then_some(())).await.expect("the customer is emailed");
+}
+
+async fn wait_for_posts(app: &TestApp, n: usize) {
+    wait_for(DEADLINE, || (app.stripe.refund_posts().len() >= n).then_some(())).await.expect("refund calls");
 }
