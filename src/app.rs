@@ -128,6 +128,7 @@ impl Application {
             settings.stripe.api_url.clone(),
             settings.stripe.secret_key.clone(),
             settings.stripe.timeout,
+            settings.stripe.max_requests_per_second,
         )
         .context("could not set up the Stripe client")?;
         let mailer = settings.email.as_ref().map(Mailer::new).transpose()?;

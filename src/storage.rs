@@ -69,6 +69,10 @@ pub struct Job {
     pub last_error: Option<String>,
     /// Out of attempts: kept, shown, and retried only by a person.
     pub parked: bool,
+    /// The Slack message this job posted, recorded the moment Slack answered, so a re-run
+    /// after a crash does not post it again.
+    #[serde(default)]
+    pub posted_ts: Option<String>,
 }
 
 impl Job {
@@ -249,6 +253,7 @@ fn enqueue_in<E>(
             created_at: now,
             last_error: None,
             parked: false,
+            posted_ts: None,
         };
         jobs.insert(&job.key().0, encode(&job))?;
     }
@@ -613,6 +618,13 @@ impl Store {
     pub async fn complete_job(&self, job: &Job) -> Result<(), StoreError> {
         self.jobs.remove(job.key().0)?;
         self.flush().await
+    }
+
+    /// Records the Slack message a job posted, before the job is completed.
+    pub async fn record_job_posted(&self, job: &Job, ts: &str) -> Result<(), StoreError> {
+        let mut job = job.clone();
+        job.posted_ts = Some(ts.to_string());
+        self.reschedule_job(&job).await
     }
 
     /// Stores a job's new attempt count, error and due time (or parked flag).

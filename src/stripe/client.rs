@@ -6,8 +6,11 @@
 
 use super::types::{ApiErrorEnvelope, Charge, Customer, EarlyFraudWarning, List, PaymentIntent, Refund};
 use crate::domain::{Money, PaymentRef, RequestId};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
+use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
 
@@ -71,6 +74,8 @@ pub struct StripeClient {
     base: Url,
     /// Sent as the bearer token; never logged.
     key: SecretString,
+    /// Paces every call under Stripe's rate limit; shared by all clones.
+    limiter: Arc<DefaultDirectRateLimiter>,
 }
 
 impl std::fmt::Debug for StripeClient {
@@ -80,13 +85,15 @@ impl std::fmt::Debug for StripeClient {
 }
 
 impl StripeClient {
-    pub fn new(base: Url, key: SecretString, timeout: Duration) -> Result<Self, reqwest::Error> {
+    /// A client making at most `per_second` calls a second.
+    pub fn new(base: Url, key: SecretString, timeout: Duration, per_second: u32) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("refund-desk/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(StripeClient { http, base, key })
+        let quota = Quota::per_second(NonZeroU32::new(per_second).unwrap_or(NonZeroU32::MIN));
+        Ok(StripeClient { http, base, key, limiter: Arc::new(RateLimiter::direct(quota)) })
     }
 
     fn url(&self, path: &str) -> Result<Url, StripeError> {
@@ -94,6 +101,7 @@ impl StripeClient {
     }
 
     async fn send<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, StripeError> {
+        self.limiter.until_ready().await;
         let response = request
             .bearer_auth(self.key.expose_secret())
             .header("Stripe-Version", API_VERSION)
@@ -193,5 +201,25 @@ fn describe(e: &reqwest::Error) -> String {
         "could not connect".to_string()
     } else {
         format!("connection failed: {e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_beyond_the_configured_rate_must_wait() {
+        let client = StripeClient::new(
+            Url::parse("http://127.0.0.1:9").unwrap(),
+            SecretString::from("sk_test_x".to_string()),
+            Duration::from_secs(1),
+            3,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            assert!(client.limiter.check().is_ok());
+        }
+        assert!(client.limiter.check().is_err(), "the fourth call in the same second waits");
     }
 }

@@ -73,8 +73,8 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
         Effect::CheckPayment => check_payment(ctx, &request).await,
         Effect::PostCard => post_card(ctx, &request).await,
         Effect::RefreshCard => refresh_card(ctx, &request).await,
-        Effect::ThreadReply(notice) => thread_reply(ctx, &request, notice).await,
-        Effect::NotifyRequester(notice) => notify_requester(ctx, &request, notice).await,
+        Effect::ThreadReply(notice) => thread_reply(ctx, &request, notice, job).await,
+        Effect::NotifyRequester(notice) => notify_requester(ctx, &request, notice, job).await,
         Effect::CreateRefund => create_refund(ctx, &request, job).await,
         Effect::CheckRefund => check_refund(ctx, &request, job).await,
         Effect::EmailCustomer(kind) => email_customer(ctx, &request, *kind).await,
@@ -276,17 +276,30 @@ async fn refresh_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), J
     Ok(())
 }
 
-async fn thread_reply(ctx: &AppContext, request: &RefundRequest, notice: &Notice) -> Result<(), JobError> {
+async fn thread_reply(ctx: &AppContext, request: &RefundRequest, notice: &Notice, job: &Job) -> Result<(), JobError> {
+    if job.posted_ts.is_some() {
+        return Ok(());
+    }
     let card = card_of(request)?;
     let text = views::notice_text(request, notice, Audience::Thread);
-    ctx.slack.post_message(&card.channel, views::text_message(text), Some(&card.ts)).await?;
+    let ts = ctx.slack.post_message(&card.channel, views::text_message(text), Some(&card.ts)).await?;
+    ctx.store.record_job_posted(job, &ts).await?;
     Ok(())
 }
 
-async fn notify_requester(ctx: &AppContext, request: &RefundRequest, notice: &Notice) -> Result<(), JobError> {
+async fn notify_requester(
+    ctx: &AppContext,
+    request: &RefundRequest,
+    notice: &Notice,
+    job: &Job,
+) -> Result<(), JobError> {
+    if job.posted_ts.is_some() {
+        return Ok(());
+    }
     let text = views::notice_text(request, notice, Audience::Requester);
     // Posting to a user id lands in the app's direct message with them.
-    ctx.slack.post_message(request.requester.as_str(), views::text_message(text), None).await?;
+    let ts = ctx.slack.post_message(request.requester.as_str(), views::text_message(text), None).await?;
+    ctx.store.record_job_posted(job, &ts).await?;
     Ok(())
 }
 

@@ -139,3 +139,28 @@ async fn a_lost_webhook_is_made_good_by_reading_the_refund_back() {
 async fn wait_for_posts(app: &TestApp, n: usize) {
     wait_for(DEADLINE, || (app.stripe.refund_posts().len() >= n).then_some(())).await.expect("refund calls");
 }
+
+#[tokio::test]
+async fn a_reply_whose_post_was_recorded_is_not_posted_again_when_its_job_reruns() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    let ctx = app.app.as_ref().unwrap().context();
+    let now = chrono::Utc::now();
+    let job = |posted: Option<&str>| refund_desk::storage::Job {
+        id: 1,
+        request_id: id,
+        effect: refund_desk::domain::Effect::ThreadReply(refund_desk::domain::Notice::Submitted),
+        attempts: 0,
+        not_before: now,
+        created_at: now,
+        last_error: None,
+        parked: false,
+        posted_ts: posted.map(str::to_string),
+    };
+    let before = app.slack.thread(&card.ts).len();
+    // A crash after Slack answered and the ts was recorded, but before the job was completed.
+    refund_desk::worker::handlers::run(&ctx, &job(Some("1700000000.000999"))).await.unwrap();
+    assert_eq!(app.slack.thread(&card.ts).len(), before, "not posted twice");
+    refund_desk::worker::handlers::run(&ctx, &job(None)).await.unwrap();
+    assert_eq!(app.slack.thread(&card.ts).len(), before + 1, "control: a fresh job posts");
+}
