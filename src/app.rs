@@ -164,6 +164,7 @@ impl Application {
             crate::worker::run_jobs_until_stopped(worker_ctx.clone(), worker_stop).await;
             worker_ctx.workers_running.store(false, Ordering::Relaxed);
         });
+        tokio::spawn(prune_seen_events_until_stopped(ctx.clone(), stop_rx.clone()));
         if ctx.settings.slack.approver_group.is_some() {
             tokio::spawn(refresh_approvers_until_stopped(ctx.clone(), stop_rx.clone()));
         }
@@ -221,6 +222,25 @@ impl Application {
         }
         tracing::warn!("some tasks still hold the database at shutdown");
         Ok(())
+    }
+}
+
+/// How long event ids are remembered: Stripe retries for three days; keep a month.
+const EVENT_ID_RETENTION_DAYS: i64 = 30;
+
+/// Forgets event ids older than the retention, at start and then daily.
+async fn prune_seen_events_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let cutoff = ctx.now() - chrono::Duration::days(EVENT_ID_RETENTION_DAYS);
+        match ctx.store.prune_seen_events(cutoff).await {
+            Ok(n) if n > 0 => tracing::info!(forgotten = n, "old event ids forgotten"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not prune old event ids"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

@@ -215,6 +215,12 @@ fn base_url(name: &'static str, text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// Only the data directory, for commands that need nothing else.
+pub fn data_dir_from_env() -> Result<PathBuf, ConfigError> {
+    let src = Sources::from_env()?;
+    Ok(PathBuf::from(src.get("REFUND_DESK_DATA_DIR").unwrap_or("./data")))
+}
+
 impl Settings {
     pub fn load() -> Result<Settings, ConfigError> {
         Settings::from_sources(&Sources::from_env()?)

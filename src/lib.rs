@@ -11,8 +11,10 @@
 //! - [`app`]: wiring, HTTP router, graceful shutdown;
 //! - [`standins`]: local Slack, Stripe and SMTP stand-ins for the demo and the tests;
 //! - [`demo`]: the offline end-to-end demo;
-//! - [`manifest`]: the Slack app manifest.
+//! - [`manifest`]: the Slack app manifest;
+//! - [`admin`]: operator commands on the database (jobs list, retry).
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;

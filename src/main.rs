@@ -18,12 +18,40 @@ enum Cmd {
     Serve,
     /// Run the whole flow offline, against local stand-ins, and print what people would see.
     Demo,
+    /// List or retry the jobs that ran out of attempts (with the service stopped).
+    Jobs {
+        #[command(subcommand)]
+        action: JobsCmd,
+    },
     /// Print the Slack app manifest for a public base URL.
     Manifest {
         /// Where Slack reaches this desk, e.g. https://refunds.acme.com
         #[arg(long)]
         url: String,
     },
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// The parked jobs; with --all, every job still waiting.
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Put a parked job back in the queue, with fresh attempts.
+    Retry {
+        /// The job's number, from `jobs list`.
+        id: u64,
+    },
+}
+
+fn run_jobs_command(runtime: &tokio::runtime::Runtime, action: JobsCmd) -> anyhow::Result<String> {
+    let dir = refund_desk::config::data_dir_from_env()?;
+    let store = refund_desk::admin::open(&dir)?;
+    match action {
+        JobsCmd::List { all } => refund_desk::admin::jobs_list(&store, all),
+        JobsCmd::Retry { id } => runtime.block_on(refund_desk::admin::jobs_retry(&store, id)),
+    }
 }
 
 fn init_tracing(default: &str) {
@@ -75,6 +103,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Jobs { action } => match run_jobs_command(&runtime, action) {
+            Ok(text) => {
+                println!("{}", text.trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("refund-desk: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Manifest { url } => match refund_desk::manifest::for_url(&url) {
             Ok(m) => {
                 println!("{m}");

@@ -657,6 +657,40 @@ impl Store {
         self.committed(!effects.is_empty()).await
     }
 
+    /// Forgets Stripe and Slack event ids recorded before `cutoff`; returns how many. Stripe
+    /// retries an event for up to three days, Slack for minutes, so a cutoff weeks back is safe.
+    pub async fn prune_seen_events(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for tree in [&self.stripe_events, &self.slack_events] {
+            for kv in tree.iter() {
+                let (key, value) = kv?;
+                let seen: DateTime<Utc> = decode(&value)?;
+                if seen < cutoff {
+                    tree.remove(key)?;
+                    removed += 1;
+                }
+            }
+        }
+        self.flush().await?;
+        Ok(removed)
+    }
+
+    /// A job by id.
+    pub fn find_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        Ok(self.all_jobs()?.into_iter().find(|j| j.id == id))
+    }
+
+    /// Puts a parked job back in the queue with fresh attempts; `false` if there is no such job.
+    pub async fn retry_job(&self, id: u64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let Some(mut job) = self.find_job(id)? else { return Ok(false) };
+        job.parked = false;
+        job.attempts = 0;
+        job.not_before = now;
+        self.reschedule_job(&job).await?;
+        self.jobs_added.notify_one();
+        Ok(true)
+    }
+
     /// Remembers a Slack event id; `false` if it was seen before (a retry).
     pub async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let fresh =
@@ -736,6 +770,35 @@ mod tests {
         let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
         let effects: Vec<_> = due.iter().map(|j| j.effect.clone()).collect();
         assert_eq!(effects, vec![Effect::CreateRefund, Effect::PostCard]);
+    }
+
+    #[tokio::test]
+    async fn old_event_ids_are_forgotten_and_recent_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = Utc::now();
+        store.apply_stripe_event("evt_old", &[], now - chrono::Duration::days(31)).await.unwrap();
+        store.apply_stripe_event("evt_new", &[], now - chrono::Duration::days(3)).await.unwrap();
+        assert!(store.remember_slack_event("Ev_old", now - chrono::Duration::days(31)).await.unwrap());
+        assert_eq!(store.prune_seen_events(now - chrono::Duration::days(30)).await.unwrap(), 2);
+        assert_eq!(store.apply_stripe_event("evt_new", &[], now).await.unwrap(), EventOutcome::Duplicate);
+        assert_ne!(store.apply_stripe_event("evt_old", &[], now).await.unwrap(), EventOutcome::Duplicate);
+    }
+
+    #[tokio::test]
+    async fn a_parked_job_can_be_put_back_in_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_request(new_request(), Utc::now()).await.unwrap();
+        let mut job = store.all_jobs().unwrap().remove(0);
+        job.parked = true;
+        job.attempts = 12;
+        store.reschedule_job(&job).await.unwrap();
+        assert!(store.due_jobs(Utc::now(), &HashSet::new()).unwrap().0.is_empty());
+        assert!(store.retry_job(job.id, Utc::now()).await.unwrap());
+        let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
+        assert_eq!((due.len(), due[0].attempts, due[0].parked), (1, 0, false));
+        assert!(!store.retry_job(999, Utc::now()).await.unwrap());
     }
 
     #[tokio::test]

@@ -277,6 +277,12 @@ pub enum Effect {
     CreateRefund,
     /// Read the refund back from Stripe if no webhook settled it in time.
     CheckRefund,
+    /// Tell finance that a job ran out of attempts and waits for a person.
+    ReportParked {
+        job_id: u64,
+        what: String,
+        error: String,
+    },
     EmailCustomer(EmailKind),
 }
 
@@ -287,6 +293,8 @@ pub enum Lane {
     Stripe = 1,
     Slack = 2,
     Email = 3,
+    /// Alerts about other jobs; never queued behind the job they report.
+    Alerts = 4,
 }
 
 impl Effect {
@@ -295,6 +303,7 @@ impl Effect {
             Effect::CheckPayment | Effect::CreateRefund | Effect::CheckRefund => Lane::Stripe,
             Effect::PostCard | Effect::RefreshCard | Effect::ThreadReply(_) | Effect::NotifyRequester(_) => Lane::Slack,
             Effect::EmailCustomer(_) => Lane::Email,
+            Effect::ReportParked { .. } => Lane::Alerts,
         }
     }
 }

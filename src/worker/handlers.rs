@@ -77,6 +77,7 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
         Effect::NotifyRequester(notice) => notify_requester(ctx, &request, notice, job).await,
         Effect::CreateRefund => create_refund(ctx, &request, job).await,
         Effect::CheckRefund => check_refund(ctx, &request, job).await,
+        Effect::ReportParked { job_id, what, error } => report_parked(ctx, &request, *job_id, what, error, job).await,
         Effect::EmailCustomer(kind) => email_customer(ctx, &request, *kind).await,
     }
 }
@@ -387,6 +388,33 @@ async fn check_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> R
     let still_pending = matches!(update.status.as_str(), "pending" | "requires_action");
     ctx.store.apply_refund_updates(None, std::slice::from_ref(&update), now).await?;
     if still_pending { Err(JobError::Defer(interval)) } else { Ok(()) }
+}
+
+async fn report_parked(
+    ctx: &AppContext,
+    request: &RefundRequest,
+    job_id: u64,
+    what: &str,
+    error: &str,
+    job: &Job,
+) -> Result<(), JobError> {
+    if job.posted_ts.is_some() {
+        return Ok(());
+    }
+    let text = format!(
+        ":rotating_light: {} is stuck: {what} failed {} times ({}). It will not be retried on its own; once the cause is fixed, run `refund-desk jobs retry {job_id}`.",
+        request.id,
+        ctx.settings.jobs.max_attempts,
+        views::escape(error)
+    );
+    // In the card's thread when there is a card, else in the channel itself.
+    let thread = request.card.as_ref().map(|c| c.ts.clone());
+    let ts = ctx
+        .slack
+        .post_message(&ctx.settings.slack.finance_channel, views::text_message(text), thread.as_deref())
+        .await?;
+    ctx.store.record_job_posted(job, &ts).await?;
+    Ok(())
 }
 
 async fn email_customer(ctx: &AppContext, request: &RefundRequest, kind: EmailKind) -> Result<(), JobError> {

@@ -4,6 +4,7 @@
 pub mod handlers;
 
 use crate::app::AppContext;
+use crate::domain::Effect;
 use crate::storage::Job;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use handlers::JobError;
@@ -18,6 +19,21 @@ use tracing::Instrument;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The longest the runner sleeps without looking at the queue.
 const IDLE_WAKE: Duration = Duration::from_secs(5);
+
+/// A job's effect in words for people.
+pub fn describe(effect: &Effect) -> String {
+    match effect {
+        Effect::CheckPayment => "checking the charge at Stripe".into(),
+        Effect::PostCard => "posting the approval card".into(),
+        Effect::RefreshCard => "updating the approval card".into(),
+        Effect::ThreadReply(_) => "replying in the card's thread".into(),
+        Effect::NotifyRequester(_) => "messaging the requester".into(),
+        Effect::CreateRefund => "creating the refund at Stripe".into(),
+        Effect::CheckRefund => "reading the refund back from Stripe".into(),
+        Effect::EmailCustomer(_) => "emailing the customer".into(),
+        Effect::ReportParked { .. } => "reporting a stuck job".into(),
+    }
+}
 
 /// Delay before attempt `attempts + 1`.
 fn backoff(ctx: &AppContext, attempts: u32) -> Duration {
@@ -102,6 +118,14 @@ async fn run_one(ctx: Arc<AppContext>, mut job: Job, _permit: OwnedSemaphorePerm
             if permanent || job.attempts >= ctx.settings.jobs.max_attempts {
                 job.parked = true;
                 tracing::error!(%reason, attempts = job.attempts, "job parked; it needs a person");
+                // Finance hears of it in Slack; an alert that itself fails is only logged.
+                if !matches!(job.effect, Effect::ReportParked { .. }) {
+                    let alert =
+                        Effect::ReportParked { job_id: job.id, what: describe(&job.effect), error: reason.clone() };
+                    if let Err(e) = ctx.store.enqueue(job.request_id, &[alert], ctx.now()).await {
+                        tracing::error!(error = %e, "could not queue the parked-job alert");
+                    }
+                }
             } else {
                 let delay = after.unwrap_or_else(|| backoff(&ctx, job.attempts));
                 job.not_before = ctx.now() + chrono::Duration::from_std(delay).unwrap_or_default();

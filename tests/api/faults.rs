@@ -164,3 +164,52 @@ async fn a_reply_whose_post_was_recorded_is_not_posted_again_when_its_job_reruns
     refund_desk::worker::handlers::run(&ctx, &job(None)).await.unwrap();
     assert_eq!(app.slack.thread(&card.ts).len(), before + 1, "control: a fresh job posts");
 }
+
+#[tokio::test]
+async fn a_job_that_runs_out_of_attempts_is_parked_reported_and_can_be_retried() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(|s| s.jobs.max_attempts = 2).await;
+    let (id, card) = app.waiting_request().await;
+    app.stripe.set_refunds_down(true);
+    app.approve(APPROVER, id, &card).await;
+
+    // Two tries, then parked, never deleted; finance is told in the card's thread.
+    let store = app.store();
+    let parked = wait_for(DEADLINE, || store.all_jobs().unwrap().into_iter().find(|j| j.parked)).await.expect("parked");
+    assert_eq!(parked.attempts, 2);
+    assert_eq!(app.stripe.refund_posts().len(), 2);
+    let alert = wait_for(DEADLINE, || app.thread_texts(&card).into_iter().find(|t| t.contains("is stuck")))
+        .await
+        .expect("alert");
+    assert!(
+        alert.contains("creating the refund at Stripe")
+            && alert.contains(&format!("refund-desk jobs retry {}", parked.id)),
+        "{alert}"
+    );
+    assert_eq!(app.request(id).status, RequestStatus::Approved, "nothing was lost");
+
+    // Stripe is back; a person retries the job.
+    app.stripe.set_refunds_down(false);
+    assert!(store.retry_job(parked.id, chrono::Utc::now()).await.unwrap());
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    assert_eq!(app.stripe.refunds().len(), 1);
+}
+
+#[tokio::test]
+async fn a_permanent_slack_refusal_parks_at_once_and_says_so_in_the_channel() {
+    let app = TestApp::spawn().await;
+    app.slack.fail_next("chat.postMessage", 200, serde_json::json!({ "ok": false, "error": "not_in_channel" }));
+    let charge = app.add_charge(Default::default());
+    let id = app.request_refund(&format!("{charge} 5")).await;
+    let alert = wait_for(DEADLINE, || app.slack.messages_in(FINANCE).into_iter().find(|m| m.text.contains("is stuck")))
+        .await
+        .expect("alert");
+    assert!(
+        alert.text.contains("posting the approval card") && alert.text.contains("not_in_channel"),
+        "{}",
+        alert.text
+    );
+    let parked = app.store().all_jobs().unwrap().into_iter().find(|j| j.parked).expect("parked");
+    assert_eq!(parked.attempts, 1, "a permanent refusal is not retried");
+    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+}

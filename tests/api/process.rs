@@ -62,3 +62,51 @@ async fn sigterm_stops_the_service_cleanly_with_exit_0() {
     // The database was closed cleanly: it opens again.
     refund_desk::storage::Store::open(dir.path()).unwrap();
 }
+
+#[tokio::test]
+async fn jobs_list_and_retry_work_on_a_stopped_desks_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let job_id = {
+        let store = refund_desk::storage::Store::open(dir.path()).unwrap();
+        let new = refund_desk::domain::NewRequest {
+            requester: refund_desk::domain::UserId::parse("U0REQUEST1").unwrap(),
+            origin_channel: "C1".into(),
+            target: refund_desk::domain::PaymentRef::parse("ch_1").unwrap(),
+            amount: refund_desk::domain::AmountAsked::Full,
+            reason: refund_desk::domain::RefundReason::Duplicate,
+            note: None,
+        };
+        store.insert_request(new, chrono::Utc::now()).await.unwrap();
+        let mut job = store.all_jobs().unwrap().remove(0);
+        job.parked = true;
+        job.attempts = 12;
+        job.last_error = Some("Stripe is unavailable: HTTP 503".into());
+        store.reschedule_job(&job).await.unwrap();
+        job.id
+    };
+    let run = |args: &[&str]| {
+        Command::new(BIN).args(args).env_clear().env("REFUND_DESK_DATA_DIR", dir.path()).output().unwrap()
+    };
+    let list = run(&["jobs", "list"]);
+    let text = String::from_utf8(list.stdout).unwrap();
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    assert!(text.contains(&job_id.to_string()) && text.contains("R-1001") && text.contains("HTTP 503"), "{text}");
+
+    let retry = run(&["jobs", "retry", &job_id.to_string()]);
+    assert!(retry.status.success(), "{}", String::from_utf8_lossy(&retry.stderr));
+    let store = refund_desk::storage::Store::open(dir.path()).unwrap();
+    let job = store.find_job(job_id).unwrap().unwrap();
+    assert!(!job.parked && job.attempts == 0);
+
+    // While a desk holds the database, the command says why it cannot run.
+    let locked = run(&["jobs", "list"]);
+    assert!(!locked.status.success());
+    assert!(
+        String::from_utf8_lossy(&locked.stderr).contains("in use by a running refund-desk"),
+        "{}",
+        String::from_utf8_lossy(&locked.stderr)
+    );
+    drop(store);
+    let missing = run(&["jobs", "retry", "424242"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("there is no job 424242"));
+}
