@@ -210,6 +210,7 @@ mod tests {
 
     #[test]
     fn calls_beyond_the_configured_rate_must_wait() {
+        crate::app::install_crypto_provider();
         let client = StripeClient::new(
             Url::parse("http://127.0.0.1:9").unwrap(),
             SecretString::from("sk_test_x".to_string()),
