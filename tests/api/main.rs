@@ -2,6 +2,7 @@
 //! on loopback, with a real sled database in a temporary directory.
 
 mod approvers;
+mod crash;
 mod decisions;
 mod faults;
 mod happy_path;
