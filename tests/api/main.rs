@@ -9,6 +9,7 @@ mod happy_path;
 mod helpers;
 mod policy;
 mod process;
+mod randomized;
 mod restart;
 mod signatures;
 mod validation;
