@@ -96,6 +96,8 @@ pub struct EmailSettings {
     /// Holds the SMTP password when there is one.
     pub smtp_url: SecretString,
     pub from: lettre::message::Mailbox,
+    /// Company name, reply-to and signature, from the `[email]` table.
+    pub texts: crate::email::EmailTexts,
 }
 
 /// How the job runner retries.
@@ -136,6 +138,7 @@ pub struct Settings {
 pub struct Sources {
     values: HashMap<String, String>,
     policy: Option<toml::Table>,
+    email: Option<toml::Table>,
 }
 
 impl Sources {
@@ -148,6 +151,7 @@ impl Sources {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Sources, ConfigError> {
         let mut values = HashMap::new();
         let mut policy = None;
+        let mut email = None;
         if let Some(path) = lookup("REFUND_DESK_CONFIG").filter(|p| !p.trim().is_empty()) {
             let file_err = |why: String| ConfigError::File { path: path.clone(), why };
             let text = std::fs::read_to_string(&path).map_err(|e| file_err(e.to_string()))?;
@@ -155,6 +159,10 @@ impl Sources {
             for (key, value) in table {
                 if key == "policy" {
                     policy = value.as_table().cloned();
+                    continue;
+                }
+                if key == "email" {
+                    email = value.as_table().cloned();
                     continue;
                 }
                 let name = key.to_ascii_uppercase();
@@ -178,7 +186,7 @@ impl Sources {
                 values.insert(name.to_string(), v);
             }
         }
-        Ok(Sources { values, policy })
+        Ok(Sources { values, policy, email })
     }
 
     fn get(&self, name: &'static str) -> Option<&str> {
@@ -299,8 +307,10 @@ impl Settings {
                 if !matches!(parsed.scheme(), "smtp" | "smtps") {
                     return Err(invalid("SMTP_URL", "must start with smtp:// or smtps://"));
                 }
-                let from = src.require("EMAIL_FROM")?.parse().map_err(|e| invalid("EMAIL_FROM", e))?;
-                Some(EmailSettings { smtp_url: SecretString::from(url.to_string()), from })
+                let from: lettre::message::Mailbox =
+                    src.require("EMAIL_FROM")?.parse().map_err(|e| invalid("EMAIL_FROM", e))?;
+                let texts = parse_email_texts(src.email.as_ref(), &from)?;
+                Some(EmailSettings { smtp_url: SecretString::from(url.to_string()), from, texts })
             }
         };
 
@@ -375,13 +385,46 @@ pub fn parse_policy(table: Option<&toml::Table>) -> Result<Policy, ConfigError> 
                     policy.currencies.insert(currency.code().to_string(), parse_currency_rules(&at, rules, currency)?);
                 }
             }
-            "email_customer_on_deny" | "remind_after" | "expire_after" => {
+            "email_customer_on_deny" | "email_customer_on_failure" => {
+                let on = value.as_bool().ok_or_else(|| policy_error(&at, "expected true or false"))?;
+                if key == "email_customer_on_deny" {
+                    policy.email_customer_on_deny = on;
+                } else {
+                    policy.email_customer_on_failure = on;
+                }
+            }
+            "remind_after" | "expire_after" => {
                 return Err(policy_error(&at, "is not supported yet; remove it"));
             }
             _ => return Err(policy_error(&at, "unknown key")),
         }
     }
     Ok(policy)
+}
+
+/// Reads `[email]`: `company_name`, `reply_to`, `signature`; defaults from the sender.
+fn parse_email_texts(
+    table: Option<&toml::Table>,
+    from: &lettre::message::Mailbox,
+) -> Result<crate::email::EmailTexts, ConfigError> {
+    let mut texts = crate::email::EmailTexts::defaults(from);
+    let bad = |key: &str, why: String| ConfigError::File {
+        path: "REFUND_DESK_CONFIG".into(),
+        why: format!("email.{key}: {why}"),
+    };
+    for (key, value) in table.into_iter().flatten() {
+        let text = value.as_str().ok_or_else(|| bad(key, "expected a string".into()))?.to_string();
+        match key.as_str() {
+            "company_name" => texts.company_name = text,
+            "signature" => texts.signature = text,
+            "reply_to" => texts.reply_to = Some(text.parse().map_err(|e| bad(key, format!("{e}")))?),
+            _ => return Err(bad(key, "unknown key (company_name, reply_to, signature)".into())),
+        }
+    }
+    if table.is_some_and(|t| t.contains_key("company_name")) && !table.is_some_and(|t| t.contains_key("signature")) {
+        texts.signature = format!("The {} team", texts.company_name);
+    }
+    Ok(texts)
 }
 
 fn parse_currency_rules(at: &str, table: &toml::Table, currency: Currency) -> Result<CurrencyRules, ConfigError> {

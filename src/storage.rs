@@ -715,6 +715,7 @@ mod tests {
             amount: AmountAsked::Full,
             reason: RefundReason::Duplicate,
             note: None,
+            customer_email: None,
         }
     }
 
@@ -830,6 +831,7 @@ mod tests {
             amount_refunded: Money::new(0, usd),
             created: Utc::now(),
             customer_email: None,
+            customer_name: None,
             card: None,
             refunds: None,
             fraud_warnings: vec![],

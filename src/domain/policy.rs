@@ -32,6 +32,10 @@ pub struct Policy {
     pub always_require_approval: BTreeSet<RefundReason>,
     /// By lower-case currency code; a currency without rules always needs one approval.
     pub currencies: BTreeMap<String, CurrencyRules>,
+    /// Email the customer the approver's reason when a request is denied.
+    pub email_customer_on_deny: bool,
+    /// Email the customer when Stripe reports their refund failed.
+    pub email_customer_on_failure: bool,
 }
 
 /// Where a request goes.
@@ -201,6 +205,7 @@ mod tests {
             amount_refunded: usd(refunded),
             created: Utc::now() - chrono::Duration::days(days_old),
             customer_email: None,
+            customer_name: None,
             card: None,
             refunds: Some(vec![]),
             fraud_warnings: vec![],
@@ -221,6 +226,7 @@ mod tests {
                 },
             )]
             .into(),
+            ..Policy::default()
         }
     }
 

@@ -104,6 +104,9 @@ pub struct ChargeFacts {
     pub amount_refunded: Money,
     pub created: DateTime<Utc>,
     pub customer_email: Option<String>,
+    /// The name on the payment, for greeting the customer.
+    #[serde(default)]
+    pub customer_name: Option<String>,
     pub card: Option<CardFacts>,
     /// The refunds Stripe lists on the charge, when it listed them.
     #[serde(default)]
@@ -161,6 +164,8 @@ pub struct NewRequest {
     pub amount: AmountAsked,
     pub reason: RefundReason,
     pub note: Option<Note>,
+    /// The customer's address, when the requester gave one.
+    pub customer_email: Option<String>,
 }
 
 /// A refund request and everything known about it.
@@ -173,6 +178,9 @@ pub struct RefundRequest {
     pub asked: AmountAsked,
     pub reason: RefundReason,
     pub note: Option<Note>,
+    /// Where customer emails go, when the requester named an address.
+    #[serde(default)]
+    pub customer_email: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub status: RequestStatus,
@@ -241,6 +249,10 @@ pub enum Notice {
     StripeStatus(RequestStatus),
     CustomerEmailed {
         to: String,
+        #[serde(default)]
+        kind: EmailKind,
+        #[serde(default)]
+        at: Option<DateTime<Utc>>,
     },
     CustomerNotEmailed {
         why: String,
@@ -248,16 +260,21 @@ pub enum Notice {
 }
 
 /// Kinds of email sent to the customer; at most one of each per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EmailKind {
+    #[default]
     RefundSucceeded,
+    RequestDenied,
+    RefundFailed,
 }
 
 impl EmailKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             EmailKind::RefundSucceeded => "refund_succeeded",
+            EmailKind::RequestDenied => "request_denied",
+            EmailKind::RefundFailed => "refund_failed",
         }
     }
 }
@@ -371,6 +388,7 @@ impl RefundRequest {
             asked: new.amount,
             reason: new.reason,
             note: new.note,
+            customer_email: new.customer_email,
             created_at: now,
             updated_at: now,
             status: RequestStatus::Requested,
@@ -550,6 +568,7 @@ impl RefundRequest {
                 Effect::RefreshCard,
                 Effect::ThreadReply(Notice::Denied),
                 Effect::NotifyRequester(Notice::Denied),
+                Effect::EmailCustomer(EmailKind::RequestDenied),
             ],
             detail: Some(reason.to_string()),
         })
@@ -638,7 +657,11 @@ impl RefundRequest {
                 effects.push(Effect::NotifyRequester(Notice::StripeStatus(to)));
                 effects.push(Effect::EmailCustomer(EmailKind::RefundSucceeded));
             }
-            RequestStatus::Failed | RequestStatus::Canceled => {
+            RequestStatus::Failed => {
+                effects.push(Effect::NotifyRequester(Notice::StripeStatus(to)));
+                effects.push(Effect::EmailCustomer(EmailKind::RefundFailed));
+            }
+            RequestStatus::Canceled => {
                 effects.push(Effect::NotifyRequester(Notice::StripeStatus(to)));
             }
             _ => {}
@@ -667,6 +690,7 @@ mod tests {
                 amount: AmountAsked::Full,
                 reason: RefundReason::Duplicate,
                 note: None,
+                customer_email: None,
             },
             now,
         );
@@ -678,6 +702,7 @@ mod tests {
             amount_refunded: Money::new(0, usd),
             created: now,
             customer_email: None,
+            customer_name: None,
             card: None,
             refunds: None,
             fraud_warnings: vec![],
@@ -758,7 +783,7 @@ mod tests {
         // A refund that succeeded may still fail later.
         let t = r.record_stripe_refund(re, "failed", Some("expired_or_canceled_card".into()), Utc::now()).unwrap();
         assert_eq!(r.status, RequestStatus::Failed);
-        assert!(!t.effects.iter().any(|e| matches!(e, Effect::EmailCustomer(_))));
+        assert!(!t.effects.contains(&Effect::EmailCustomer(EmailKind::RefundSucceeded)), "no second success email");
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub async fn handle_command(ctx: &AppContext, cmd: SlashCommand) -> String {
                 amount: rc.amount,
                 reason: rc.reason,
                 note: rc.note,
+                customer_email: None,
             };
             match ctx.store.insert_request(new, ctx.now()).await {
                 Ok(r) => format!(

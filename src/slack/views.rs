@@ -235,8 +235,14 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
             ),
             other => format!("Your refund request {what}: {other}."),
         },
-        (Notice::CustomerEmailed { to }, _) => {
-            format!(":email: Confirmation emailed to the customer ({}).", escape(to))
+        (Notice::CustomerEmailed { to, kind, at }, _) => {
+            let what = match kind {
+                crate::domain::EmailKind::RefundSucceeded => "Confirmation",
+                crate::domain::EmailKind::RequestDenied => "Denial, with the reason,",
+                crate::domain::EmailKind::RefundFailed => "Failure notice",
+            };
+            let when = at.map(|t| format!(" {}", slack_time(t))).unwrap_or_default();
+            format!(":email: {what} emailed to the customer ({}){when}.", escape(to))
         }
         (Notice::CustomerNotEmailed { why }, _) => {
             format!(":email: The customer was not emailed: {}", escape(why))
@@ -305,6 +311,7 @@ mod tests {
                 amount: AmountAsked::Full,
                 reason: RefundReason::Duplicate,
                 note: Note::parse("charged <twice> & upset").unwrap(),
+                customer_email: None,
             },
             now,
         );
@@ -317,6 +324,7 @@ mod tests {
                 amount_refunded: Money::new(0, usd),
                 created: now - chrono::Duration::days(3),
                 customer_email: Some("jenny@example.com".into()),
+                customer_name: None,
                 card: Some(CardFacts { brand: "visa".into(), last4: "4242".into() }),
                 refunds: Some(vec![PriorRefund {
                     id: RefundId::parse("re_before").unwrap(),

@@ -105,6 +105,7 @@ fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, Strin
         amount_refunded: Money::new(charge.amount_refunded, currency),
         created: DateTime::from_timestamp(charge.created, 0).unwrap_or_default(),
         customer_email: email,
+        customer_name: charge.billing_details.as_ref().and_then(|b| b.name.clone()),
         card: charge
             .payment_method_details
             .as_ref()
@@ -421,18 +422,31 @@ async fn email_customer(ctx: &AppContext, request: &RefundRequest, kind: EmailKi
     if ctx.store.email_sent(request.id, kind)?.is_some() {
         return Ok(());
     }
+    // Denial and failure emails only where the policy asks for them.
+    let policy = &ctx.settings.policy;
+    let wanted = match kind {
+        EmailKind::RefundSucceeded => true,
+        EmailKind::RequestDenied => policy.email_customer_on_deny,
+        EmailKind::RefundFailed => policy.email_customer_on_failure,
+    };
+    if !wanted {
+        return Ok(());
+    }
     let now = ctx.now();
     let not_emailed = |why: &str| vec![Effect::ThreadReply(Notice::CustomerNotEmailed { why: why.to_string() })];
     let Some(mailer) = &ctx.mailer else {
         ctx.store.enqueue(request.id, &not_emailed("customer email is off (SMTP_URL is not set)."), now).await?;
         return Ok(());
     };
-    let Some(to) = request.charge.as_ref().and_then(|c| c.customer_email.clone()) else {
+    // The address the requester gave, else what Stripe knows.
+    let address =
+        request.customer_email.clone().or_else(|| request.charge.as_ref().and_then(|c| c.customer_email.clone()));
+    let Some(to) = address else {
         ctx.store.enqueue(request.id, &not_emailed("Stripe has no email address for this payment."), now).await?;
         return Ok(());
     };
     let message_id = mailer.message_id(request, kind, ctx.store.install_id());
-    let message = match mailer.refund_succeeded(request, &to, &message_id) {
+    let message = match mailer.message(kind, request, &to, &message_id) {
         Ok(m) => m,
         Err(e) => {
             ctx.store.enqueue(request.id, &not_emailed(&e.to_string()), now).await?;
@@ -442,11 +456,14 @@ async fn email_customer(ctx: &AppContext, request: &RefundRequest, kind: EmailKi
     match mailer.send(message).await {
         Ok(()) => {
             let record = EmailRecord { to: to.clone(), sent_at: now, message_id };
-            let announce = [Effect::ThreadReply(Notice::CustomerEmailed { to: mask_address(&to) })];
+            let announce =
+                [Effect::ThreadReply(Notice::CustomerEmailed { to: mask_address(&to), kind, at: Some(now) })];
             ctx.store.record_email_sent(request.id, kind, &record, &announce, now).await?;
             Ok(())
         }
+        // 4xx and timeouts: the job queue tries again later.
         Err(EmailError::Temporary(m)) => Err(JobError::retry(m)),
+        // 5xx or a bad address: retrying will not help; finance reads why in the thread.
         Err(e) => {
             ctx.store.enqueue(request.id, &not_emailed(&e.to_string()), now).await?;
             Ok(())

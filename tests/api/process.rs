@@ -75,6 +75,7 @@ async fn jobs_list_and_retry_work_on_a_stopped_desks_database() {
             amount: refund_desk::domain::AmountAsked::Full,
             reason: refund_desk::domain::RefundReason::Duplicate,
             note: None,
+            customer_email: None,
         };
         store.insert_request(new, chrono::Utc::now()).await.unwrap();
         let mut job = store.all_jobs().unwrap().remove(0);
