@@ -4,6 +4,7 @@
 mod approvers;
 mod crash;
 mod decisions;
+mod emails;
 mod faults;
 mod happy_path;
 mod helpers;
