@@ -23,6 +23,23 @@ use tower_http::trace::TraceLayer;
 /// Slack and Stripe bodies are small; anything larger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// The time, as the desk sees it: the system clock, moved forward only by tests.
+#[derive(Debug, Default)]
+pub struct Clock {
+    offset_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Clock {
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
+    }
+
+    /// Moves the desk's time forward (tests of reminders and expiry).
+    pub fn advance(&self, by: Duration) {
+        self.offset_ms.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
+    }
+}
+
 /// What every handler and job can reach.
 pub struct AppContext {
     pub settings: Settings,
@@ -36,11 +53,18 @@ pub struct AppContext {
     /// Who may approve now: `SLACK_APPROVERS` plus the members of `SLACK_APPROVER_GROUP`.
     /// A std lock: read and replaced whole, never held across an await.
     approvers: std::sync::RwLock<crate::domain::Approvers>,
+    pub clock: Clock,
 }
 
 impl AppContext {
     pub fn now(&self) -> DateTime<Utc> {
-        Utc::now()
+        self.clock.now()
+    }
+
+    /// Moves the desk's time forward and wakes the job runner to look again.
+    pub fn advance_clock(&self, by: Duration) {
+        self.clock.advance(by);
+        self.store.jobs_added().notify_one();
     }
 
     /// The approvers as last read.
@@ -154,6 +178,7 @@ impl Application {
             mailer,
             workers_running: AtomicBool::new(false),
             approvers,
+            clock: Clock::default(),
         });
 
         let (stop_tx, stop_rx) = watch::channel(false);

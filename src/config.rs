@@ -394,10 +394,23 @@ pub fn parse_policy(table: Option<&toml::Table>) -> Result<Policy, ConfigError> 
                 }
             }
             "remind_after" | "expire_after" => {
-                return Err(policy_error(&at, "is not supported yet; remove it"));
+                let text =
+                    value.as_str().ok_or_else(|| policy_error(&at, "expected a duration like \"4h\" or \"2days\""))?;
+                let duration = humantime::parse_duration(text)
+                    .map_err(|e| policy_error(&at, format!("`{text}`: {e}; write it like \"4h\" or \"2days\"")))?;
+                if key == "remind_after" {
+                    policy.remind_after = Some(duration);
+                } else {
+                    policy.expire_after = Some(duration);
+                }
             }
             _ => return Err(policy_error(&at, "unknown key")),
         }
+    }
+    if let (Some(remind), Some(expire)) = (policy.remind_after, policy.expire_after)
+        && remind >= expire
+    {
+        return Err(policy_error("policy.remind_after", "must be shorter than expire_after"));
     }
     Ok(policy)
 }

@@ -10,6 +10,9 @@
 //!   every transition of those requests, so two requests on one charge serialize;
 //! - `stripe_events`, `slack_events`: event ids already applied → when;
 //! - `emails`: `R-id/kind` → [`EmailRecord`];
+//! - `index`: `s` ‖ status code ‖ request id and `u` ‖ user ‖ 0 ‖ request id (empty values), so
+//!   the queue, a person's requests and reminders never scan every request; and `d` ‖ date ‖ …
+//!   counters for the day's totals. Kept in step by every transition;
 //! - `meta`: the request counter and this installation's id.
 //!
 //! A transition writes the request, its audit entry and its effects' jobs in one transaction and
@@ -140,8 +143,11 @@ pub struct Store {
     jobs: Tree,
     refund_ids: Tree,
     holds: Tree,
+    index: Tree,
     stripe_events: Tree,
     slack_events: Tree,
+    /// Users who opened App Home → when; only their Homes are republished.
+    home_users: Tree,
     emails: Tree,
     meta: Tree,
     /// Woken whenever a transaction adds jobs, so the runner need not poll.
@@ -177,6 +183,59 @@ struct TxTrees<'a> {
     audit: &'a TransactionalTree,
     jobs: &'a TransactionalTree,
     holds: &'a TransactionalTree,
+    index: &'a TransactionalTree,
+}
+
+fn status_key(status: RequestStatus, id: RequestId) -> Vec<u8> {
+    let mut k = vec![b's', status.code()];
+    k.extend_from_slice(&id.to_key());
+    k
+}
+
+fn user_prefix(user: &str) -> Vec<u8> {
+    let mut k = vec![b'u'];
+    k.extend_from_slice(user.as_bytes());
+    k.push(0);
+    k
+}
+
+fn user_key(user: &str, id: RequestId) -> Vec<u8> {
+    let mut k = user_prefix(user);
+    k.extend_from_slice(&id.to_key());
+    k
+}
+
+/// Counter keys for a day's totals: `d` ‖ YYYY-MM-DD ‖ `/requested` or `/refunded/<currency>`.
+fn day_key(day: &str, what: &str) -> Vec<u8> {
+    format!("d{day}/{what}").into_bytes()
+}
+
+fn bump<E>(index: &TransactionalTree, key: &[u8], add: u64, subtract: u64) -> TxResult<(), E> {
+    let current = index.get(key)?.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)).unwrap_or(0);
+    index.insert(key, &(current + add).saturating_sub(subtract).to_be_bytes())?;
+    Ok(())
+}
+
+/// Moves the request between status index entries and counts the day's totals.
+fn sync_index<E>(
+    index: &TransactionalTree,
+    request: &RefundRequest,
+    from: RequestStatus,
+    now: DateTime<Utc>,
+) -> TxResult<(), E> {
+    index.remove(status_key(from, request.id))?;
+    index.insert(status_key(request.status, request.id), &[])?;
+    index.insert(user_key(request.requester.as_str(), request.id), &[])?;
+    let day = now.format("%Y-%m-%d").to_string();
+    if let Some(amount) = request.amount.filter(|_| from != request.status) {
+        let key = day_key(&day, &format!("refunded/{}", amount.currency().code()));
+        if request.status == RequestStatus::Succeeded {
+            bump(index, &key, amount.minor(), 0)?;
+        } else if from == RequestStatus::Succeeded {
+            bump(index, &key, 0, amount.minor())?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a request in this status holds its amount against its charge.
@@ -221,6 +280,12 @@ fn write_transition<E>(
     let (requests, audit, jobs) = (tx.requests, tx.audit, tx.jobs);
     requests.insert(&request.id.to_key(), encode(request))?;
     sync_hold(tx.holds, request)?;
+    sync_index(tx.index, request, transition.from, now)?;
+    // Whatever changed, the people who see this request in App Home see it change.
+    let mut effects = transition.effects.clone();
+    if !effects.contains(&Effect::RefreshHomes) {
+        effects.push(Effect::RefreshHomes);
+    }
     let seq = audit.generate_id()?;
     let entry = AuditEntry {
         seq,
@@ -233,7 +298,7 @@ fn write_transition<E>(
         detail: transition.detail.clone(),
     };
     audit.insert(&seq.to_be_bytes(), encode(&entry))?;
-    enqueue_in(jobs, request.id, &transition.effects, now)
+    enqueue_in(jobs, request.id, &effects, now)
 }
 
 fn enqueue_in<E>(
@@ -286,8 +351,10 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             refund_ids: db.open_tree("refund_ids")?,
             holds: db.open_tree("holds")?,
+            index: db.open_tree("index")?,
             stripe_events: db.open_tree("stripe_events")?,
             slack_events: db.open_tree("slack_events")?,
+            home_users: db.open_tree("home_users")?,
             emails: db.open_tree("emails")?,
             meta,
             db,
@@ -335,15 +402,16 @@ impl Store {
     /// Stores a new request (status `Requested`) and its first job; durable on return.
     #[tracing::instrument(skip_all, fields(slack_user = %new.requester))]
     pub async fn insert_request(&self, new: NewRequest, now: DateTime<Utc>) -> Result<RefundRequest, StoreError> {
-        let result = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.meta).transaction(
-            |(requests, audit, jobs, holds, meta)| -> TxResult<RefundRequest, ()> {
+        let result = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.index, &self.meta).transaction(
+            |(requests, audit, jobs, holds, index, meta)| -> TxResult<RefundRequest, ()> {
                 let number = match meta.get(NEXT_REQUEST_KEY)? {
                     Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(corrupt)?),
                     None => FIRST_REQUEST_NUMBER,
                 };
                 meta.insert(NEXT_REQUEST_KEY, &(number + 1).to_be_bytes())?;
                 let request = RefundRequest::new(RequestId::new(number), new.clone(), now);
-                write_transition(&TxTrees { requests, audit, jobs, holds }, &request, &request.created(), now)?;
+                bump(index, &day_key(&now.format("%Y-%m-%d").to_string(), "requested"), 1, 0)?;
+                write_transition(&TxTrees { requests, audit, jobs, holds, index }, &request, &request.created(), now)?;
                 Ok(request)
             },
         );
@@ -395,8 +463,8 @@ impl Store {
     where
         F: Fn(&mut RefundRequest, &[Hold]) -> Result<Option<Transition>, E>,
     {
-        let result =
-            (&self.requests, &self.audit, &self.jobs, &self.holds).transaction(|(requests, audit, jobs, holds)| {
+        let result = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.index).transaction(
+            |(requests, audit, jobs, holds, index)| {
                 let mut request = read_request(requests, id)?;
                 let current = match charge {
                     Some(c) => read_holds(holds, c)?,
@@ -406,11 +474,12 @@ impl Store {
                     Err(e) => Err(ConflictableTransactionError::Abort(Abort::Refused(e))),
                     Ok(None) => Ok(None),
                     Ok(Some(t)) => {
-                        write_transition(&TxTrees { requests, audit, jobs, holds }, &request, &t, now)?;
+                        write_transition(&TxTrees { requests, audit, jobs, holds, index }, &request, &t, now)?;
                         Ok(Some((request, !t.effects.is_empty())))
                     }
                 }
-            });
+            },
+        );
         match Self::finish_tx(result)? {
             Ok(Some((request, added))) => {
                 self.committed(added).await?;
@@ -452,6 +521,52 @@ impl Store {
         self.requests.get(id.to_key())?.map(|b| decode(&b)).transpose()
     }
 
+    /// Requests in `status`, oldest first, at most `limit`; read through the index.
+    pub fn requests_with_status(&self, status: RequestStatus, limit: usize) -> Result<Vec<RefundRequest>, StoreError> {
+        let prefix = [b's', status.code()];
+        let mut out = vec![];
+        for kv in self.index.scan_prefix(prefix).take(limit) {
+            let (key, _) = kv?;
+            if let Some(r) = RequestId::from_key(&key[2..]).map(|id| self.get_request(id)).transpose()?.flatten() {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A person's requests, newest first, at most `limit`; read through the index.
+    pub fn requests_of(&self, user: &str, limit: usize) -> Result<Vec<RefundRequest>, StoreError> {
+        let prefix = user_prefix(user);
+        let mut out = vec![];
+        for kv in self.index.scan_prefix(&prefix).rev().take(limit) {
+            let (key, _) = kv?;
+            if let Some(r) =
+                RequestId::from_key(&key[prefix.len()..]).map(|id| self.get_request(id)).transpose()?.flatten()
+            {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The day's totals: requests made, and amounts refunded by currency.
+    pub fn totals_on(&self, day: chrono::NaiveDate) -> Result<(u64, Vec<Money>), StoreError> {
+        let day = day.format("%Y-%m-%d").to_string();
+        let number = |v: &[u8]| v.try_into().map(u64::from_be_bytes).unwrap_or(0);
+        let requested = self.index.get(day_key(&day, "requested"))?.map(|v| number(&v)).unwrap_or(0);
+        let mut refunded = vec![];
+        for kv in self.index.scan_prefix(day_key(&day, "refunded/")) {
+            let (key, value) = kv?;
+            let code = String::from_utf8_lossy(&key).rsplit('/').next().unwrap_or_default().to_string();
+            if let (Ok(currency), n) = (crate::domain::Currency::parse(&code), number(&value))
+                && n > 0
+            {
+                refunded.push(Money::new(n, currency));
+            }
+        }
+        Ok((requested, refunded))
+    }
+
     /// Every request, oldest first.
     pub fn all_requests(&self) -> Result<Vec<RefundRequest>, StoreError> {
         self.requests.iter().map(|kv| decode(&kv?.1)).collect()
@@ -489,10 +604,11 @@ impl Store {
         updates: &[RefundUpdate],
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError> {
-        let trees = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.refund_ids, &self.stripe_events);
+        let trees =
+            (&self.requests, &self.audit, &self.jobs, &self.holds, &self.index, &self.refund_ids, &self.stripe_events);
         let result = trees.transaction(
-            |(requests, audit, jobs, holds, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
-                let tx = TxTrees { requests, audit, jobs, holds };
+            |(requests, audit, jobs, holds, index, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
+                let tx = TxTrees { requests, audit, jobs, holds, index };
                 if let Some(event_id) = event_id {
                     if events.get(event_id.as_bytes())?.is_some() {
                         return Ok((EventOutcome::Duplicate, false));
@@ -555,13 +671,13 @@ impl Store {
         stripe_status: &str,
         now: DateTime<Utc>,
     ) -> Result<Result<RefundRequest, crate::domain::StateError>, StoreError> {
-        let trees = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.refund_ids);
-        let result = trees.transaction(|(requests, audit, jobs, holds, refund_ids)| {
+        let trees = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.index, &self.refund_ids);
+        let result = trees.transaction(|(requests, audit, jobs, holds, index, refund_ids)| {
             let mut request = read_request(requests, id)?;
             let t = request
                 .record_submitted(refund.clone(), stripe_status, now)
                 .map_err(|e| ConflictableTransactionError::Abort(Abort::Refused(e)))?;
-            write_transition(&TxTrees { requests, audit, jobs, holds }, &request, &t, now)?;
+            write_transition(&TxTrees { requests, audit, jobs, holds, index }, &request, &t, now)?;
             refund_ids.insert(refund.as_str().as_bytes(), &id.to_key())?;
             Ok(request)
         });
@@ -691,6 +807,17 @@ impl Store {
         Ok(true)
     }
 
+    /// Remembers that `user` opened App Home, so changes are published to them.
+    pub async fn remember_home_user(&self, user: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.home_users.insert(user.as_bytes(), encode(&now))?;
+        self.flush().await
+    }
+
+    /// Whether `user` has opened App Home.
+    pub fn has_home(&self, user: &str) -> Result<bool, StoreError> {
+        Ok(self.home_users.contains_key(user.as_bytes())?)
+    }
+
     /// Remembers a Slack event id; `false` if it was seen before (a retry).
     pub async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let fresh =
@@ -729,9 +856,8 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(id.to_string(), "R-1001");
         assert_eq!(store.get_request(id).unwrap().unwrap().status, RequestStatus::Requested);
-        let jobs = store.all_jobs().unwrap();
-        assert_eq!(jobs.len(), 1);
-        assert_eq!(jobs[0].effect, Effect::CheckPayment);
+        let effects: Vec<_> = store.all_jobs().unwrap().into_iter().map(|j| j.effect).collect();
+        assert_eq!(effects, [Effect::CheckPayment, Effect::RefreshHomes]);
         assert_eq!(store.audit_of(id).unwrap().len(), 1);
     }
 
@@ -749,10 +875,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
+        let jobs_before = store.all_jobs().unwrap();
         let out = store.transition(id, Utc::now(), |_r| Err::<Option<Transition>, _>("no")).await.unwrap();
         assert_eq!(out, Err("no"));
         assert_eq!(store.audit_of(id).unwrap().len(), 1);
-        assert_eq!(store.all_jobs().unwrap().len(), 1);
+        assert_eq!(store.all_jobs().unwrap(), jobs_before);
     }
 
     #[tokio::test]
@@ -763,14 +890,14 @@ mod tests {
         store.enqueue(id, &[Effect::PostCard, Effect::RefreshCard, Effect::CreateRefund], Utc::now()).await.unwrap();
         let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
         let effects: Vec<_> = due.iter().map(|j| j.effect.clone()).collect();
-        assert_eq!(effects, vec![Effect::CheckPayment, Effect::PostCard]);
+        assert_eq!(effects, vec![Effect::CheckPayment, Effect::PostCard, Effect::RefreshHomes]);
         let running: HashSet<u64> = due.iter().map(|j| j.id).collect();
         let (due, _) = store.due_jobs(Utc::now(), &running).unwrap();
         assert!(due.is_empty(), "a lane runs one job at a time");
         store.complete_job(&store.all_jobs().unwrap()[0]).await.unwrap();
         let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
         let effects: Vec<_> = due.iter().map(|j| j.effect.clone()).collect();
-        assert_eq!(effects, vec![Effect::CreateRefund, Effect::PostCard]);
+        assert_eq!(effects, vec![Effect::CreateRefund, Effect::PostCard, Effect::RefreshHomes]);
     }
 
     #[tokio::test]
@@ -795,10 +922,14 @@ mod tests {
         job.parked = true;
         job.attempts = 12;
         store.reschedule_job(&job).await.unwrap();
-        assert!(store.due_jobs(Utc::now(), &HashSet::new()).unwrap().0.is_empty());
+        let due_ids = |store: &Store| {
+            store.due_jobs(Utc::now(), &HashSet::new()).unwrap().0.into_iter().map(|j| j.id).collect::<Vec<_>>()
+        };
+        assert!(!due_ids(&store).contains(&job.id));
         assert!(store.retry_job(job.id, Utc::now()).await.unwrap());
-        let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
-        assert_eq!((due.len(), due[0].attempts, due[0].parked), (1, 0, false));
+        assert!(due_ids(&store).contains(&job.id));
+        let again = store.find_job(job.id).unwrap().unwrap();
+        assert_eq!((again.attempts, again.parked), (0, false));
         assert!(!store.retry_job(999, Utc::now()).await.unwrap());
     }
 

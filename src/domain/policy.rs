@@ -36,6 +36,10 @@ pub struct Policy {
     pub email_customer_on_deny: bool,
     /// Email the customer when Stripe reports their refund failed.
     pub email_customer_on_failure: bool,
+    /// Remind approvers when a request has waited this long.
+    pub remind_after: Option<std::time::Duration>,
+    /// Expire a request that has waited this long.
+    pub expire_after: Option<std::time::Duration>,
 }
 
 /// Where a request goes.

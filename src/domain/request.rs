@@ -70,6 +70,24 @@ impl RequestStatus {
         })
     }
 
+    /// A stable one-byte code, for index keys.
+    pub fn code(&self) -> u8 {
+        match self {
+            RequestStatus::Requested => 1,
+            RequestStatus::AwaitingApproval => 2,
+            RequestStatus::Approved => 3,
+            RequestStatus::Submitted => 4,
+            RequestStatus::Pending => 5,
+            RequestStatus::Succeeded => 6,
+            RequestStatus::Failed => 7,
+            RequestStatus::Canceled => 8,
+            RequestStatus::Denied => 9,
+            RequestStatus::Rejected => 10,
+            RequestStatus::Withdrawn => 11,
+            RequestStatus::Expired => 12,
+        }
+    }
+
     /// The request status a Stripe refund status stands for.
     pub fn from_stripe_refund_status(status: &str) -> Option<RequestStatus> {
         Some(match status {
@@ -207,6 +225,12 @@ pub struct RefundRequest {
     pub refund: Option<RefundRecord>,
     /// Why the request was rejected or failed, in words for people.
     pub problem: Option<String>,
+    /// When it started waiting for approval.
+    #[serde(default)]
+    pub awaiting_since: Option<DateTime<Utc>>,
+    /// When approvers were reminded, if they were.
+    #[serde(default)]
+    pub reminded_at: Option<DateTime<Utc>>,
 }
 
 fn one() -> u8 {
@@ -257,6 +281,12 @@ pub enum Notice {
     CustomerNotEmailed {
         why: String,
     },
+    Withdrawn,
+    /// Approvers are reminded that the request still waits.
+    Reminder {
+        approvers: Vec<UserId>,
+    },
+    Expired,
 }
 
 /// Kinds of email sent to the customer; at most one of each per request.
@@ -294,6 +324,10 @@ pub enum Effect {
     CreateRefund,
     /// Read the refund back from Stripe if no webhook settled it in time.
     CheckRefund,
+    /// Remind approvers, and later expire the request, if it waits too long (policy).
+    Deadline,
+    /// Republish App Home for the people this request shows to.
+    RefreshHomes,
     /// Tell finance that a job ran out of attempts and waits for a person.
     ReportParked {
         job_id: u64,
@@ -312,6 +346,10 @@ pub enum Lane {
     Email = 3,
     /// Alerts about other jobs; never queued behind the job they report.
     Alerts = 4,
+    /// Reminders and expiry, which wait for hours.
+    Timers = 5,
+    /// App Home updates.
+    Home = 6,
 }
 
 impl Effect {
@@ -321,6 +359,8 @@ impl Effect {
             Effect::PostCard | Effect::RefreshCard | Effect::ThreadReply(_) | Effect::NotifyRequester(_) => Lane::Slack,
             Effect::EmailCustomer(_) => Lane::Email,
             Effect::ReportParked { .. } => Lane::Alerts,
+            Effect::Deadline => Lane::Timers,
+            Effect::RefreshHomes => Lane::Home,
         }
     }
 }
@@ -367,6 +407,8 @@ pub enum DecisionError {
     EmptyReason,
     #[error("You already approved {0}; it needs a second, different approver.")]
     AlreadyApprovedByYou(RequestId),
+    #[error("Only the person who asked for {0} can cancel it.")]
+    NotYours(RequestId),
 }
 
 /// A transition that does not apply to the request's current state.
@@ -404,6 +446,8 @@ impl RefundRequest {
             card: None,
             refund: None,
             problem: None,
+            awaiting_since: None,
+            reminded_at: None,
         }
     }
 
@@ -466,8 +510,9 @@ impl RefundRequest {
         if let Route::Approvals(n) = route {
             self.required_approvals = n.max(1);
         }
+        self.awaiting_since = Some(now);
         let from = self.move_to(RequestStatus::AwaitingApproval, now);
-        Ok(Transition { actor: Actor::System, from, effects: vec![Effect::PostCard], detail })
+        Ok(Transition { actor: Actor::System, from, effects: vec![Effect::PostCard, Effect::Deadline], detail })
     }
 
     /// The charge cannot be refunded as asked: end the request and say why.
@@ -571,6 +616,61 @@ impl RefundRequest {
                 Effect::EmailCustomer(EmailKind::RequestDenied),
             ],
             detail: Some(reason.to_string()),
+        })
+    }
+
+    /// The requester withdraws the request while it waits; a later Approve changes nothing.
+    pub fn withdraw(&mut self, by: &UserId, now: DateTime<Utc>) -> Result<Transition, DecisionError> {
+        if *by != self.requester {
+            return Err(DecisionError::NotYours(self.id));
+        }
+        if !matches!(self.status, RequestStatus::Requested | RequestStatus::AwaitingApproval) {
+            return Err(DecisionError::AlreadyDecided { id: self.id, status: self.status, by: String::new() });
+        }
+        let from = self.move_to(RequestStatus::Withdrawn, now);
+        // Before the check at Stripe there is no card yet to edit.
+        let effects = if from == RequestStatus::AwaitingApproval {
+            vec![Effect::RefreshCard, Effect::ThreadReply(Notice::Withdrawn)]
+        } else {
+            vec![]
+        };
+        Ok(Transition { actor: Actor::User(by.clone()), from, effects, detail: None })
+    }
+
+    /// Approvers are reminded once that the request still waits.
+    pub fn remind(&mut self, approvers: &Approvers, now: DateTime<Utc>) -> Result<Transition, StateError> {
+        self.expect(RequestStatus::AwaitingApproval, "reminded about")?;
+        if self.reminded_at.is_some() {
+            return Err(StateError { id: self.id, status: self.status, action: "reminded about twice" });
+        }
+        self.reminded_at = Some(now);
+        self.updated_at = now;
+        let waiting: Vec<UserId> = approvers
+            .iter()
+            .filter(|a| **a != self.requester && !self.approvals.iter().any(|d| d.by == **a))
+            .cloned()
+            .collect();
+        Ok(Transition {
+            actor: Actor::System,
+            from: self.status,
+            effects: vec![Effect::ThreadReply(Notice::Reminder { approvers: waiting })],
+            detail: Some("approvers reminded".into()),
+        })
+    }
+
+    /// Nobody decided in time: the request expires.
+    pub fn expire(&mut self, now: DateTime<Utc>) -> Result<Transition, StateError> {
+        self.expect(RequestStatus::AwaitingApproval, "expired")?;
+        let from = self.move_to(RequestStatus::Expired, now);
+        Ok(Transition {
+            actor: Actor::System,
+            from,
+            effects: vec![
+                Effect::RefreshCard,
+                Effect::ThreadReply(Notice::Expired),
+                Effect::NotifyRequester(Notice::Expired),
+            ],
+            detail: Some("no decision in time".into()),
         })
     }
 

@@ -141,4 +141,11 @@ impl SlackApi {
         let res = self.call("usergroups.users.list", async |s| s.usergroups_users_list(&req).await).await?;
         Ok(res.users.into_iter().map(|u| u.0).collect())
     }
+
+    /// Publishes `user`'s App Home.
+    #[tracing::instrument(skip(self, view))]
+    pub async fn publish_home(&self, user: &str, view: SlackView) -> Result<(), SlackCallError> {
+        let req = SlackApiViewsPublishRequest::new(user.into(), view);
+        self.call("views.publish", async |s| s.views_publish(&req).await).await.map(|_| ())
+    }
 }

@@ -32,8 +32,14 @@ impl FromRequest<Arc<AppContext>> for SlackSigned {
         let body = Bytes::from_request(req, ctx).await.map_err(IntoResponse::into_response)?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let secret = &ctx.settings.slack.signing_secret;
-        match verify_signature(secret, header(TIMESTAMP_HEADER), header(SIGNATURE_HEADER), &body, ctx.now().timestamp())
-        {
+        // Real time, not the desk's clock: Slack signs with the real one.
+        match verify_signature(
+            secret,
+            header(TIMESTAMP_HEADER),
+            header(SIGNATURE_HEADER),
+            &body,
+            chrono::Utc::now().timestamp(),
+        ) {
             Ok(()) => Ok(SlackSigned(body)),
             Err(e) => {
                 tracing::warn!(reason = %e, "refused a Slack request");
@@ -50,7 +56,11 @@ fn ephemeral(text: String) -> Response {
 /// `POST /slack/commands`
 pub async fn http_command(State(ctx): State<Arc<AppContext>>, SlackSigned(body): SlackSigned) -> Response {
     match serde_urlencoded::from_bytes::<SlashCommand>(&body) {
-        Ok(cmd) => ephemeral(handle_command(&ctx, cmd).await),
+        Ok(cmd) => match handle_command(&ctx, cmd).await {
+            Some(text) => ephemeral(text),
+            // The form opens instead of a message.
+            None => StatusCode::OK.into_response(),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "unreadable slash command");
             (StatusCode::BAD_REQUEST, "unreadable slash command").into_response()
@@ -60,61 +70,136 @@ pub async fn http_command(State(ctx): State<Arc<AppContext>>, SlackSigned(body):
 
 /// Answers one `/refund`, privately.
 #[tracing::instrument(skip_all, fields(slack_user = %cmd.user_id))]
-pub async fn handle_command(ctx: &AppContext, cmd: SlashCommand) -> String {
+pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlashCommand) -> Option<String> {
+    let command = match ready_command(ctx, &cmd) {
+        Ok(c) => c,
+        Err(answer) => return Some(answer),
+    };
+    let user = UserId::parse(&cmd.user_id).ok()?;
+    Some(match command {
+        Command::Help => usage(),
+        Command::OpenForm => {
+            let Some(trigger) = cmd.trigger_id.clone().filter(|t| !t.is_empty()) else {
+                return Some(format!(
+                    "The request form could not be opened here; type the request instead.\n\n{}",
+                    usage()
+                ));
+            };
+            // views.open must use the trigger within 3 seconds, so it goes now, beside the answer.
+            let ctx2 = ctx.clone();
+            let channel = cmd.channel_id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = ctx2.slack.open_view(&trigger, views::request_modal(&channel)).await {
+                    tracing::warn!(error = %e, "could not open the request form");
+                    ctx2.tell_privately(
+                        channel,
+                        user,
+                        format!("The request form could not be opened ({e}). Type `/refund` again, or `/refund help`."),
+                    );
+                }
+            });
+            return None;
+        }
+        Command::List => list_text(ctx, &user),
+        Command::Cancel(id) => {
+            let now = ctx.now();
+            match ctx.store.transition(id, now, |r| r.withdraw(&user, now).map(Some)).await {
+                Ok(Ok(_)) => format!("{id} is withdrawn; nothing will be refunded for it."),
+                Ok(Err(refusal)) => refusal.to_string(),
+                Err(StoreError::NotFound(_)) => format!("There is no request {id}."),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not withdraw a request");
+                    format!("{id} could not be withdrawn just now, so nothing changed. Try again in a minute.")
+                }
+            }
+        }
+        Command::Status(id) => status_text(ctx, id),
+        Command::Refund(rc) => store_request(ctx, rc, user, &cmd).await,
+    })
+}
+
+/// The person's recent requests, one line each.
+fn list_text(ctx: &AppContext, user: &UserId) -> String {
+    match ctx.store.requests_of(user.as_str(), 10) {
+        Ok(list) if list.is_empty() => "You have no refund requests yet.".into(),
+        Ok(list) => {
+            let now = ctx.now();
+            let lines: Vec<String> = list
+                .iter()
+                .map(|r| {
+                    let amount = r.amount.map(|m| m.to_string()).unwrap_or_else(|| r.asked_text());
+                    format!(
+                        "• *{}* · {amount} on `{}` · {} · {} ago",
+                        r.id,
+                        r.target,
+                        r.status,
+                        views::waited(r.created_at, now)
+                    )
+                })
+                .collect();
+            format!("*Your recent refund requests*\n{}", lines.join("\n"))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not list requests");
+            "Your requests could not be read just now. Try again in a minute.".into()
+        }
+    }
+}
+
+/// Checks who is asking and parses the text; `Err` is the answer to give.
+fn ready_command(ctx: &AppContext, cmd: &SlashCommand) -> Result<Command, String> {
     let Ok(user) = UserId::parse(&cmd.user_id) else {
-        return "Slack did not say who you are, so nothing was done. Try again.".into();
+        return Err("Slack did not say who you are, so nothing was done. Try again.".into());
     };
     if let Some(allowed) = &ctx.settings.slack.requesters
         && !allowed.contains(&user)
     {
-        return "You are not on the list of people who may ask for refunds, so nothing was stored. Ask finance to add you.".into();
+        return Err(
+            "You are not on the list of people who may ask for refunds, so nothing was stored. Ask finance to add you."
+                .into(),
+        );
     }
-    let command = match parse_command(&cmd.text) {
-        Ok(c) => c,
+    parse_command(&cmd.text)
+        .map_err(|e| format!(":warning: {}\nNothing was stored.\n\n{}", capitalised(&e.to_string()), usage()))
+}
+
+/// `/refund status R-...`.
+fn status_text(ctx: &AppContext, id: RequestId) -> String {
+    match ctx.store.get_request(id) {
+        Ok(Some(r)) => {
+            let amount = r.amount.map(|m| m.to_string()).unwrap_or_else(|| r.asked_text());
+            format!("*{}*: {amount} on `{}`.\n{}", r.id, r.target, views::status_line(&r))
+        }
+        Ok(None) => format!("There is no request {id}."),
         Err(e) => {
-            return format!(":warning: {}\nNothing was stored.\n\n{}", capitalised(&e.to_string()), usage());
+            tracing::error!(error = %e, "status lookup failed");
+            "The request could not be read just now. Try again in a minute.".into()
         }
+    }
+}
+
+/// `/refund <charge> ...`: stores the request (durably) and says so.
+async fn store_request(ctx: &AppContext, rc: crate::domain::RefundCommand, user: UserId, cmd: &SlashCommand) -> String {
+    let new = NewRequest {
+        requester: user,
+        origin_channel: cmd.channel_id.clone(),
+        target: rc.target,
+        amount: rc.amount,
+        reason: rc.reason,
+        note: rc.note,
+        customer_email: None,
     };
-    match command {
-        Command::Help => usage(),
-        Command::OpenForm => format!("The request form is not available yet; type the request on one line instead.\n\n{}", usage()),
-        Command::List | Command::Cancel(_) => {
-            "`/refund list` and `/refund cancel` are not available yet. `/refund status R-…` shows where a request stands.".into()
-        }
-        Command::Status(id) => match ctx.store.get_request(id) {
-            Ok(Some(r)) => {
-                let amount = r.amount.map(|m| m.to_string()).unwrap_or_else(|| r.asked_text());
-                format!("*{}*: {amount} on `{}`.\n{}", r.id, r.target, views::status_line(&r))
-            }
-            Ok(None) => format!("There is no request {id}."),
-            Err(e) => {
-                tracing::error!(error = %e, "status lookup failed");
-                "The request could not be read just now. Try again in a minute.".into()
-            }
-        },
-        Command::Refund(rc) => {
-            let new = NewRequest {
-                requester: user,
-                origin_channel: cmd.channel_id.clone(),
-                target: rc.target,
-                amount: rc.amount,
-                reason: rc.reason,
-                note: rc.note,
-                customer_email: None,
-            };
-            match ctx.store.insert_request(new, ctx.now()).await {
-                Ok(r) => format!(
-                    "Got it: *{}*, a refund of {} on `{}` ({}). I am checking the charge at Stripe; then it goes to finance for approval. You will hear the outcome in a direct message.",
-                    r.id,
-                    r.asked_text(),
-                    r.target,
-                    r.reason.label()
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "could not store a request");
-                    ":x: Your request could not be saved, so nothing was stored. Try again in a minute.".into()
-                }
-            }
+    match ctx.store.insert_request(new, ctx.now()).await {
+        Ok(r) => format!(
+            "Got it: *{}*, a refund of {} on `{}` ({}). I am checking the charge at Stripe; then it goes to finance for approval. You will hear the outcome in a direct message.",
+            r.id,
+            r.asked_text(),
+            r.target,
+            r.reason.label()
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "could not store a request");
+            ":x: Your request could not be saved, so nothing was stored. Try again in a minute.".into()
         }
     }
 }
@@ -150,6 +235,9 @@ pub async fn handle_interaction(ctx: &Arc<AppContext>, interaction: Interaction)
         }
         "view_submission" => match &interaction.view {
             Some(view) if view.callback_id == DENY_CALLBACK => handle_deny_submission(ctx, &interaction).await,
+            Some(view) if view.callback_id == views::REQUEST_CALLBACK => {
+                handle_request_submission(ctx, &interaction).await
+            }
             _ => StatusCode::OK.into_response(),
         },
         _ => StatusCode::OK.into_response(),
@@ -249,6 +337,145 @@ async fn handle_deny_submission(ctx: &Arc<AppContext>, interaction: &Interaction
     }
 }
 
+/// How long the form waits for Stripe before accepting and checking afterwards.
+const FORM_STRIPE_BUDGET: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// The request form, submitted: format errors go back on their fields; Stripe is asked whether
+/// the charge exists and has enough left, when it answers in time.
+async fn handle_request_submission(ctx: &Arc<AppContext>, interaction: &Interaction) -> Response {
+    use crate::domain::{AmountAsked, AmountInput, Note, PaymentRef, RefundReason};
+    use views::{AMOUNT_BLOCK, CHARGE_BLOCK, EMAIL_BLOCK, INPUT_ACTION, NOTE_BLOCK, REASON_BLOCK};
+    let Some(view) = &interaction.view else { return StatusCode::OK.into_response() };
+    let Ok(user) = UserId::parse(&interaction.user.id) else { return StatusCode::OK.into_response() };
+    if let Some(allowed) = &ctx.settings.slack.requesters
+        && !allowed.contains(&user)
+    {
+        return view_error(
+            CHARGE_BLOCK,
+            "You are not on the list of people who may ask for refunds; ask finance to add you.".into(),
+        );
+    }
+    let input = |block: &str| view.input(block, INPUT_ACTION).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let mut errors = serde_json::Map::new();
+    let mut error = |block: &str, message: String| {
+        errors.insert(block.to_string(), message.into());
+    };
+    let target = match input(CHARGE_BLOCK).map(|t| PaymentRef::parse(&t)) {
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            error(CHARGE_BLOCK, capitalised(&e.to_string()));
+            None
+        }
+        None => {
+            error(CHARGE_BLOCK, "Give the charge (ch_...) or payment intent (pi_...) from Stripe.".into());
+            None
+        }
+    };
+    let amount = match input(AMOUNT_BLOCK) {
+        None => Some(AmountAsked::Full),
+        Some(t) if t.eq_ignore_ascii_case("full") => Some(AmountAsked::Full),
+        Some(t) => match AmountInput::parse(&t) {
+            Ok(a) => Some(AmountAsked::Exact(a)),
+            Err(e) => {
+                error(AMOUNT_BLOCK, capitalised(&e.to_string()));
+                None
+            }
+        },
+    };
+    let reason = input(REASON_BLOCK).and_then(|r| RefundReason::parse(&r)).unwrap_or(RefundReason::RequestedByCustomer);
+    let email = match input(EMAIL_BLOCK) {
+        Some(e) if e.parse::<lettre::Address>().is_err() => {
+            error(
+                EMAIL_BLOCK,
+                format!("`{e}` is not an email address; write it like jenny@example.com, or leave it empty."),
+            );
+            None
+        }
+        other => other,
+    };
+    let note = match Note::parse(&input(NOTE_BLOCK).unwrap_or_default()) {
+        Ok(n) => n,
+        Err(e) => {
+            error(NOTE_BLOCK, capitalised(&e.to_string()));
+            None
+        }
+    };
+    let (Some(target), Some(amount)) = (target, amount) else {
+        return errors_response(errors);
+    };
+    if !errors.is_empty() {
+        return errors_response(errors);
+    }
+    if let Ok(Err((block, why))) = tokio::time::timeout(FORM_STRIPE_BUDGET, quick_check(ctx, &target, &amount)).await {
+        return view_error(block, capitalised(&why));
+    }
+    let channel = if view.private_metadata.is_empty() { user.to_string() } else { view.private_metadata.clone() };
+    let new =
+        NewRequest { requester: user, origin_channel: channel, target, amount, reason, note, customer_email: email };
+    match ctx.store.insert_request(new, ctx.now()).await {
+        Ok(r) => Json(json!({ "response_action": "update", "view": views::request_received(&r) })).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not store a request");
+            view_error(
+                CHARGE_BLOCK,
+                "Your request could not be saved, so nothing was stored. Try again in a minute.".into(),
+            )
+        }
+    }
+}
+
+fn errors_response(errors: serde_json::Map<String, serde_json::Value>) -> Response {
+    Json(json!({ "response_action": "errors", "errors": errors })).into_response()
+}
+
+/// Whether Stripe knows the payment and has enough left; `Err((block, why))` when it says no.
+/// Stripe being slow or down is not a no: the request is accepted and checked by its job.
+async fn quick_check(
+    ctx: &AppContext,
+    target: &crate::domain::PaymentRef,
+    amount: &crate::domain::AmountAsked,
+) -> Result<(), (&'static str, String)> {
+    use crate::domain::{AmountAsked, PaymentRef};
+    use crate::stripe::StripeError;
+    use views::{AMOUNT_BLOCK, CHARGE_BLOCK};
+    let missing = |what: String| (CHARGE_BLOCK, format!("Stripe has no {what}; check the id."));
+    let charge = match target {
+        PaymentRef::Charge(id) => ctx.stripe.get_charge(id.as_str()).await,
+        PaymentRef::PaymentIntent(pi) => match ctx.stripe.get_payment_intent(pi.as_str()).await {
+            Ok(intent) => match intent.latest_charge {
+                Some(c) => ctx.stripe.get_charge(c.id()).await,
+                None => {
+                    return Err((
+                        CHARGE_BLOCK,
+                        format!("The payment intent `{pi}` has no charge yet (Stripe says `{}`).", intent.status),
+                    ));
+                }
+            },
+            Err(e) => Err(e),
+        },
+    };
+    let charge = match charge {
+        Ok(c) => c,
+        Err(StripeError::NotFound(_)) => return Err(missing(format!("payment `{target}`"))),
+        Err(_) => return Ok(()),
+    };
+    let Ok(facts) = crate::worker::handlers::facts_of(&charge, None) else { return Ok(()) };
+    if let Some(why) = crate::worker::handlers::unrefundable(&charge, &facts) {
+        return Err((CHARGE_BLOCK, why));
+    }
+    if let AmountAsked::Exact(input) = amount {
+        let remaining = facts.remaining();
+        match input.to_money(remaining.currency()) {
+            Err(e) => return Err((AMOUNT_BLOCK, e.to_string())),
+            Ok(m) if m.minor() > remaining.minor() => {
+                return Err((AMOUNT_BLOCK, format!("{m} is more than the {remaining} still refundable.")));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// `POST /slack/events`
 pub async fn http_events(State(ctx): State<Arc<AppContext>>, SlackSigned(body): SlackSigned) -> Response {
     let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
@@ -265,7 +492,19 @@ pub async fn http_events(State(ctx): State<Arc<AppContext>>, SlackSigned(body): 
                 // A retry of an event already handled: acknowledge, change nothing.
                 Ok(false) => StatusCode::OK.into_response(),
                 Ok(true) => {
-                    tracing::debug!(event_id, kind = ?event["event"]["type"].as_str(), "event received");
+                    let inner = &event["event"];
+                    let home = inner["type"] == "app_home_opened" && inner["tab"].as_str().is_none_or(|t| t == "home");
+                    if let (true, Some(Ok(user))) = (home, inner["user"].as_str().map(UserId::parse)) {
+                        if let Err(e) = ctx.store.remember_home_user(user.as_str(), ctx.now()).await {
+                            tracing::warn!(error = %e, "could not remember an App Home user");
+                        }
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = crate::worker::handlers::publish_home(&ctx, &user).await {
+                                tracing::warn!(error = ?e, slack_user = %user, "could not publish App Home");
+                            }
+                        });
+                    }
                     StatusCode::OK.into_response()
                 }
                 Err(e) => {

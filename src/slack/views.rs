@@ -130,35 +130,38 @@ pub fn approval_card(r: &RefundRequest, now: DateTime<Utc>) -> SlackMessageConte
             .into(),
     );
     if r.status == RequestStatus::AwaitingApproval {
-        let value = r.id.to_string();
-        let confirm = SlackBlockConfirmItem::new(
-            pt!("Approve refund?"),
-            md!("Refund *{}* on `{}` now ({}). Stripe is called at once.", amount_text(r), r.target, r.id),
-            pt!("Approve"),
-            pt!("Cancel"),
-        )
-        .with_style("primary".to_string());
-        blocks.push(
-            SlackActionsBlock::new(vec![
-                SlackBlockButtonElement::new(pt!("Approve"))
-                    .with_action_id(APPROVE_ACTION.into())
-                    .with_value(value.clone())
-                    .with_style(SlackBlockButtonStyle::Primary)
-                    .with_confirm(confirm)
-                    .into(),
-                SlackBlockButtonElement::new(pt!("Deny"))
-                    .with_action_id(DENY_ACTION.into())
-                    .with_value(value)
-                    .with_style(SlackBlockButtonStyle::Danger)
-                    .into(),
-            ])
-            .with_block_id(format!("decide_{}", r.id).into())
-            .into(),
-        );
+        blocks.push(decision_buttons(r));
     }
     SlackMessageContent::new()
         .with_text(format!("Refund request {} for {}: {}", r.id, amount_text(r), r.status))
         .with_blocks(blocks)
+}
+
+/// Approve (with a confirmation) and Deny, carrying the request id; on the card and in App Home.
+fn decision_buttons(r: &RefundRequest) -> SlackBlock {
+    let value = r.id.to_string();
+    let confirm = SlackBlockConfirmItem::new(
+        pt!("Approve refund?"),
+        md!("Refund *{}* on `{}` now ({}). Stripe is called at once.", amount_text(r), r.target, r.id),
+        pt!("Approve"),
+        pt!("Cancel"),
+    )
+    .with_style("primary".to_string());
+    SlackActionsBlock::new(vec![
+        SlackBlockButtonElement::new(pt!("Approve"))
+            .with_action_id(APPROVE_ACTION.into())
+            .with_value(value.clone())
+            .with_style(SlackBlockButtonStyle::Primary)
+            .with_confirm(confirm)
+            .into(),
+        SlackBlockButtonElement::new(pt!("Deny"))
+            .with_action_id(DENY_ACTION.into())
+            .with_value(value)
+            .with_style(SlackBlockButtonStyle::Danger)
+            .into(),
+    ])
+    .with_block_id(format!("decide_{}", r.id).into())
+    .into()
 }
 
 /// Who reads a notice.
@@ -244,6 +247,23 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
             let when = at.map(|t| format!(" {}", slack_time(t))).unwrap_or_default();
             format!(":email: {what} emailed to the customer ({}){when}.", escape(to))
         }
+        (Notice::Withdrawn, _) => format!(
+            ":leftwards_arrow_with_hook: Withdrawn by {} before a decision. Nothing was refunded.",
+            mention(&r.requester)
+        ),
+        (Notice::Reminder { approvers }, _) => {
+            let who: Vec<String> = approvers.iter().map(mention).collect();
+            let since = r.awaiting_since.map(|t| format!(" since {}", slack_time(t))).unwrap_or_default();
+            format!(":alarm_clock: {} has been waiting for approval{since}. {}", r.id, who.join(" "))
+        }
+        (Notice::Expired, Audience::Thread) => {
+            ":hourglass: Expired: nobody decided in time. Nothing was refunded.".to_string()
+        }
+        (Notice::Expired, Audience::Requester) => {
+            format!(
+                ":hourglass: Your refund request {what} expired before anyone in finance decided. Nothing was refunded; ask again if it is still needed."
+            )
+        }
         (Notice::CustomerNotEmailed { why }, _) => {
             format!(":email: The customer was not emailed: {}", escape(why))
         }
@@ -290,9 +310,185 @@ pub fn deny_modal(r: &RefundRequest) -> SlackView {
     )
 }
 
+pub const REQUEST_CALLBACK: &str = "refund_request_modal";
+pub const CHARGE_BLOCK: &str = "charge_block";
+pub const AMOUNT_BLOCK: &str = "amount_block";
+pub const REASON_BLOCK: &str = "reason_block";
+pub const EMAIL_BLOCK: &str = "email_block";
+pub const NOTE_BLOCK: &str = "note_block";
+/// The action id of the one input in each block above.
+pub const INPUT_ACTION: &str = "value";
+
+fn text_input(label: &str, block: &str, placeholder: &str, optional: bool, multiline: bool) -> SlackBlock {
+    let mut input = SlackBlockPlainTextInputElement::new()
+        .with_action_id(INPUT_ACTION.into())
+        .with_placeholder(pt!("{}", placeholder));
+    if multiline {
+        input = input.with_multiline(true).with_max_length(crate::domain::command::MAX_NOTE_CHARS as u64);
+    }
+    SlackInputBlock::new(pt!("{}", label), input.into()).with_block_id(block.into()).with_optional(optional).into()
+}
+
+/// The request form `/refund` opens; `channel` is where it was asked from.
+pub fn request_modal(channel: &str) -> SlackView {
+    let option =
+        |r: crate::domain::RefundReason| SlackBlockChoiceItem::new(pt!("{}", r.label()), r.as_str().to_string());
+    let reasons: Vec<_> = crate::domain::RefundReason::ALL.iter().map(|r| option(*r)).collect();
+    let reason = SlackBlockStaticSelectElement::new()
+        .with_action_id(INPUT_ACTION.into())
+        .with_options(reasons)
+        .with_initial_option(option(crate::domain::RefundReason::RequestedByCustomer));
+    SlackView::Modal(
+        SlackModalView::new(
+            pt!("Request a refund"),
+            vec![
+                text_input("Charge or payment intent", CHARGE_BLOCK, "ch_... or pi_..., from Stripe", false, false),
+                text_input(
+                    "Amount, in the charge's currency",
+                    AMOUNT_BLOCK,
+                    "25.00; leave empty for everything still refundable",
+                    true,
+                    false,
+                ),
+                SlackInputBlock::new(pt!("Reason"), reason.into()).with_block_id(REASON_BLOCK.into()).into(),
+                text_input("Customer email", EMAIL_BLOCK, "only if not the one on the payment", true, false),
+                text_input("Note for finance", NOTE_BLOCK, "what happened, a ticket link", true, true),
+            ],
+        )
+        .with_callback_id(REQUEST_CALLBACK.into())
+        .with_private_metadata(channel.to_string())
+        .with_submit(pt!("Ask finance"))
+        .with_close(pt!("Cancel")),
+    )
+}
+
+/// What the form shows once the request is in.
+pub fn request_received(r: &RefundRequest) -> SlackView {
+    SlackView::Modal(
+        SlackModalView::new(
+            pt!("Refund requested"),
+            vec![
+                SlackSectionBlock::new()
+                    .with_text(md!(
+                        "*{}* is in: {} on `{}` ({}). Finance gets it once Stripe confirms the charge; you will hear the outcome in a direct message.",
+                        r.id,
+                        r.asked_text(),
+                        r.target,
+                        r.reason.label()
+                    ))
+                    .into(),
+            ],
+        )
+        .with_close(pt!("Done")),
+    )
+}
+
 /// The request id a deny form was opened for.
 pub fn deny_modal_request(private_metadata: &str) -> Option<RequestId> {
     RequestId::parse(private_metadata).ok()
+}
+
+/// How long ago, in words: `3h 20m`, `2d 4h`, `5m`.
+pub fn waited(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let minutes = (now - since).num_minutes().max(0);
+    let (days, hours, mins) = (minutes / 1440, (minutes / 60) % 24, minutes % 60);
+    match (days, hours) {
+        (0, 0) => format!("{mins}m"),
+        (0, _) => format!("{hours}h {mins}m"),
+        _ => format!("{days}d {hours}h"),
+    }
+}
+
+/// What App Home shows one person.
+pub struct HomeParams<'a> {
+    pub user: &'a crate::domain::UserId,
+    pub is_approver: bool,
+    /// Waiting for approval, oldest first.
+    pub waiting: &'a [RefundRequest],
+    /// The person's own requests, newest first.
+    pub mine: &'a [RefundRequest],
+    pub requested_today: u64,
+    pub refunded_today: &'a [crate::domain::Money],
+    pub now: DateTime<Utc>,
+}
+
+/// Most items shown per list; Slack allows 100 blocks in a view.
+pub const HOME_LIST_LIMIT: usize = 20;
+
+/// The App Home tab: the approver's queue with the same buttons as the card, the person's own
+/// requests, and today's totals.
+pub fn home_view(p: &HomeParams<'_>) -> SlackView {
+    let mut blocks: Vec<SlackBlock> = vec![SlackHeaderBlock::new(pt!("Refund desk")).into()];
+    let refunded = if p.refunded_today.is_empty() {
+        "nothing refunded yet".to_string()
+    } else {
+        format!("refunded {}", p.refunded_today.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", "))
+    };
+    blocks.push(
+        SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(SlackBlockMarkDownText::new(format!(
+            "*Today:* {} requested · {refunded}",
+            p.requested_today
+        )))])
+        .into(),
+    );
+    if p.is_approver {
+        let queue: Vec<&RefundRequest> = p
+            .waiting
+            .iter()
+            .filter(|r| r.requester != *p.user && !r.approvals.iter().any(|a| a.by == *p.user))
+            .take(HOME_LIST_LIMIT)
+            .collect();
+        blocks.push(SlackDividerBlock::new().into());
+        blocks.push(SlackSectionBlock::new().with_text(md!("*Waiting for you* ({})", queue.len())).into());
+        if queue.is_empty() {
+            blocks.push(
+                SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(SlackBlockMarkDownText::new(
+                    "Nothing is waiting for you.".into(),
+                ))])
+                .into(),
+            );
+        }
+        for r in queue {
+            let since = r.awaiting_since.unwrap_or(r.created_at);
+            let progress = if r.required_approvals > 1 {
+                format!(" · {} of {} approvals", r.approvals.len(), r.required_approvals)
+            } else {
+                String::new()
+            };
+            blocks.push(
+                SlackSectionBlock::new()
+                    .with_text(md!(
+                        "*{}* · {} on `{}` · {} · asked by {} · waiting {}{progress}",
+                        r.id,
+                        amount_text(r),
+                        r.target,
+                        r.reason.label(),
+                        mention(&r.requester),
+                        waited(since, p.now)
+                    ))
+                    .into(),
+            );
+            blocks.push(decision_buttons(r));
+        }
+    }
+    blocks.push(SlackDividerBlock::new().into());
+    blocks.push(SlackSectionBlock::new().with_text(md!("*Your requests*")).into());
+    if p.mine.is_empty() {
+        blocks.push(
+            SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(SlackBlockMarkDownText::new(
+                "None yet. Type `/refund` to ask for one.".into(),
+            ))])
+            .into(),
+        );
+    }
+    for r in p.mine.iter().take(HOME_LIST_LIMIT) {
+        blocks.push(
+            SlackSectionBlock::new()
+                .with_text(md!("*{}* · {} on `{}` · {}", r.id, amount_text(r), r.target, r.status))
+                .into(),
+        );
+    }
+    SlackView::Home(SlackHomeView::new(blocks))
 }
 
 #[cfg(test)]

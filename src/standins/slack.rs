@@ -39,6 +39,10 @@ struct SlackState {
     faults: Vec<(String, u16, Value)>,
     /// User group id → member ids.
     groups: std::collections::HashMap<String, Vec<String>>,
+    /// Each user's App Home as last published.
+    homes: std::collections::HashMap<String, Value>,
+    /// How many times each user's Home was published.
+    home_publishes: std::collections::HashMap<String, usize>,
 }
 
 #[derive(Clone)]
@@ -93,6 +97,12 @@ impl FakeSlack {
     /// Ephemeral messages, as `{channel, user, text}`.
     pub fn ephemerals(&self) -> Vec<Value> {
         self.lock().ephemerals.clone()
+    }
+
+    /// `user`'s App Home as last published, and how many times it was.
+    pub fn home_of(&self, user: &str) -> Option<(Value, usize)> {
+        let s = self.lock();
+        Some((s.homes.get(user)?.clone(), s.home_publishes.get(user).copied().unwrap_or(0)))
     }
 
     /// Views opened with `views.open`, as `{trigger_id, view}`.
@@ -193,6 +203,28 @@ async fn handle(
                 ("id", "V0000001"),
                 ("team_id", "T00000001"),
                 ("hash", "1700000000.abc"),
+                ("app_id", "A00000001"),
+                ("bot_id", "B00000001"),
+            ] {
+                view[k] = Value::String(v.into());
+            }
+            view["state"] = json!({ "values": {} });
+            json!({ "ok": true, "view": view })
+        }
+        "views.publish" => {
+            let Some(user) = body["user_id"].as_str().filter(|u| !u.is_empty()).map(str::to_string) else {
+                return (ok, out_headers, Json(slack_error("invalid_arguments")));
+            };
+            if body["view"]["type"] != "home" {
+                return (ok, out_headers, Json(slack_error("invalid_arguments")));
+            }
+            let mut view = body["view"].clone();
+            s.homes.insert(user.clone(), view.clone());
+            *s.home_publishes.entry(user).or_default() += 1;
+            for (k, v) in [
+                ("id", "V0HOME0001"),
+                ("team_id", "T00000001"),
+                ("hash", "1700000000.home"),
                 ("app_id", "A00000001"),
                 ("bot_id", "B00000001"),
             ] {

@@ -13,9 +13,13 @@ use std::sync::Arc;
 pub async fn http_stripe_webhook(State(ctx): State<Arc<AppContext>>, headers: HeaderMap, body: Bytes) -> Response {
     let header = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     let now = ctx.now();
-    if let Err(e) =
-        verify_signature(header, &body, &ctx.settings.stripe.webhook_secrets, now.timestamp(), TOLERANCE_SECS)
-    {
+    if let Err(e) = verify_signature(
+        header,
+        &body,
+        &ctx.settings.stripe.webhook_secrets,
+        chrono::Utc::now().timestamp(),
+        TOLERANCE_SECS,
+    ) {
         tracing::warn!(reason = %e, "refused a Stripe webhook");
         return (StatusCode::BAD_REQUEST, format!("signature: {e}")).into_response();
     }

@@ -77,12 +77,14 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
         Effect::NotifyRequester(notice) => notify_requester(ctx, &request, notice, job).await,
         Effect::CreateRefund => create_refund(ctx, &request, job).await,
         Effect::CheckRefund => check_refund(ctx, &request, job).await,
+        Effect::Deadline => deadline(ctx, &request).await,
+        Effect::RefreshHomes => refresh_homes(ctx, &request).await,
         Effect::ReportParked { job_id, what, error } => report_parked(ctx, &request, *job_id, what, error, job).await,
         Effect::EmailCustomer(kind) => email_customer(ctx, &request, *kind).await,
     }
 }
 
-fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, String> {
+pub(crate) fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, String> {
     let currency = Currency::parse(&charge.currency).map_err(|e| e.to_string())?;
     let captured = if charge.amount_captured > 0 { charge.amount_captured } else { charge.amount };
     let refunds = charge.refunds.as_ref().map(|list| {
@@ -117,7 +119,7 @@ fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, Strin
 }
 
 /// Why the charge cannot be refunded at all, whatever the amount.
-fn unrefundable(charge: &Charge, facts: &ChargeFacts) -> Option<String> {
+pub(crate) fn unrefundable(charge: &Charge, facts: &ChargeFacts) -> Option<String> {
     let status = charge.status.as_deref().unwrap_or("unknown");
     if status != "succeeded" {
         return Some(format!("the charge `{}` has not succeeded (Stripe says `{status}`)", charge.id));
@@ -389,6 +391,75 @@ async fn check_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> R
     let still_pending = matches!(update.status.as_str(), "pending" | "requires_action");
     ctx.store.apply_refund_updates(None, std::slice::from_ref(&update), now).await?;
     if still_pending { Err(JobError::Defer(interval)) } else { Ok(()) }
+}
+
+/// Reminds approvers once, then expires the request, as the policy's deadlines say.
+async fn deadline(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    if request.status != RequestStatus::AwaitingApproval {
+        return Ok(());
+    }
+    let policy = &ctx.settings.policy;
+    let since = request.awaiting_since.unwrap_or(request.updated_at);
+    let at = |d: std::time::Duration| since + chrono::Duration::from_std(d).unwrap_or_default();
+    let now = ctx.now();
+    if let Some(expire) = policy.expire_after.map(at)
+        && now >= expire
+    {
+        ctx.store.transition(request.id, now, |r| r.expire(now).map(Some)).await?.ok();
+        return Ok(());
+    }
+    if let Some(remind) = policy.remind_after.map(at)
+        && now >= remind
+        && request.reminded_at.is_none()
+    {
+        let approvers = ctx.approvers();
+        ctx.store.transition(request.id, now, |r| r.remind(&approvers, now).map(Some)).await?.ok();
+    }
+    // Wait for whichever deadline is next.
+    let reminded = request.reminded_at.is_some() || policy.remind_after.map(at).is_some_and(|t| now >= t);
+    let next = [policy.remind_after.map(at).filter(|_| !reminded), policy.expire_after.map(at)]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > now)
+        .min();
+    match next {
+        Some(t) => Err(JobError::Defer((t - now).to_std().unwrap_or_default())),
+        None => Ok(()),
+    }
+}
+
+/// Publishes App Home for the requester and the approvers who use it.
+async fn refresh_homes(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    let mut people = vec![request.requester.clone()];
+    people.extend(ctx.approvers().iter().filter(|a| **a != request.requester).cloned());
+    for user in people {
+        if ctx.store.has_home(user.as_str())? {
+            publish_home(ctx, &user).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds and publishes one person's App Home from the indexes.
+pub async fn publish_home(ctx: &AppContext, user: &crate::domain::UserId) -> Result<(), JobError> {
+    let is_approver = ctx.approvers().contains(user);
+    // Oldest first; more than the view shows, since some are the person's own.
+    let waiting =
+        if is_approver { ctx.store.requests_with_status(RequestStatus::AwaitingApproval, 200)? } else { vec![] };
+    let mine = ctx.store.requests_of(user.as_str(), views::HOME_LIST_LIMIT)?;
+    let now = ctx.now();
+    let (requested_today, refunded_today) = ctx.store.totals_on(now.date_naive())?;
+    let view = views::home_view(&views::HomeParams {
+        user,
+        is_approver,
+        waiting: &waiting,
+        mine: &mine,
+        requested_today,
+        refunded_today: &refunded_today,
+        now,
+    });
+    ctx.slack.publish_home(user.as_str(), view).await?;
+    Ok(())
 }
 
 async fn report_parked(

@@ -32,6 +32,8 @@ pub fn describe(effect: &Effect) -> String {
         Effect::CheckRefund => "reading the refund back from Stripe".into(),
         Effect::EmailCustomer(_) => "emailing the customer".into(),
         Effect::ReportParked { .. } => "reporting a stuck job".into(),
+        Effect::Deadline => "reminding approvers or expiring the request".into(),
+        Effect::RefreshHomes => "updating App Home".into(),
     }
 }
 
