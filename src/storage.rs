@@ -567,6 +567,15 @@ impl Store {
         Ok((requested, refunded))
     }
 
+    /// Writes a request and its index entries directly, without audit, jobs or a flush: for
+    /// loading data into a database (migrations, tests, benchmarks). `flush` afterwards.
+    pub fn import_request(&self, request: &RefundRequest) -> Result<(), StoreError> {
+        self.requests.insert(request.id.to_key(), encode(request))?;
+        self.index.insert(status_key(request.status, request.id), &[])?;
+        self.index.insert(user_key(request.requester.as_str(), request.id), &[])?;
+        Ok(())
+    }
+
     /// Every request, oldest first.
     pub fn all_requests(&self) -> Result<Vec<RefundRequest>, StoreError> {
         self.requests.iter().map(|kv| decode(&kv?.1)).collect()

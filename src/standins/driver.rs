@@ -157,4 +157,65 @@ impl SlackDriver {
         let response = self.interaction(&payload).await;
         (response.status().as_u16(), response.text().await.unwrap_or_default())
     }
+
+    /// `user` submits the form `callback_id` with `values` (block id → text); returns status
+    /// and the JSON answer (`null` for an empty 200, which closes the form).
+    pub async fn submit_view(
+        &self,
+        user: &str,
+        callback_id: &str,
+        private_metadata: &str,
+        values: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let state: serde_json::Map<String, Value> = values
+            .iter()
+            .map(|(block, text)| {
+                let input = if *block == crate::slack::views::REASON_BLOCK {
+                    json!({ "type": "static_select", "selected_option": { "value": text } })
+                } else {
+                    json!({ "type": "plain_text_input", "value": text })
+                };
+                (block.to_string(), json!({ crate::slack::views::INPUT_ACTION: input }))
+            })
+            .collect();
+        let payload = json!({
+            "type": "view_submission",
+            "team": { "id": "T00000001", "domain": "acme" },
+            "user": { "id": user, "username": "someone", "name": "someone", "team_id": "T00000001" },
+            "api_app_id": "A00000001",
+            "trigger_id": "12466734323.1395872398.form",
+            "view": {
+                "id": "V0000002", "team_id": "T00000001", "type": "modal",
+                "callback_id": callback_id, "private_metadata": private_metadata, "hash": "1700000000.form",
+                "state": { "values": state }
+            }
+        });
+        let response = self.interaction(&payload).await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Slack tells the desk that `user` opened its App Home tab.
+    pub async fn open_home(&self, user: &str) -> u16 {
+        let body = json!({
+            "token": "gIkuvaNzQIHg97ATvDxqgjtO",
+            "team_id": "T00000001",
+            "api_app_id": "A00000001",
+            "type": "event_callback",
+            "event_id": format!("Ev{}{}", user, chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()),
+            "event_time": chrono::Utc::now().timestamp(),
+            "event": { "type": "app_home_opened", "user": user, "channel": "D0APPHOME", "tab": "home", "event_ts": "1700000000.000100" }
+        });
+        self.post("/slack/events", "application/json", body.to_string()).await.status().as_u16()
+    }
+
+    /// `user` clicks `action_id` on the request shown in their App Home (no channel, as Slack sends).
+    pub async fn click_in_home(&self, user: &str, action_id: &str, request_id: &str) -> u16 {
+        let mut payload = Self::click_payload(user, action_id, request_id, "");
+        payload["container"] = json!({ "type": "view", "view_id": "V0HOME0001" });
+        payload["channel"] = Value::Null;
+        payload["message"] = Value::Null;
+        payload["view"] = json!({ "id": "V0HOME0001", "type": "home", "callback_id": "", "private_metadata": "" });
+        self.interaction(&payload).await.status().as_u16()
+    }
 }

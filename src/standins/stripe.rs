@@ -107,6 +107,8 @@ struct StripeState {
     refunds_down: bool,
     /// Idempotency keys are not kept (as if pruned at once).
     keys_expire: bool,
+    /// Every read (GET) waits this long before answering.
+    read_delay: std::time::Duration,
     /// Status of a new refund, as Stripe first reports it.
     initial_refund_status: String,
     counter: u64,
@@ -160,6 +162,7 @@ impl FakeStripe {
             refund_faults: VecDeque::new(),
             refunds_down: false,
             keys_expire: false,
+            read_delay: std::time::Duration::ZERO,
             initial_refund_status: "pending".into(),
             counter: 0,
             webhook: None,
@@ -272,6 +275,11 @@ impl FakeStripe {
         let mut s = self.lock();
         s.saved.clear();
         s.keys_expire = true;
+    }
+
+    /// Every read (GET) waits `delay` before answering, as a slow Stripe would.
+    pub fn set_read_delay(&self, delay: std::time::Duration) {
+        self.lock().read_delay = delay;
     }
 
     /// While `down`, refunds fail with 503 and nothing is applied.
@@ -392,6 +400,8 @@ fn lookup(
 }
 
 async fn get_charge(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let delay = st.lock().unwrap_or_else(|p| p.into_inner()).read_delay;
+    tokio::time::sleep(delay).await;
     lookup(&st, &headers, format!("/v1/charges/{id}"), "charge", &id, |s| &s.charges)
 }
 async fn get_intent(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {

@@ -4,6 +4,7 @@
 mod approvers;
 mod crash;
 mod decisions;
+mod desk;
 mod emails;
 mod faults;
 mod happy_path;
