@@ -1,0 +1,79 @@
+//! App Home, `/refund list` and reminders read through the status and requester indexes, so
+//! their cost does not grow with the number of stored requests. This measures building one
+//! approver's and one requester's Home from stores of 10 and of 100,000 requests.
+//!
+//! `cargo run --release --example home_scaling`
+
+use chrono::Utc;
+use refund_desk::domain::*;
+use refund_desk::slack::views::{HOME_LIST_LIMIT, HomeParams, home_view};
+use refund_desk::storage::Store;
+use std::time::{Duration, Instant};
+
+fn fill(store: &Store, count: u64) {
+    let usd = Currency::parse("usd").expect("usd");
+    let now = Utc::now();
+    for n in 0..count {
+        let requester = UserId::parse(&format!("U0SUPPORT{:02}", n % 50)).expect("id");
+        let new = NewRequest {
+            requester,
+            origin_channel: "C1".into(),
+            target: PaymentRef::parse("ch_1").expect("id"),
+            amount: AmountAsked::Full,
+            reason: RefundReason::Duplicate,
+            note: None,
+            customer_email: None,
+        };
+        let mut r = RefundRequest::new(RequestId::new(1_000 + n), new, now);
+        r.amount = Some(Money::new(100, usd));
+        r.status = if n % 20_000 == 7 || count <= 10 && n % 2 == 0 {
+            RequestStatus::AwaitingApproval
+        } else {
+            RequestStatus::Succeeded
+        };
+        store.import_request(&r).expect("import");
+    }
+}
+
+fn build_homes(store: &Store) -> usize {
+    let approver = UserId::parse("U0APPROVE1").expect("id");
+    let requester = UserId::parse("U0SUPPORT07").expect("id");
+    let now = Utc::now();
+    let waiting = store.requests_with_status(RequestStatus::AwaitingApproval, 200).expect("read");
+    let mut blocks = 0;
+    for (user, is_approver) in [(&approver, true), (&requester, false)] {
+        let mine = store.requests_of(user.as_str(), HOME_LIST_LIMIT).expect("read");
+        let (requested_today, refunded_today) = store.totals_on(now.date_naive()).expect("read");
+        let view = home_view(&HomeParams {
+            user,
+            is_approver,
+            waiting: &waiting,
+            mine: &mine,
+            requested_today,
+            refunded_today: &refunded_today,
+            now,
+        });
+        blocks += serde_json::to_string(&view).expect("json").len();
+    }
+    blocks
+}
+
+fn main() {
+    for count in [10u64, 100_000] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path()).expect("store");
+        fill(&store, count);
+        let rounds = 200;
+        build_homes(&store);
+        let started = Instant::now();
+        let mut bytes = 0;
+        for _ in 0..rounds {
+            bytes += build_homes(&store);
+        }
+        let each: Duration = started.elapsed() / rounds;
+        println!(
+            "{count:>7} stored requests: both Homes built in {each:?} each ({} bytes of Block Kit)",
+            bytes / rounds as usize
+        );
+    }
+}
