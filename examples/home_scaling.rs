@@ -6,8 +6,8 @@
 
 use chrono::Utc;
 use refund_desk::domain::*;
-use refund_desk::slack::views::{HOME_LIST_LIMIT, HomeParams, home_view};
 use refund_desk::storage::Store;
+use refund_desk::worker::handlers::home_for;
 use std::time::{Duration, Instant};
 
 fn fill(store: &Store, count: u64) {
@@ -38,24 +38,11 @@ fn fill(store: &Store, count: u64) {
 fn build_homes(store: &Store) -> usize {
     let approver = UserId::parse("U0APPROVE1").expect("id");
     let requester = UserId::parse("U0SUPPORT07").expect("id");
-    let now = Utc::now();
-    let waiting = store.requests_with_status(RequestStatus::AwaitingApproval, 200).expect("read");
-    let mut blocks = 0;
-    for (user, is_approver) in [(&approver, true), (&requester, false)] {
-        let mine = store.requests_of(user.as_str(), HOME_LIST_LIMIT).expect("read");
-        let (requested_today, refunded_today) = store.totals_on(now.date_naive()).expect("read");
-        let view = home_view(&HomeParams {
-            user,
-            is_approver,
-            waiting: &waiting,
-            mine: &mine,
-            requested_today,
-            refunded_today: &refunded_today,
-            now,
-        });
-        blocks += serde_json::to_string(&view).expect("json").len();
-    }
-    blocks
+    [(&approver, true), (&requester, false)]
+        .into_iter()
+        .map(|(user, is_approver)| home_for(store, user, is_approver, Utc::now()).expect("read"))
+        .map(|view| serde_json::to_string(&view).expect("json").len())
+        .sum()
 }
 
 fn main() {

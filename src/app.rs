@@ -144,8 +144,7 @@ impl Application {
     /// Opens the store, binds the listener and starts serving and working.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         install_crypto_provider();
-        let store = Store::open(&settings.data_dir)
-            .with_context(|| format!("could not open the database in {}", settings.data_dir.display()))?;
+        let store = open_store(&settings.data_dir).await?;
         let slack = SlackApi::new(&settings.slack.api_url, &settings.slack.bot_token)
             .context("could not set up the Slack client")?;
         let stripe = StripeClient::new(
@@ -233,7 +232,7 @@ impl Application {
         // Wait for short-lived tasks (private notes) to let go, so the database is closed and
         // its lock released when this returns.
         let mut ctx = self.ctx;
-        for _ in 0..100 {
+        for _ in 0..600 {
             match Arc::try_unwrap(ctx) {
                 Ok(inner) => {
                     drop(inner);
@@ -276,6 +275,22 @@ async fn refresh_approvers_until_stopped(ctx: Arc<AppContext>, mut stop: watch::
         tokio::select! {
             _ = tokio::time::sleep(ctx.settings.slack.approver_refresh) => {}
             _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Opens the store; a lock still held by a desk that is shutting down is waited for briefly.
+async fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(dir) {
+            Ok(store) => return Ok(store),
+            Err(crate::storage::StoreError::Sled(sled::Error::Io(e)))
+                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("could not open the database in {}", dir.display())),
         }
     }
 }

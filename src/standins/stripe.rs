@@ -422,18 +422,29 @@ async fn get_refund(State(st): Shared, Path(id): Path<String>, headers: HeaderMa
     }
 }
 
+/// A list request: recorded and authorised; its query parameters.
+fn list_request(
+    s: &mut StripeState,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Vec<(String, String)>, Box<Response>> {
+    let params: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
+    record(s, "GET", path.into(), headers, params.clone());
+    authorised(s, headers)?;
+    Ok(params)
+}
+
 async fn list_fraud_warnings(
     State(st): Shared,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
-    let params: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
-    record(&mut s, "GET", "/v1/radar/early_fraud_warnings".into(), &headers, params.clone());
-    if let Err(r) = authorised(&s, &headers) {
-        return *r;
-    }
+    let params = match list_request(&mut s, "/v1/radar/early_fraud_warnings", query.as_deref(), &headers) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let charge = params.iter().find(|(k, _)| k == "charge").map(|(_, v)| v.clone()).unwrap_or_default();
     let data = s.fraud_warnings.get(&charge).cloned().unwrap_or_default();
     axum::Json(json!({ "object": "list", "data": data, "has_more": false, "url": "/v1/radar/early_fraud_warnings" }))
@@ -518,12 +529,10 @@ async fn list_refunds(
     headers: HeaderMap,
 ) -> Response {
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
-    let params: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
-    record(&mut s, "GET", "/v1/refunds".into(), &headers, params.clone());
-    if let Err(r) = authorised(&s, &headers) {
-        return *r;
-    }
+    let params = match list_request(&mut s, "/v1/refunds", query.as_deref(), &headers) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
     let charge = params.iter().find(|(k, _)| k == "charge").map(|(_, v)| v.clone());
     let mut data: Vec<Value> =
         s.refunds.values().filter(|r| charge.as_deref().is_none_or(|c| r["charge"] == c)).cloned().collect();

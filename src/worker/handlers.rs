@@ -11,7 +11,7 @@ use crate::domain::{
 use crate::email::{EmailError, mask_address};
 use crate::slack::SlackCallError;
 use crate::slack::views::{self, Audience};
-use crate::storage::{EmailRecord, Job, RefundUpdate, StoreError};
+use crate::storage::{EmailRecord, Job, RefundUpdate, Store, StoreError};
 use crate::stripe::{Charge, CreateRefund, StripeError};
 use chrono::DateTime;
 use std::time::Duration;
@@ -440,16 +440,18 @@ async fn refresh_homes(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
     Ok(())
 }
 
-/// Builds and publishes one person's App Home from the indexes.
-pub async fn publish_home(ctx: &AppContext, user: &crate::domain::UserId) -> Result<(), JobError> {
-    let is_approver = ctx.approvers().contains(user);
+/// One person's App Home, from the indexes: never a scan of every request.
+pub fn home_for(
+    store: &Store,
+    user: &crate::domain::UserId,
+    is_approver: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<slack_morphism::prelude::SlackView, StoreError> {
     // Oldest first; more than the view shows, since some are the person's own.
-    let waiting =
-        if is_approver { ctx.store.requests_with_status(RequestStatus::AwaitingApproval, 200)? } else { vec![] };
-    let mine = ctx.store.requests_of(user.as_str(), views::HOME_LIST_LIMIT)?;
-    let now = ctx.now();
-    let (requested_today, refunded_today) = ctx.store.totals_on(now.date_naive())?;
-    let view = views::home_view(&views::HomeParams {
+    let waiting = if is_approver { store.requests_with_status(RequestStatus::AwaitingApproval, 200)? } else { vec![] };
+    let mine = store.requests_of(user.as_str(), views::HOME_LIST_LIMIT)?;
+    let (requested_today, refunded_today) = store.totals_on(now.date_naive())?;
+    Ok(views::home_view(&views::HomeParams {
         user,
         is_approver,
         waiting: &waiting,
@@ -457,7 +459,12 @@ pub async fn publish_home(ctx: &AppContext, user: &crate::domain::UserId) -> Res
         requested_today,
         refunded_today: &refunded_today,
         now,
-    });
+    }))
+}
+
+/// Builds and publishes one person's App Home.
+pub async fn publish_home(ctx: &AppContext, user: &crate::domain::UserId) -> Result<(), JobError> {
+    let view = home_for(&ctx.store, user, ctx.approvers().contains(user), ctx.now())?;
     ctx.slack.publish_home(user.as_str(), view).await?;
     Ok(())
 }

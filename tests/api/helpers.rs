@@ -183,7 +183,9 @@ impl TestApp {
     /// refund's read-back waits an hour; parked jobs wait for a person).
     pub async fn wait_until_idle(&self) {
         let store = self.store();
-        let later = || chrono::Utc::now() + chrono::Duration::seconds(60);
+        // The desk's clock, which tests may have moved forward.
+        let ctx = self.app.as_ref().expect("running").context();
+        let later = || ctx.now() + chrono::Duration::seconds(60);
         wait_for(DEADLINE, || {
             store.all_jobs().unwrap().iter().all(|j| j.parked || j.not_before > later()).then_some(())
         })
