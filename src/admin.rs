@@ -62,3 +62,78 @@ pub async fn jobs_retry(store: &Store, id: u64) -> anyhow::Result<String> {
         anyhow::bail!("there is no job {id}; `refund-desk jobs list --all` shows the jobs waiting")
     }
 }
+
+/// `audit verify`: whether the trail's hash chain is intact.
+pub fn audit_verify(store: &Store) -> anyhow::Result<(bool, String)> {
+    let report = store.verify_audit()?;
+    Ok(match report.problem {
+        None => {
+            (true, format!("The audit trail is intact: {} entries, each chained to the one before.", report.entries))
+        }
+        Some(problem) => (false, format!("The audit trail was altered: {problem}.")),
+    })
+}
+
+/// Output formats of `audit export`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+}
+
+/// `audit export`: entries at or after `since` (a date, UTC), as CSV or JSON lines.
+pub fn audit_export(
+    store: &Store,
+    since: Option<chrono::NaiveDate>,
+    format: ExportFormat,
+    out: impl std::io::Write,
+) -> anyhow::Result<usize> {
+    let since = since.map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    let entries = store.audit_entries().filter(|e| e.as_ref().map_or(true, |e| since.is_none_or(|s| e.at >= s)));
+    let mut count = 0;
+    match format {
+        ExportFormat::Json => {
+            let mut out = out;
+            for entry in entries {
+                serde_json::to_writer(&mut out, &entry?)?;
+                writeln!(out)?;
+                count += 1;
+            }
+        }
+        ExportFormat::Csv => {
+            let mut csv = csv::Writer::from_writer(out);
+            csv.write_record([
+                "seq",
+                "at",
+                "request_id",
+                "actor",
+                "from",
+                "to",
+                "amount_minor",
+                "currency",
+                "detail",
+                "hash",
+            ])?;
+            for entry in entries {
+                let e = entry?;
+                let (minor, currency) =
+                    e.amount.map(|m| (m.minor().to_string(), m.currency().code().to_string())).unwrap_or_default();
+                csv.write_record([
+                    e.seq.to_string(),
+                    e.at.to_rfc3339(),
+                    e.request_id.to_string(),
+                    e.actor.to_string(),
+                    format!("{:?}", e.from),
+                    format!("{:?}", e.to),
+                    minor,
+                    currency,
+                    e.detail.unwrap_or_default(),
+                    e.hash,
+                ])?;
+                count += 1;
+            }
+            csv.flush()?;
+        }
+    }
+    Ok(count)
+}

@@ -23,6 +23,11 @@ enum Cmd {
         #[command(subcommand)]
         action: JobsCmd,
     },
+    /// Check or export the audit trail (with the service stopped).
+    Audit {
+        #[command(subcommand)]
+        action: AuditCmd,
+    },
     /// Print the Slack app manifest for a public base URL.
     Manifest {
         /// Where Slack reaches this desk, e.g. https://refunds.acme.com
@@ -43,6 +48,35 @@ enum JobsCmd {
         /// The job's number, from `jobs list`.
         id: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check that no entry was edited, removed or inserted; exits 1 if one was.
+    Verify,
+    /// Print the entries, oldest first.
+    Export {
+        /// Only entries on or after this date (YYYY-MM-DD, UTC).
+        #[arg(long)]
+        since: Option<chrono::NaiveDate>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: refund_desk::admin::ExportFormat,
+    },
+}
+
+fn run_audit_command(action: AuditCmd) -> anyhow::Result<ExitCode> {
+    let store = refund_desk::admin::open(&refund_desk::config::data_dir_from_env()?)?;
+    match action {
+        AuditCmd::Verify => {
+            let (intact, text) = refund_desk::admin::audit_verify(&store)?;
+            println!("{text}");
+            Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        AuditCmd::Export { since, format } => {
+            refund_desk::admin::audit_export(&store, since, format, std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 fn run_jobs_command(runtime: &tokio::runtime::Runtime, action: JobsCmd) -> anyhow::Result<String> {
@@ -113,6 +147,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Audit { action } => run_audit_command(action).unwrap_or_else(|e| {
+            eprintln!("refund-desk: {e:#}");
+            ExitCode::FAILURE
+        }),
         Cmd::Manifest { url } => match refund_desk::manifest::for_url(&url) {
             Ok(m) => {
                 println!("{m}");

@@ -2,7 +2,9 @@
 //!
 //! Trees:
 //! - `requests`: request id (u64 BE) → [`RefundRequest`] (JSON);
-//! - `audit`: sequence (u64 BE) → [`AuditEntry`];
+//! - `audit`: sequence (u64 BE) → [`AuditEntry`], each carrying the SHA-256 of the one before
+//!   (a hash chain), and under the key `head` the last entry's sequence and hash, so an edit,
+//!   a removal or an insertion anywhere is found by [`Store::verify_audit`];
 //! - `jobs`: request id (8) ‖ lane (1) ‖ job id (8) → [`Job`]; only outstanding jobs live here,
 //!   so the key order is each request's lanes in the order their jobs were created;
 //! - `refund_ids`: Stripe refund id → request id;
@@ -58,6 +60,37 @@ pub struct AuditEntry {
     pub to: RequestStatus,
     pub amount: Option<Money>,
     pub detail: Option<String>,
+    /// The hash of the entry before (empty for the first).
+    #[serde(default)]
+    pub prev_hash: String,
+    /// SHA-256 over `prev_hash` and this entry with `hash` empty.
+    #[serde(default)]
+    pub hash: String,
+}
+
+impl AuditEntry {
+    /// The hash this entry should carry.
+    pub fn compute_hash(&self) -> String {
+        use sha2::Digest;
+        let mut unhashed = self.clone();
+        unhashed.hash = String::new();
+        let mut h = sha2::Sha256::new();
+        h.update(self.prev_hash.as_bytes());
+        h.update(b"\n");
+        h.update(encode(&unhashed));
+        hex::encode(h.finalize())
+    }
+}
+
+/// The key of the audit chain's head: (last sequence, last hash).
+const AUDIT_HEAD: &[u8] = b"head";
+
+/// What [`Store::verify_audit`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditReport {
+    pub entries: usize,
+    /// The first problem, in words; `None` when the chain is intact.
+    pub problem: Option<String>,
 }
 
 /// A durable side effect waiting to run.
@@ -287,7 +320,11 @@ fn write_transition<E>(
         effects.push(Effect::RefreshHomes);
     }
     let seq = audit.generate_id()?;
-    let entry = AuditEntry {
+    let prev_hash = match audit.get(AUDIT_HEAD)? {
+        Some(head) => serde_json::from_slice::<(u64, String)>(&head).map_err(corrupt)?.1,
+        None => String::new(),
+    };
+    let mut entry = AuditEntry {
         seq,
         at: now,
         request_id: request.id,
@@ -296,8 +333,12 @@ fn write_transition<E>(
         to: request.status,
         amount: request.amount,
         detail: transition.detail.clone(),
+        prev_hash,
+        hash: String::new(),
     };
+    entry.hash = entry.compute_hash();
     audit.insert(&seq.to_be_bytes(), encode(&entry))?;
+    audit.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)))?;
     enqueue_in(jobs, request.id, &effects, now)
 }
 
@@ -581,11 +622,50 @@ impl Store {
         self.requests.iter().map(|kv| decode(&kv?.1)).collect()
     }
 
+    /// The whole audit trail, in order.
+    pub fn audit_entries(&self) -> impl Iterator<Item = Result<AuditEntry, StoreError>> + '_ {
+        self.audit.iter().filter_map(|kv| match kv {
+            Ok((key, _)) if key.len() != 8 => None,
+            Ok((_, value)) => Some(decode(&value)),
+            Err(e) => Some(Err(e.into())),
+        })
+    }
+
+    /// Walks the audit trail's hash chain: any edited, removed or inserted entry breaks it.
+    pub fn verify_audit(&self) -> Result<AuditReport, StoreError> {
+        let mut prev = String::new();
+        let mut last_seq = None;
+        let mut entries = 0;
+        for entry in self.audit_entries() {
+            let entry = entry?;
+            entries += 1;
+            let broken = |why: String| Ok(AuditReport { entries, problem: Some(why) });
+            if entry.prev_hash != prev {
+                return broken(format!(
+                    "entry {} does not follow the one before it: an entry was removed or inserted",
+                    entry.seq
+                ));
+            }
+            if entry.compute_hash() != entry.hash {
+                return broken(format!("entry {} ({} {}) was altered", entry.seq, entry.request_id, entry.at));
+            }
+            prev = entry.hash.clone();
+            last_seq = Some(entry.seq);
+        }
+        let head = self.audit.get(AUDIT_HEAD)?.map(|h| decode::<(u64, String)>(&h)).transpose()?;
+        let problem = match (head, last_seq) {
+            (None, None) => None,
+            (Some((seq, hash)), Some(last)) if seq == last && hash == prev => None,
+            _ => Some("the last entries of the trail were removed".to_string()),
+        };
+        Ok(AuditReport { entries, problem })
+    }
+
     /// The audit trail of one request, in order.
     pub fn audit_of(&self, id: RequestId) -> Result<Vec<AuditEntry>, StoreError> {
         let mut out = vec![];
-        for kv in self.audit.iter() {
-            let entry: AuditEntry = decode(&kv?.1)?;
+        for entry in self.audit_entries() {
+            let entry = entry?;
             if entry.request_id == id {
                 out.push(entry);
             }
@@ -940,6 +1020,36 @@ mod tests {
         let again = store.find_job(job.id).unwrap().unwrap();
         assert_eq!((again.attempts, again.parked), (0, false));
         assert!(!store.retry_job(999, Utc::now()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_audit_chain_finds_any_edit_removal_or_insertion() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for _ in 0..3 {
+            store.insert_request(new_request(), Utc::now()).await.unwrap();
+        }
+        assert_eq!(store.verify_audit().unwrap(), AuditReport { entries: 3, problem: None });
+        let keys: Vec<_> = store.audit.iter().keys().map(|k| k.unwrap()).filter(|k| k.len() == 8).collect();
+        let original = store.audit.get(&keys[1]).unwrap().unwrap();
+
+        // An edited entry.
+        let mut edited: AuditEntry = decode(&original).unwrap();
+        edited.detail = Some("asked for 1 on ch_1".into());
+        store.audit.insert(&keys[1], encode(&edited)).unwrap();
+        assert!(store.verify_audit().unwrap().problem.unwrap().contains("was altered"));
+        // Rehashing the edit does not help: the next entry no longer follows.
+        edited.hash = edited.compute_hash();
+        store.audit.insert(&keys[1], encode(&edited)).unwrap();
+        assert!(store.verify_audit().unwrap().problem.unwrap().contains("does not follow"));
+        // A removed entry.
+        store.audit.insert(&keys[1], original).unwrap();
+        assert_eq!(store.verify_audit().unwrap().problem, None);
+        let last = store.audit.remove(&keys[2]).unwrap().unwrap();
+        assert!(store.verify_audit().unwrap().problem.unwrap().contains("last entries"));
+        store.audit.insert(&keys[2], last).unwrap();
+        store.audit.remove(&keys[0]).unwrap();
+        assert!(store.verify_audit().unwrap().problem.unwrap().contains("does not follow"));
     }
 
     #[tokio::test]

@@ -111,3 +111,57 @@ async fn jobs_list_and_retry_work_on_a_stopped_desks_database() {
     let missing = run(&["jobs", "retry", "424242"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("there is no job 424242"));
 }
+
+#[tokio::test]
+async fn audit_verify_passes_an_untouched_trail_and_catches_an_edit_made_behind_its_back() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = refund_desk::storage::Store::open(dir.path()).unwrap();
+        for charge in ["ch_1", "ch_2"] {
+            let new = refund_desk::domain::NewRequest {
+                requester: refund_desk::domain::UserId::parse("U0REQUEST1").unwrap(),
+                origin_channel: "C1".into(),
+                target: refund_desk::domain::PaymentRef::parse(charge).unwrap(),
+                amount: refund_desk::domain::AmountAsked::Full,
+                reason: refund_desk::domain::RefundReason::Duplicate,
+                note: None,
+                customer_email: None,
+            };
+            store.insert_request(new, chrono::Utc::now()).await.unwrap();
+        }
+    }
+    let run = |args: &[&str]| {
+        Command::new(BIN).args(args).env_clear().env("REFUND_DESK_DATA_DIR", dir.path()).output().unwrap()
+    };
+    let verify = run(&["audit", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("intact: 2 entries"));
+
+    let json = run(&["audit", "export", "--format", "json"]);
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(json.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!((lines[0]["request_id"].as_str(), lines[1]["request_id"].as_str()), (Some("R-1001"), Some("R-1002")));
+    let csv = String::from_utf8(run(&["audit", "export", "--since", "2000-01-01"]).stdout).unwrap();
+    assert!(csv.starts_with("seq,at,request_id,actor") && csv.lines().count() == 3, "{csv}");
+    let none = String::from_utf8(run(&["audit", "export", "--since", "2999-01-01"]).stdout).unwrap();
+    assert_eq!(none.lines().count(), 1, "only the header: {none}");
+
+    // Someone edits an entry in the database directly.
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let audit = db.open_tree("audit").unwrap();
+        let (key, value) = audit.iter().find(|kv| kv.as_ref().unwrap().0.len() == 8).unwrap().unwrap();
+        let mut entry: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        entry["actor"] = serde_json::json!({ "user": "U0SOMEONE1" });
+        audit.insert(key, serde_json::to_vec(&entry).unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+    let verify = run(&["audit", "verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("was altered"),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}

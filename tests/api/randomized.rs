@@ -44,6 +44,8 @@ enum Expect {
 
 fn check_invariants(app: &TestApp, expectations: &HashMap<RequestId, Expect>, seed: u64) {
     let store = app.store();
+    // 7. The audit trail's chain is intact, whatever raced.
+    assert_eq!(store.verify_audit().unwrap().problem, None, "seed {seed}");
     let approvers: Vec<UserId> = [APPROVER, APPROVER_2, REQUESTER].iter().map(|u| UserId::parse(u).unwrap()).collect();
     for (id, expect) in expectations {
         let r = store.get_request(*id).unwrap().unwrap();
