@@ -20,6 +20,37 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower_http::trace::TraceLayer;
 
+/// The process's Prometheus recorder: one per process, shared by every desk in it (tests run
+/// several).
+fn metrics_handle() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full("refund_desk_slack_answer_seconds".into()),
+                &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 3.0],
+            )
+            .expect("static buckets are valid")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may already be installed (an embedding program's); then ours only renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// How long Slack waited for each answer, by route: the number that must stay far under 3 s.
+async fn time_slack_answers(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = request.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    if route.starts_with("/slack/") {
+        metrics::histogram!("refund_desk_slack_answer_seconds", "route" => route)
+            .record(started.elapsed().as_secs_f64());
+    }
+    response
+}
+
 /// Slack and Stripe bodies are small; anything larger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -111,7 +142,9 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         .route("/stripe/webhook", post(crate::stripe::inbound::http_stripe_webhook))
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(|| async { metrics_handle().render() }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(time_slack_answers))
         .layer(TraceLayer::new_for_http())
         .with_state(ctx)
 }
@@ -144,6 +177,7 @@ impl Application {
     /// Opens the store, binds the listener and starts serving and working.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         install_crypto_provider();
+        metrics_handle();
         let store = open_store(&settings.data_dir).await?;
         let slack = SlackApi::new(&settings.slack.api_url, &settings.slack.bot_token)
             .context("could not set up the Slack client")?;

@@ -210,6 +210,11 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
+/// Counts a committed transition into `status`, for `/metrics`.
+fn count_transition(status: RequestStatus) {
+    metrics::counter!("refund_desk_transitions_total", "to" => format!("{status:?}")).increment(1);
+}
+
 /// The trees every transition writes.
 struct TxTrees<'a> {
     requests: &'a TransactionalTree,
@@ -458,6 +463,7 @@ impl Store {
         );
         let request = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("insert never refuses"));
         self.committed(true).await?;
+        metrics::counter!("refund_desk_requests_total").increment(1);
         tracing::info!(request_id = %request.id, "request stored");
         Ok(request)
     }
@@ -524,6 +530,7 @@ impl Store {
         match Self::finish_tx(result)? {
             Ok(Some((request, added))) => {
                 self.committed(added).await?;
+                count_transition(request.status);
                 tracing::info!(status = ?request.status, "request moved");
                 Ok(Ok(Some(request)))
             }
@@ -746,8 +753,14 @@ impl Store {
             },
         );
         let (outcome, added) = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("events never refuse"));
-        if outcome != EventOutcome::Duplicate {
+        if let EventOutcome::Applied(outcomes) = &outcome {
             self.committed(added).await?;
+            for moved in outcomes
+                .iter()
+                .filter_map(|o| if let RefundOutcome::Moved(_, status) = o { Some(*status) } else { None })
+            {
+                count_transition(moved);
+            }
         }
         Ok(outcome)
     }
@@ -771,8 +784,9 @@ impl Store {
             Ok(request)
         });
         let out = Self::finish_tx(result)?;
-        if out.is_ok() {
+        if let Ok(request) = &out {
             self.committed(true).await?;
+            count_transition(request.status);
         }
         Ok(out)
     }

@@ -21,6 +21,7 @@ pub async fn http_stripe_webhook(State(ctx): State<Arc<AppContext>>, headers: He
         TOLERANCE_SECS,
     ) {
         tracing::warn!(reason = %e, "refused a Stripe webhook");
+        metrics::counter!("refund_desk_stripe_events_total", "outcome" => "bad_signature").increment(1);
         return (StatusCode::BAD_REQUEST, format!("signature: {e}")).into_response();
     }
     let event: Event = match serde_json::from_slice(&body) {
@@ -40,6 +41,8 @@ pub async fn http_stripe_webhook(State(ctx): State<Arc<AppContext>>, headers: He
     drop(_enter);
     match ctx.store.apply_stripe_event(&event.id, &updates, now).await {
         Ok(outcome) => {
+            let label = if outcome == crate::storage::EventOutcome::Duplicate { "duplicate" } else { "recorded" };
+            metrics::counter!("refund_desk_stripe_events_total", "outcome" => label).increment(1);
             tracing::info!(event_id = %event.id, kind = %event.kind, ?outcome, "stripe event recorded");
             StatusCode::OK.into_response()
         }

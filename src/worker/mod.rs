@@ -20,6 +20,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The longest the runner sleeps without looking at the queue.
 const IDLE_WAKE: Duration = Duration::from_secs(5);
 
+/// A job's effect as a metric label.
+fn effect_name(effect: &Effect) -> &'static str {
+    match effect {
+        Effect::CheckPayment => "check_payment",
+        Effect::PostCard => "post_card",
+        Effect::RefreshCard => "refresh_card",
+        Effect::ThreadReply(_) => "thread_reply",
+        Effect::NotifyRequester(_) => "notify_requester",
+        Effect::CreateRefund => "create_refund",
+        Effect::CheckRefund => "check_refund",
+        Effect::EmailCustomer(_) => "email_customer",
+        Effect::ReportParked { .. } => "report_parked",
+        Effect::Deadline => "deadline",
+        Effect::RefreshHomes => "refresh_homes",
+    }
+}
+
 /// A job's effect in words for people.
 pub fn describe(effect: &Effect) -> String {
     match effect {
@@ -103,6 +120,15 @@ async fn run_one(ctx: Arc<AppContext>, mut job: Job, _permit: OwnedSemaphorePerm
     let span = tracing::info_span!("job", job_id = job.id, request_id = %job.request_id, effect = ?job.effect, attempt = job.attempts + 1);
     let result = handlers::run(&ctx, &job).instrument(span.clone()).await;
     let _enter = span.enter();
+    let outcome = match &result {
+        Ok(()) => "done",
+        Err(JobError::Defer(_)) => "deferred",
+        Err(JobError::Permanent(_)) => "parked",
+        Err(JobError::Retry { .. }) if job.attempts + 1 >= ctx.settings.jobs.max_attempts => "parked",
+        Err(JobError::Retry { .. }) => "retry",
+    };
+    metrics::counter!("refund_desk_jobs_total", "effect" => effect_name(&job.effect), "outcome" => outcome)
+        .increment(1);
     let stored = match result {
         Ok(()) => ctx.store.complete_job(&job).await,
         Err(JobError::Defer(delay)) => {

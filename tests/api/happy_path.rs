@@ -125,3 +125,25 @@ async fn health_and_readiness_answer() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn metrics_are_served_in_prometheus_text_format() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    app.deliver_stripe_event(&app.refund_event(id, "refund.updated", "succeeded")).await;
+    app.wait_for_status(id, RequestStatus::Succeeded).await;
+    let response = reqwest::Client::new().get(format!("{}/metrics", app.driver.base)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for line in [
+        "# TYPE refund_desk_requests_total counter",
+        "refund_desk_slack_answer_seconds_bucket{route=\"/slack/commands\",le=\"0.1\"}",
+        "refund_desk_jobs_total{effect=\"create_refund\",outcome=\"done\"}",
+        "refund_desk_transitions_total{to=\"Succeeded\"}",
+        "refund_desk_stripe_events_total{outcome=\"recorded\"}",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+}
