@@ -137,3 +137,50 @@ pub fn audit_export(
     }
     Ok(count)
 }
+
+/// `check`: the configuration is valid and Slack, Stripe and the mail server answer. Returns
+/// whether all is well, and one line per check.
+pub async fn check(settings: &crate::config::Settings) -> (bool, Vec<String>) {
+    crate::app::install_crypto_provider();
+    let mut ok = true;
+    let mut lines =
+        vec![format!("config: ok (listening on {}, data in {})", settings.listen, settings.data_dir.display())];
+    let mut report = |name: &str, result: Result<String, String>| match result {
+        Ok(detail) => lines.push(format!("{name}: ok ({detail})")),
+        Err(why) => {
+            ok = false;
+            lines.push(format!("{name}: FAILED: {why}"));
+        }
+    };
+    let slack = match crate::slack::SlackApi::new(&settings.slack.api_url, &settings.slack.bot_token) {
+        Ok(api) => api.whoami().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    report("slack", slack);
+    let stripe = crate::stripe::StripeClient::new(
+        settings.stripe.api_url.clone(),
+        settings.stripe.secret_key.clone(),
+        settings.stripe.timeout,
+        5,
+    );
+    let stripe = match stripe {
+        Ok(client) => client
+            .check_key()
+            .await
+            .map(|live| if live { "live mode".into() } else { "test mode".into() })
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    report("stripe", stripe);
+    let smtp = match &settings.email {
+        None => Ok("not configured: customers get no email".to_string()),
+        Some(email) => match crate::email::Mailer::new(email) {
+            Ok(mailer) => {
+                mailer.check().await.map(|()| format!("sending as {}", email.from)).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    report("smtp", smtp);
+    (ok, lines)
+}

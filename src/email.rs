@@ -170,6 +170,15 @@ impl Mailer {
         format!("<{}.{}.{install_id}@{domain}>", r.id, kind.as_str())
     }
 
+    /// Whether the mail server answers (and accepts the credentials).
+    pub async fn check(&self) -> Result<(), EmailError> {
+        match self.transport.test_connection().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(EmailError::Temporary("the server did not answer".into())),
+            Err(e) => Err(EmailError::Temporary(e.to_string())),
+        }
+    }
+
     #[tracing::instrument(skip_all)]
     pub async fn send(&self, message: Message) -> Result<(), EmailError> {
         match self.transport.send(message).await {

@@ -18,6 +18,8 @@ enum Cmd {
     Serve,
     /// Run the whole flow offline, against local stand-ins, and print what people would see.
     Demo,
+    /// Validate the configuration and reach Slack, Stripe and the mail server.
+    Check,
     /// List or retry the jobs that ran out of attempts (with the service stopped).
     Jobs {
         #[command(subcommand)]
@@ -147,6 +149,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Check => {
+            let settings = match Settings::load() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("refund-desk: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let (ok, lines) = runtime.block_on(refund_desk::admin::check(&settings));
+            for line in lines {
+                println!("{line}");
+            }
+            if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
         Cmd::Audit { action } => run_audit_command(action).unwrap_or_else(|e| {
             eprintln!("refund-desk: {e:#}");
             ExitCode::FAILURE

@@ -148,4 +148,10 @@ impl SlackApi {
         let req = SlackApiViewsPublishRequest::new(user.into(), view);
         self.call("views.publish", async |s| s.views_publish(&req).await).await.map(|_| ())
     }
+
+    /// Who the token belongs to (`auth.test`): team and bot user.
+    pub async fn whoami(&self) -> Result<String, SlackCallError> {
+        let res = self.call("auth.test", async |s| s.auth_test().await).await?;
+        Ok(format!("team {} as user {}", res.team_id, res.user_id))
+    }
 }

@@ -175,6 +175,7 @@ impl FakeStripe {
             .route("/v1/refunds", post(create_refund).get(list_refunds))
             .route("/v1/refunds/{id}", get(get_refund))
             .route("/v1/radar/early_fraud_warnings", get(list_fraud_warnings))
+            .route("/v1/balance", get(get_balance))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -397,6 +398,15 @@ fn lookup(
         Some(v) => axum::Json(v.clone()).into_response(),
         None => no_such(kind, id),
     }
+}
+
+async fn get_balance(State(st): Shared, headers: HeaderMap) -> Response {
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    record(&mut s, "GET", "/v1/balance".into(), &headers, vec![]);
+    if let Err(r) = authorised(&s, &headers) {
+        return *r;
+    }
+    axum::Json(json!({ "object": "balance", "available": [], "pending": [], "livemode": false })).into_response()
 }
 
 async fn get_charge(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {

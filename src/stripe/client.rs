@@ -183,6 +183,13 @@ impl StripeClient {
         self.send(self.http.get(url)).await
     }
 
+    /// Whether the key works: reads the account's balance, which any key may.
+    pub async fn check_key(&self) -> Result<bool, StripeError> {
+        let url = self.url("/v1/balance")?;
+        let balance: serde_json::Value = self.send(self.http.get(url)).await?;
+        Ok(balance["livemode"].as_bool().unwrap_or(false))
+    }
+
     /// Creates a refund. `idempotency_key` must be the same for every try of one request.
     #[tracing::instrument(skip(self, refund), fields(request_id = %refund.request_id, stripe_charge = %refund.target))]
     pub async fn create_refund(&self, refund: &CreateRefund, idempotency_key: &str) -> Result<Refund, StripeError> {

@@ -165,3 +165,38 @@ async fn audit_verify_passes_an_untouched_trail_and_catches_an_edit_made_behind_
         String::from_utf8_lossy(&verify.stdout)
     );
 }
+
+#[tokio::test]
+async fn check_reaches_slack_stripe_and_smtp_and_says_which_fails() {
+    let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
+    let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
+    let smtp = refund_desk::standins::SmtpSink::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let check = |bot_token: &str| {
+        tokio::process::Command::new(BIN)
+            .arg("check")
+            .env_clear()
+            .env("REFUND_DESK_DATA_DIR", dir.path())
+            .env("SLACK_SIGNING_SECRET", driver::SIGNING_SECRET)
+            .env("SLACK_BOT_TOKEN", bot_token)
+            .env("SLACK_API_URL", &slack.url)
+            .env("SLACK_FINANCE_CHANNEL", driver::FINANCE_CHANNEL)
+            .env("SLACK_APPROVERS", "U0APPROVE1")
+            .env("STRIPE_SECRET_KEY", driver::STRIPE_KEY)
+            .env("STRIPE_WEBHOOK_SECRET", driver::WEBHOOK_SECRET)
+            .env("STRIPE_API_URL", &stripe.url)
+            .env("SMTP_URL", smtp.url())
+            .env("EMAIL_FROM", driver::EMAIL_FROM)
+            .output()
+    };
+    let good = check(driver::BOT_TOKEN).await.unwrap();
+    let out = String::from_utf8_lossy(&good.stdout).to_string();
+    assert!(good.status.success(), "{out}{}", String::from_utf8_lossy(&good.stderr));
+    for line in ["config: ok", "slack: ok (team T00000001", "stripe: ok (test mode)", "smtp: ok (sending as"] {
+        assert!(out.contains(line), "{line} missing: {out}");
+    }
+    let bad = check("xoxb-revoked-token").await.unwrap();
+    let out = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(out.contains("slack: FAILED") && out.contains("invalid_auth") && out.contains("stripe: ok"), "{out}");
+}
