@@ -256,3 +256,44 @@ async fn home_reads_the_indexes_so_a_store_of_100000_requests_shows_just_whats_w
     assert_eq!(shown, refund_desk::slack::views::HOME_LIST_LIMIT, "the newest of the person's 2,000 requests");
     assert!(home.to_string().contains("R-109957"), "the newest first");
 }
+
+#[tokio::test]
+async fn an_events_api_retry_with_the_same_event_id_is_acknowledged_and_ignored() {
+    let app = TestApp::spawn().await;
+    let body = serde_json::json!({
+        "type": "event_callback", "team_id": "T00000001", "api_app_id": "A00000001", "event_id": "Ev0RETRY01", "event_time": 1700000000,
+        "event": { "type": "app_home_opened", "user": APPROVER, "channel": "D0APPHOME", "tab": "home", "event_ts": "1700000000.000100" }
+    })
+    .to_string();
+    let send = |retry: Option<&'static str>| {
+        let body = body.clone();
+        let base = app.driver.base.clone();
+        async move {
+            let ts = chrono::Utc::now().timestamp();
+            let mut req = reqwest::Client::new()
+                .post(format!("{base}/slack/events"))
+                .header("content-type", "application/json")
+                .header("x-slack-request-timestamp", ts.to_string())
+                .header(
+                    "x-slack-signature",
+                    refund_desk::slack::verify::sign(
+                        refund_desk::standins::driver::SIGNING_SECRET,
+                        ts,
+                        body.as_bytes(),
+                    ),
+                );
+            if let Some(n) = retry {
+                req = req.header("x-slack-retry-num", n).header("x-slack-retry-reason", "http_timeout");
+            }
+            req.body(body).send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(send(None).await, 200);
+    wait_for(DEADLINE, || app.slack.home_of(APPROVER)).await.expect("published");
+    assert_eq!(send(Some("1")).await, 200);
+    assert_eq!(send(Some("2")).await, 200);
+    app.wait_until_idle().await;
+    // Give a wrongly handled retry the same chance to publish as the first delivery had.
+    let again = wait_for(Duration::from_millis(500), || app.slack.home_of(APPROVER).filter(|(_, n)| *n > 1)).await;
+    assert!(again.is_none(), "a retry published Home again");
+}
