@@ -1,6 +1,7 @@
 //! App Home, `/refund list` and reminders read through the status and requester indexes, so
 //! their cost does not grow with the number of stored requests. This measures building one
-//! approver's and one requester's Home from stores of 10 and of 100,000 requests.
+//! approver's and one requester's Home, showing the same content, from stores of 25 and of
+//! 100,000 requests.
 //!
 //! `cargo run --release --example home_scaling`
 
@@ -10,13 +11,15 @@ use refund_desk::storage::Store;
 use refund_desk::worker::handlers::home_for;
 use std::time::{Duration, Instant};
 
+/// `count` requests, shaped so that both Homes show the same thing at every size: 5 waiting
+/// for approval, and the measured requester's 20 newest. Only the store's size differs.
 fn fill(store: &Store, count: u64) {
     let usd = Currency::parse("usd").expect("usd");
     let now = Utc::now();
     for n in 0..count {
-        let requester = UserId::parse(&format!("U0SUPPORT{:02}", n % 50)).expect("id");
+        let user = if n >= count - 20 { "U0SUPPORT07".to_string() } else { format!("U0OTHER{:02}", n % 50) };
         let new = NewRequest {
-            requester,
+            requester: UserId::parse(&user).expect("id"),
             origin_channel: "C1".into(),
             target: PaymentRef::parse("ch_1").expect("id"),
             amount: AmountAsked::Full,
@@ -26,11 +29,7 @@ fn fill(store: &Store, count: u64) {
         };
         let mut r = RefundRequest::new(RequestId::new(1_000 + n), new, now);
         r.amount = Some(Money::new(100, usd));
-        r.status = if n % 20_000 == 7 || count <= 10 && n % 2 == 0 {
-            RequestStatus::AwaitingApproval
-        } else {
-            RequestStatus::Succeeded
-        };
+        r.status = if n % (count / 5) == 0 { RequestStatus::AwaitingApproval } else { RequestStatus::Succeeded };
         store.import_request(&r).expect("import");
     }
 }
@@ -46,7 +45,7 @@ fn build_homes(store: &Store) -> usize {
 }
 
 fn main() {
-    for count in [10u64, 100_000] {
+    for count in [25u64, 100_000] {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path()).expect("store");
         fill(&store, count);
