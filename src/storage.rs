@@ -1099,6 +1099,7 @@ mod tests {
             card: None,
             refunds: None,
             fraud_warnings: vec![],
+            disputes: vec![],
         };
         let approver = UserId::parse("UFIN").unwrap();
         let approvers = crate::domain::Approvers::new([approver.clone()]);

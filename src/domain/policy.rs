@@ -75,6 +75,9 @@ pub fn decide(
     if let Some(window) = policy.refund_window_days.filter(|_| outside_window) {
         warnings.push(format!("Charged {age_days} days ago, past the {window}-day refund window"));
     }
+    for dispute in &charge.disputes {
+        warnings.push(format!("The charge is disputed ({dispute}); Stripe still allows refunding it"));
+    }
     for kind in &charge.fraud_warnings {
         warnings.push(format!("The card network sent an early fraud warning ({kind}) for this charge"));
     }
@@ -106,6 +109,9 @@ pub fn decide(
     }
     if !charge.fraud_warnings.is_empty() {
         return decision(Route::Approvals(1), "One approval: the charge has an early fraud warning".to_string());
+    }
+    if !charge.disputes.is_empty() {
+        return decision(Route::Approvals(1), "One approval: the charge is disputed".to_string());
     }
     decision(Route::AutoApprove, format!("Auto-approved: at or under the {limit} limit"))
 }
@@ -213,6 +219,7 @@ mod tests {
             card: None,
             refunds: Some(vec![]),
             fraud_warnings: vec![],
+            disputes: vec![],
         }
     }
 

@@ -132,6 +132,9 @@ pub struct ChargeFacts {
     /// Card networks' early fraud warnings, in words (e.g. `misc`, `made_with_stolen_card`).
     #[serde(default)]
     pub fraud_warnings: Vec<String>,
+    /// Disputes Stripe still lets us refund through, in words (status and reason).
+    #[serde(default)]
+    pub disputes: Vec<String>,
 }
 
 /// A refund Stripe already has on the charge, and the request that made it, if one did.
@@ -806,6 +809,7 @@ mod tests {
             card: None,
             refunds: None,
             fraud_warnings: vec![],
+            disputes: vec![],
         };
         r.accept(facts, Money::new(2500, usd), one_approval(), now).unwrap();
         r

@@ -529,6 +529,7 @@ mod tests {
                     request: None,
                 }]),
                 fraud_warnings: vec![],
+                disputes: vec![],
             },
             Money::new(2500, usd),
             crate::domain::policy::PolicyDecision {

@@ -38,6 +38,8 @@ pub struct ChargeSpec {
     pub created_days_ago: i64,
     /// Adds an early fraud warning of this type.
     pub early_fraud_warning: Option<String>,
+    /// With `disputed`: whether Stripe still allows refunding (an inquiry) or not.
+    pub dispute_refundable: bool,
 }
 
 impl Default for ChargeSpec {
@@ -54,6 +56,7 @@ impl Default for ChargeSpec {
             with_payment_intent: false,
             created_days_ago: 2,
             early_fraud_warning: None,
+            dispute_refundable: false,
         }
     }
 }
@@ -97,6 +100,8 @@ struct StripeState {
     intents: HashMap<String, Value>,
     /// Early fraud warnings, by charge.
     fraud_warnings: HashMap<String, Vec<Value>>,
+    /// Disputes, by charge.
+    disputes: HashMap<String, Vec<Value>>,
     customers: HashMap<String, Value>,
     refunds: BTreeMap<String, Value>,
     /// Idempotency key → (parameters, status, body) of the first answer.
@@ -155,6 +160,7 @@ impl FakeStripe {
             charges: HashMap::new(),
             intents: HashMap::new(),
             fraud_warnings: HashMap::new(),
+            disputes: HashMap::new(),
             customers: HashMap::new(),
             refunds: BTreeMap::new(),
             saved: HashMap::new(),
@@ -176,6 +182,7 @@ impl FakeStripe {
             .route("/v1/refunds/{id}", get(get_refund))
             .route("/v1/radar/early_fraud_warnings", get(list_fraud_warnings))
             .route("/v1/balance", get(get_balance))
+            .route("/v1/disputes", get(list_disputes))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -234,6 +241,18 @@ impl FakeStripe {
             charge["payment_intent"] = pi.clone().into();
             s.intents.insert(pi.clone(), intent);
             pi_id = Some(pi);
+        }
+        if spec.disputed {
+            let mut dispute = template("dispute");
+            dispute["id"] = format!("dp_Standin{n:08}").into();
+            dispute["charge"] = id.clone().into();
+            dispute["amount"] = spec.amount.into();
+            dispute["currency"] = spec.currency.clone().into();
+            dispute["status"] =
+                if spec.dispute_refundable { "warning_needs_response" } else { "needs_response" }.into();
+            dispute["reason"] = "fraudulent".into();
+            dispute["is_charge_refundable"] = spec.dispute_refundable.into();
+            s.disputes.insert(id.clone(), vec![dispute]);
         }
         if let Some(kind) = &spec.early_fraud_warning {
             let mut warning = template("radar.early_fraud_warning");
@@ -445,6 +464,21 @@ fn list_request(
     Ok(params)
 }
 
+async fn list_disputes(
+    State(st): Shared,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    let params = match list_request(&mut s, "/v1/disputes", query.as_deref(), &headers) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let charge = params.iter().find(|(k, _)| k == "charge").map(|(_, v)| v.clone()).unwrap_or_default();
+    let data = s.disputes.get(&charge).cloned().unwrap_or_default();
+    axum::Json(json!({ "object": "list", "data": data, "has_more": false, "url": "/v1/disputes" })).into_response()
+}
+
 async fn list_fraud_warnings(
     State(st): Shared,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
@@ -602,7 +636,9 @@ fn apply_refund(s: &mut StripeState, form: &[(String, String)]) -> (u16, Value) 
     let captured = charge["amount_captured"].as_u64().unwrap_or(0);
     let refunded = charge["amount_refunded"].as_u64().unwrap_or(0);
     let remaining = captured.saturating_sub(refunded);
-    if charge["disputed"].as_bool() == Some(true) {
+    let refundable_dispute =
+        s.disputes.get(&charge_id).is_some_and(|ds| ds.iter().all(|d| d["is_charge_refundable"] == true));
+    if charge["disputed"].as_bool() == Some(true) && !refundable_dispute {
         return refuse(
             400,
             Some("charge_disputed"),

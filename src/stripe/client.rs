@@ -4,7 +4,7 @@
 //! Stripe's message) and what may be retried with the same idempotency key (429, 409, 5xx,
 //! timeouts, dropped connections, a key Stripe would not accept).
 
-use super::types::{ApiErrorEnvelope, Charge, Customer, EarlyFraudWarning, List, PaymentIntent, Refund};
+use super::types::{ApiErrorEnvelope, Charge, Customer, Dispute, EarlyFraudWarning, List, PaymentIntent, Refund};
 use crate::domain::{Money, PaymentRef, RequestId};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::StatusCode;
@@ -165,6 +165,15 @@ impl StripeClient {
         let mut url = self.url("/v1/radar/early_fraud_warnings")?;
         url.query_pairs_mut().append_pair("charge", charge);
         let list: List<EarlyFraudWarning> = self.send(self.http.get(url)).await?;
+        Ok(list.data)
+    }
+
+    /// The disputes on a charge.
+    #[tracing::instrument(skip(self), fields(stripe_charge = %charge))]
+    pub async fn disputes(&self, charge: &str) -> Result<Vec<Dispute>, StripeError> {
+        let mut url = self.url("/v1/disputes")?;
+        url.query_pairs_mut().append_pair("charge", charge);
+        let list: List<Dispute> = self.send(self.http.get(url)).await?;
         Ok(list.data)
     }
 

@@ -129,6 +129,18 @@ pub struct Refund {
     pub created: i64,
 }
 
+/// A dispute (or inquiry) on a charge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dispute {
+    pub id: String,
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Whether Stripe still allows refunding the disputed payment.
+    #[serde(default)]
+    pub is_charge_refundable: bool,
+}
+
 /// A card network's early warning that a charge may be fraudulent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EarlyFraudWarning {
@@ -192,6 +204,8 @@ mod tests {
         let _: Event = serde_json::from_value(o["event"].clone()).unwrap();
         let efw: EarlyFraudWarning = serde_json::from_value(o["radar.early_fraud_warning"].clone()).unwrap();
         assert_eq!(efw.fraud_type.as_deref(), Some("misc"));
+        let dispute: Dispute = serde_json::from_value(o["dispute"].clone()).unwrap();
+        assert!(dispute.is_charge_refundable);
     }
 
     #[test]

@@ -115,6 +115,7 @@ pub(crate) fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeF
             .and_then(|c| Some(CardFacts { brand: c.brand.clone()?, last4: c.last4.clone()? })),
         refunds,
         fraud_warnings: vec![],
+        disputes: vec![],
     })
 }
 
@@ -130,12 +131,7 @@ pub(crate) fn unrefundable(charge: &Charge, facts: &ChargeFacts) -> Option<Strin
             charge.id
         ));
     }
-    if charge.disputed {
-        return Some(format!(
-            "the charge `{}` is disputed; money goes back through the dispute, not a refund",
-            charge.id
-        ));
-    }
+
     if charge.refunded || facts.remaining().is_zero() {
         return Some(format!("the charge `{}` is already fully refunded", charge.id));
     }
@@ -217,6 +213,23 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
         return reject(ctx, request, why, Some(facts)).await;
     }
     let mut facts = facts;
+    // A disputed charge can still be refunded while Stripe says so (an inquiry, a dispute
+    // not yet decided); once it says no, the money goes back through the dispute.
+    if charge.disputed {
+        let disputes = ctx.stripe.disputes(&charge.id).await.map_err(stripe_retry)?;
+        let describe = |d: &crate::stripe::types::Dispute| {
+            format!("{}, {}", d.status, d.reason.as_deref().unwrap_or("no reason given"))
+        };
+        if let Some(closed) = disputes.iter().find(|d| !d.is_charge_refundable) {
+            let why = format!(
+                "the charge `{}` is disputed ({}) and Stripe no longer allows refunding it; the money goes back through the dispute",
+                charge.id,
+                describe(closed)
+            );
+            return reject(ctx, request, why, Some(facts)).await;
+        }
+        facts.disputes = disputes.iter().map(describe).collect();
+    }
     facts.fraud_warnings = match ctx.stripe.early_fraud_warnings(&charge.id).await {
         Ok(list) => list.into_iter().map(|w| w.fraud_type.unwrap_or_else(|| "unspecified".into())).collect(),
         Err(e @ (StripeError::Unavailable(_) | StripeError::RateLimited(_))) => return Err(stripe_retry(e)),

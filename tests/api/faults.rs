@@ -54,7 +54,8 @@ async fn stripe_refusing_the_refund_ends_the_request_with_stripes_message() {
 }
 
 fn short_stripe_timeout(settings: &mut refund_desk::config::Settings) {
-    settings.stripe.timeout = std::time::Duration::from_millis(500);
+    // Well under the stand-in's 2 s hang, well over a loaded machine's ordinary call.
+    settings.stripe.timeout = std::time::Duration::from_secs(1);
 }
 
 /// Approves a fresh request and waits for it to reach Stripe and be recorded.
@@ -66,9 +67,10 @@ async fn approve_through(app: &TestApp) -> refund_desk::domain::RequestId {
     id
 }
 
+/// One refund, however many tries it took (at least `tries`: a loaded machine may time out more).
 fn assert_one_refund_with_one_key(app: &TestApp, tries: usize) {
     let posts = app.stripe.refund_posts();
-    assert_eq!(posts.len(), tries, "{posts:?}");
+    assert!(posts.len() >= tries, "{posts:?}");
     assert!(posts.windows(2).all(|w| w[0].idempotency_key == w[1].idempotency_key && w[0].form == w[1].form));
     assert_eq!(app.stripe.refunds().len(), 1, "exactly one refund");
 }

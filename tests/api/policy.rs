@@ -173,3 +173,20 @@ async fn an_early_fraud_warning_is_on_the_card_and_stops_auto_approval() {
     app.wait_until_idle().await;
     assert!(app.stripe.refund_posts().is_empty());
 }
+
+#[tokio::test]
+async fn a_dispute_stripe_still_allows_refunding_is_shown_and_needs_a_person() {
+    let app = TestApp::spawn_with_policy(POLICY).await;
+    let charge = app.add_charge(ChargeSpec { disputed: true, dispute_refundable: true, ..ChargeSpec::default() });
+    let id = app.request_refund(&format!("{charge} 5.00 duplicate")).await;
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let card = app.card(id).await;
+    let blocks = card.blocks.to_string();
+    assert!(
+        blocks.contains("disputed (warning_needs_response, fraudulent)") && blocks.contains("the charge is disputed"),
+        "{blocks}"
+    );
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    assert_eq!(app.stripe.refunds().len(), 1);
+}
