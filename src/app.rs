@@ -120,12 +120,21 @@ impl AppContext {
         }
     }
 
-    /// Tells `user` something privately in `channel`, without holding up the caller. Not
-    /// durable: these are answers to a click, worthless minutes later.
-    pub fn tell_privately(self: &Arc<Self>, channel: String, user: UserId, text: String) {
+    /// Tells `user` something privately: an ephemeral message in `channel`, or a direct
+    /// message when there is no channel (a click in App Home). It does not hold up the caller
+    /// and is not durable: these are answers to a click, worthless minutes later.
+    pub fn tell_privately(self: &Arc<Self>, channel: Option<String>, user: UserId, text: String) {
         let ctx = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = ctx.slack.post_ephemeral(&channel, user.as_str(), text).await {
+            let sent = match &channel {
+                Some(channel) => ctx.slack.post_ephemeral(channel, user.as_str(), text).await,
+                None => ctx
+                    .slack
+                    .post_message(user.as_str(), crate::slack::views::text_message(text), None)
+                    .await
+                    .map(|_| ()),
+            };
+            if let Err(e) = sent {
                 tracing::warn!(error = %e, slack_user = %user, "could not send a private note");
             }
         });

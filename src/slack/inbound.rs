@@ -92,7 +92,7 @@ pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlashCommand) -> Option<
                 if let Err(e) = ctx2.slack.open_view(&trigger, views::request_modal(&channel)).await {
                     tracing::warn!(error = %e, "could not open the request form");
                     ctx2.tell_privately(
-                        channel,
+                        Some(channel),
                         user,
                         format!("The request form could not be opened ({e}). Type `/refund` again, or `/refund help`."),
                     );
@@ -248,7 +248,8 @@ async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action:
     if action.action_id != APPROVE_ACTION && action.action_id != DENY_ACTION {
         return;
     }
-    let channel = interaction.channel_id().unwrap_or_else(|| ctx.settings.slack.finance_channel.clone());
+    // None for a click in App Home: private notes then go by direct message.
+    let channel = interaction.channel_id();
     let Ok(user) = UserId::parse(&interaction.user.id) else {
         return;
     };
@@ -289,7 +290,7 @@ async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action:
     });
 }
 
-fn report_store_error(ctx: &Arc<AppContext>, channel: String, user: UserId, id: RequestId, e: StoreError) {
+fn report_store_error(ctx: &Arc<AppContext>, channel: Option<String>, user: UserId, id: RequestId, e: StoreError) {
     match e {
         StoreError::NotFound(_) => ctx.tell_privately(channel, user, format!("There is no request {id}.")),
         e => {

@@ -297,3 +297,14 @@ async fn an_events_api_retry_with_the_same_event_id_is_acknowledged_and_ignored(
     let again = wait_for(Duration::from_millis(500), || app.slack.home_of(APPROVER).filter(|(_, n)| *n > 1)).await;
     assert!(again.is_none(), "a retry published Home again");
 }
+
+#[tokio::test]
+async fn a_refused_click_in_app_home_is_answered_by_direct_message() {
+    let app = TestApp::spawn().await;
+    let (id, _card) = app.waiting_request().await;
+    assert_eq!(app.driver.click_in_home(OUTSIDER, "refund_approve", &id.to_string()).await, 200);
+    let dm = wait_for(DEADLINE, || app.direct_messages(OUTSIDER).pop()).await.expect("told by DM");
+    assert!(dm.contains("Only finance approvers"), "{dm}");
+    assert!(app.slack.ephemerals().is_empty(), "not as a note in a channel they may not be in");
+    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+}
