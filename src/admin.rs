@@ -11,9 +11,7 @@ use std::path::Path;
 /// Opens the store, explaining a lock held by a running service.
 pub fn open(dir: &Path) -> anyhow::Result<Store> {
     Store::open(dir).map_err(|e| match &e {
-        StoreError::Sled(sled::Error::Io(io))
-            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
-        {
+        StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
             anyhow::anyhow!(
                 "the database in {} is in use by a running refund-desk; stop it first, then run this again",
                 dir.display()

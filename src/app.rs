@@ -328,8 +328,10 @@ async fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
     loop {
         match Store::open(dir) {
             Ok(store) => return Ok(store),
+            // sled reports a held lock as an `Other` error with this text; its flusher thread can
+            // hold the file a moment after the last handle of a stopped desk is dropped.
             Err(crate::storage::StoreError::Sled(sled::Error::Io(e)))
-                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }

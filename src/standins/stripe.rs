@@ -464,19 +464,30 @@ fn list_request(
     Ok(params)
 }
 
+/// Lists what the stand-in keeps per charge (`?charge=`), as Stripe's list endpoints answer.
+fn list_by_charge(
+    st: &Mutex<StripeState>,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    pick: fn(&StripeState) -> &HashMap<String, Vec<Value>>,
+) -> Response {
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    let params = match list_request(&mut s, path, query, headers) {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let charge = params.iter().find(|(k, _)| k == "charge").map(|(_, v)| v.clone()).unwrap_or_default();
+    let data = pick(&s).get(&charge).cloned().unwrap_or_default();
+    axum::Json(json!({ "object": "list", "data": data, "has_more": false, "url": path })).into_response()
+}
+
 async fn list_disputes(
     State(st): Shared,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
-    let params = match list_request(&mut s, "/v1/disputes", query.as_deref(), &headers) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let charge = params.iter().find(|(k, _)| k == "charge").map(|(_, v)| v.clone()).unwrap_or_default();
-    let data = s.disputes.get(&charge).cloned().unwrap_or_default();
-    axum::Json(json!({ "object": "list", "data": data, "has_more": false, "url": "/v1/disputes" })).into_response()
+    list_by_charge(&st, "/v1/disputes", query.as_deref(), &headers, |s| &s.disputes)
 }
 
 async fn list_fraud_warnings(
@@ -484,15 +495,7 @@ async fn list_fraud_warnings(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
-    let params = match list_request(&mut s, "/v1/radar/early_fraud_warnings", query.as_deref(), &headers) {
-        Ok(p) => p,
-        Err(r) => return *r,
-    };
-    let charge = params.iter().find(|(k, _)| k == "charge").map(|(_, v)| v.clone()).unwrap_or_default();
-    let data = s.fraud_warnings.get(&charge).cloned().unwrap_or_default();
-    axum::Json(json!({ "object": "list", "data": data, "has_more": false, "url": "/v1/radar/early_fraud_warnings" }))
-        .into_response()
+    list_by_charge(&st, "/v1/radar/early_fraud_warnings", query.as_deref(), &headers, |s| &s.fraud_warnings)
 }
 
 async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> Response {

@@ -8,7 +8,6 @@ use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_fo
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_refund-desk");
 const REQUESTER: &str = "U0REQUEST1";
 const APPROVER: &str = "U0APPROVE1";
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -35,18 +34,8 @@ impl World {
     }
 
     async fn start(&mut self) {
-        let child = Command::new(BIN)
-            .env_clear()
+        let child = crate::helpers::desk_command(&self.slack.url, &self.stripe.url, self.dir.path())
             .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("REFUND_DESK_DATA_DIR", self.dir.path())
-            .env("SLACK_SIGNING_SECRET", driver::SIGNING_SECRET)
-            .env("SLACK_BOT_TOKEN", driver::BOT_TOKEN)
-            .env("SLACK_API_URL", &self.slack.url)
-            .env("SLACK_FINANCE_CHANNEL", driver::FINANCE_CHANNEL)
-            .env("SLACK_APPROVERS", APPROVER)
-            .env("STRIPE_SECRET_KEY", driver::STRIPE_KEY)
-            .env("STRIPE_WEBHOOK_SECRET", driver::WEBHOOK_SECRET)
-            .env("STRIPE_API_URL", &self.stripe.url)
             .env("STRIPE_TIMEOUT_SECS", "2")
             .env("SMTP_URL", self.smtp.url())
             .env("EMAIL_FROM", driver::EMAIL_FROM)

@@ -212,3 +212,19 @@ impl TestApp {
         self.slack.messages_in(user).into_iter().map(|m| m.text).collect()
     }
 }
+
+/// The real binary, with the environment a desk needs to reach these Slack and Stripe stand-ins.
+pub fn desk_command(slack_url: &str, stripe_url: &str, data_dir: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_refund-desk"));
+    cmd.env_clear()
+        .env("REFUND_DESK_DATA_DIR", data_dir)
+        .env("SLACK_SIGNING_SECRET", driver::SIGNING_SECRET)
+        .env("SLACK_BOT_TOKEN", driver::BOT_TOKEN)
+        .env("SLACK_API_URL", slack_url)
+        .env("SLACK_FINANCE_CHANNEL", driver::FINANCE_CHANNEL)
+        .env("SLACK_APPROVERS", APPROVER)
+        .env("STRIPE_SECRET_KEY", driver::STRIPE_KEY)
+        .env("STRIPE_WEBHOOK_SECRET", driver::WEBHOOK_SECRET)
+        .env("STRIPE_API_URL", stripe_url);
+    cmd
+}

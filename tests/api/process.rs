@@ -22,18 +22,8 @@ async fn sigterm_stops_the_service_cleanly_with_exit_0() {
     let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = Command::new(BIN)
-        .env_clear()
+    let mut child = crate::helpers::desk_command(&slack.url, &stripe.url, dir.path())
         .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{port}"))
-        .env("REFUND_DESK_DATA_DIR", dir.path())
-        .env("SLACK_SIGNING_SECRET", driver::SIGNING_SECRET)
-        .env("SLACK_BOT_TOKEN", driver::BOT_TOKEN)
-        .env("SLACK_API_URL", &slack.url)
-        .env("SLACK_FINANCE_CHANNEL", driver::FINANCE_CHANNEL)
-        .env("SLACK_APPROVERS", "U0APPROVE1")
-        .env("STRIPE_SECRET_KEY", driver::STRIPE_KEY)
-        .env("STRIPE_WEBHOOK_SECRET", driver::WEBHOOK_SECRET)
-        .env("STRIPE_API_URL", &stripe.url)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -173,21 +163,9 @@ async fn check_reaches_slack_stripe_and_smtp_and_says_which_fails() {
     let smtp = refund_desk::standins::SmtpSink::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let check = |bot_token: &str| {
-        tokio::process::Command::new(BIN)
-            .arg("check")
-            .env_clear()
-            .env("REFUND_DESK_DATA_DIR", dir.path())
-            .env("SLACK_SIGNING_SECRET", driver::SIGNING_SECRET)
-            .env("SLACK_BOT_TOKEN", bot_token)
-            .env("SLACK_API_URL", &slack.url)
-            .env("SLACK_FINANCE_CHANNEL", driver::FINANCE_CHANNEL)
-            .env("SLACK_APPROVERS", "U0APPROVE1")
-            .env("STRIPE_SECRET_KEY", driver::STRIPE_KEY)
-            .env("STRIPE_WEBHOOK_SECRET", driver::WEBHOOK_SECRET)
-            .env("STRIPE_API_URL", &stripe.url)
-            .env("SMTP_URL", smtp.url())
-            .env("EMAIL_FROM", driver::EMAIL_FROM)
-            .output()
+        let mut cmd = crate::helpers::desk_command(&slack.url, &stripe.url, dir.path());
+        cmd.arg("check").env("SLACK_BOT_TOKEN", bot_token).env("SMTP_URL", smtp.url());
+        tokio::process::Command::from(cmd).env("EMAIL_FROM", driver::EMAIL_FROM).output()
     };
     let good = check(driver::BOT_TOKEN).await.unwrap();
     let out = String::from_utf8_lossy(&good.stdout).to_string();
