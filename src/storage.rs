@@ -539,14 +539,6 @@ impl Store {
         }
     }
 
-    /// The holds on a charge, for showing them.
-    pub fn holds_on(&self, charge: &ChargeId) -> Result<Vec<Hold>, StoreError> {
-        match self.holds.get(charge.as_str().as_bytes())? {
-            Some(b) => decode(&b),
-            None => Ok(vec![]),
-        }
-    }
-
     /// Changes fields that are not part of the state machine (such as the card's message ref),
     /// atomically, without an audit entry.
     pub async fn update_request(

@@ -28,13 +28,7 @@ pub struct IdField {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Container {
-    pub message_ts: Option<String>,
     pub channel_id: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct MessageTs {
-    pub ts: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -81,7 +75,7 @@ pub struct Interaction {
     pub trigger_id: Option<String>,
     pub channel: Option<IdField>,
     pub container: Option<Container>,
-    pub message: Option<MessageTs>,
+
     #[serde(default)]
     pub actions: Vec<Action>,
     pub view: Option<View>,

@@ -389,8 +389,9 @@ async fn check_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> R
         return Ok(());
     }
     let now = ctx.now();
+    // The first read waits one interval after submission; later ones are spaced by Defer.
     let due = job.created_at + chrono::Duration::from_std(interval).unwrap_or_default();
-    if now < due && job.attempts == 0 && job.last_error.is_none() {
+    if now < due {
         return Err(JobError::Defer((due - now).to_std().unwrap_or(interval)));
     }
     let Some(refund) = &request.refund else { return Err(JobError::Defer(interval)) };

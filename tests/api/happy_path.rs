@@ -9,9 +9,7 @@ async fn a_refund_goes_from_slash_command_to_one_stripe_refund_and_one_customer_
 
     // The requester asks; the answer is private and names the request.
     let answer = app.slash_refund(REQUESTER, &format!("{charge} 25.00 duplicate customer charged twice")).await;
-    assert!(answer.contains("R-1001"), "{answer}");
-    let id = app.request_refund(&format!("{charge} 5 duplicate")).await;
-    assert_eq!(id.to_string(), "R-1002");
+    assert!(answer.contains("*R-1001*") && answer.contains("25.00"), "{answer}");
     let id = refund_desk::domain::RequestId::new(1001);
 
     // Stripe is read, then the card lands in finance with what an approver needs.
