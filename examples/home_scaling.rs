@@ -18,15 +18,12 @@ fn fill(store: &Store, count: u64) {
     let now = Utc::now();
     for n in 0..count {
         let user = if n >= count - 20 { "U0SUPPORT07".to_string() } else { format!("U0OTHER{:02}", n % 50) };
-        let new = NewRequest {
-            requester: UserId::parse(&user).expect("id"),
-            origin_channel: "C1".into(),
-            target: PaymentRef::parse("ch_1").expect("id"),
-            amount: AmountAsked::Full,
-            reason: RefundReason::Duplicate,
-            note: None,
-            customer_email: None,
-        };
+        let new = NewRequest::full_refund(
+            UserId::parse(&user).expect("id"),
+            "C1",
+            PaymentRef::parse("ch_1").expect("id"),
+            RefundReason::Duplicate,
+        );
         let mut r = RefundRequest::new(RequestId::new(1_000 + n), new, now);
         r.amount = Some(Money::new(100, usd));
         r.status = if n % (count / 5) == 0 { RequestStatus::AwaitingApproval } else { RequestStatus::Succeeded };

@@ -927,18 +927,15 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{AmountAsked, PaymentRef, RefundReason, UserId};
+    use crate::domain::{PaymentRef, RefundReason, UserId};
 
     fn new_request() -> NewRequest {
-        NewRequest {
-            requester: UserId::parse("UREQ").unwrap(),
-            origin_channel: "C1".into(),
-            target: PaymentRef::parse("ch_1").unwrap(),
-            amount: AmountAsked::Full,
-            reason: RefundReason::Duplicate,
-            note: None,
-            customer_email: None,
-        }
+        NewRequest::full_refund(
+            UserId::parse("UREQ").unwrap(),
+            "C1",
+            PaymentRef::parse("ch_1").unwrap(),
+            RefundReason::Duplicate,
+        )
     }
 
     #[tokio::test]

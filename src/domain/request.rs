@@ -189,6 +189,22 @@ pub struct NewRequest {
     pub customer_email: Option<String>,
 }
 
+impl NewRequest {
+    /// Everything still refundable on `target`, with no note and Stripe's customer address:
+    /// what `/refund ch_... <reason>` asks for.
+    pub fn full_refund(requester: UserId, origin_channel: &str, target: PaymentRef, reason: RefundReason) -> Self {
+        NewRequest {
+            requester,
+            origin_channel: origin_channel.to_string(),
+            target,
+            amount: AmountAsked::Full,
+            reason,
+            note: None,
+            customer_email: None,
+        }
+    }
+}
+
 /// A refund request and everything known about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundRequest {
@@ -786,15 +802,7 @@ mod tests {
         let now = Utc::now();
         let mut r = RefundRequest::new(
             RequestId::new(1),
-            NewRequest {
-                requester: user("UREQ"),
-                origin_channel: "C1".into(),
-                target: PaymentRef::parse("ch_1").unwrap(),
-                amount: AmountAsked::Full,
-                reason: RefundReason::Duplicate,
-                note: None,
-                customer_email: None,
-            },
+            NewRequest::full_refund(user("UREQ"), "C1", PaymentRef::parse("ch_1").unwrap(), RefundReason::Duplicate),
             now,
         );
         let usd = Currency::parse("usd").unwrap();

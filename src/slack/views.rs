@@ -501,13 +501,13 @@ mod tests {
         let mut r = RefundRequest::new(
             RequestId::new(1001),
             NewRequest {
-                requester: UserId::parse("UREQ").unwrap(),
-                origin_channel: "C1".into(),
-                target: PaymentRef::parse("ch_1").unwrap(),
-                amount: AmountAsked::Full,
-                reason: RefundReason::Duplicate,
                 note: Note::parse("charged <twice> & upset").unwrap(),
-                customer_email: None,
+                ..NewRequest::full_refund(
+                    UserId::parse("UREQ").unwrap(),
+                    "C1",
+                    PaymentRef::parse("ch_1").unwrap(),
+                    RefundReason::Duplicate,
+                )
             },
             now,
         );

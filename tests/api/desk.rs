@@ -225,15 +225,7 @@ async fn home_reads_the_indexes_so_a_store_of_100000_requests_shows_just_whats_w
     for n in 0..100_000u64 {
         let mut r = RefundRequest::new(
             RequestId::new(10_000 + n),
-            NewRequest {
-                requester: requester(n),
-                origin_channel: "C1".into(),
-                target: PaymentRef::parse("ch_1").unwrap(),
-                amount: AmountAsked::Full,
-                reason: RefundReason::Duplicate,
-                note: None,
-                customer_email: None,
-            },
+            NewRequest::full_refund(requester(n), "C1", PaymentRef::parse("ch_1").unwrap(), RefundReason::Duplicate),
             now,
         );
         r.amount = Some(Money::new(100, usd));

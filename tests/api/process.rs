@@ -58,15 +58,12 @@ async fn jobs_list_and_retry_work_on_a_stopped_desks_database() {
     let dir = tempfile::tempdir().unwrap();
     let job_id = {
         let store = refund_desk::storage::Store::open(dir.path()).unwrap();
-        let new = refund_desk::domain::NewRequest {
-            requester: refund_desk::domain::UserId::parse("U0REQUEST1").unwrap(),
-            origin_channel: "C1".into(),
-            target: refund_desk::domain::PaymentRef::parse("ch_1").unwrap(),
-            amount: refund_desk::domain::AmountAsked::Full,
-            reason: refund_desk::domain::RefundReason::Duplicate,
-            note: None,
-            customer_email: None,
-        };
+        let new = refund_desk::domain::NewRequest::full_refund(
+            refund_desk::domain::UserId::parse("U0REQUEST1").unwrap(),
+            "C1",
+            refund_desk::domain::PaymentRef::parse("ch_1").unwrap(),
+            refund_desk::domain::RefundReason::Duplicate,
+        );
         store.insert_request(new, chrono::Utc::now()).await.unwrap();
         let mut job = store.all_jobs().unwrap().remove(0);
         job.parked = true;
@@ -108,15 +105,12 @@ async fn audit_verify_passes_an_untouched_trail_and_catches_an_edit_made_behind_
     {
         let store = refund_desk::storage::Store::open(dir.path()).unwrap();
         for charge in ["ch_1", "ch_2"] {
-            let new = refund_desk::domain::NewRequest {
-                requester: refund_desk::domain::UserId::parse("U0REQUEST1").unwrap(),
-                origin_channel: "C1".into(),
-                target: refund_desk::domain::PaymentRef::parse(charge).unwrap(),
-                amount: refund_desk::domain::AmountAsked::Full,
-                reason: refund_desk::domain::RefundReason::Duplicate,
-                note: None,
-                customer_email: None,
-            };
+            let new = refund_desk::domain::NewRequest::full_refund(
+                refund_desk::domain::UserId::parse("U0REQUEST1").unwrap(),
+                "C1",
+                refund_desk::domain::PaymentRef::parse(charge).unwrap(),
+                refund_desk::domain::RefundReason::Duplicate,
+            );
             store.insert_request(new, chrono::Utc::now()).await.unwrap();
         }
     }
