@@ -346,7 +346,13 @@ impl FakeStripe {
         s.counter += 1;
         let object = if kind.starts_with("charge.") && kind != "charge.refund.updated" {
             let charge_id = refund["charge"].as_str().unwrap_or_default().to_string();
-            s.charges.get(&charge_id).cloned().unwrap_or(Value::Null)
+            // Since API version 2022-11-15 a charge's refunds are only there when expanded, and
+            // events are never expanded.
+            let mut charge = s.charges.get(&charge_id).cloned().unwrap_or(Value::Null);
+            if let Some(fields) = charge.as_object_mut() {
+                fields.remove("refunds");
+            }
+            charge
         } else {
             refund
         };
@@ -428,10 +434,29 @@ async fn get_balance(State(st): Shared, headers: HeaderMap) -> Response {
     axum::Json(json!({ "object": "balance", "available": [], "pending": [], "livemode": false })).into_response()
 }
 
-async fn get_charge(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
+/// A charge, with its `refunds` list only when `expand[]=refunds` asks for it, as Stripe does
+/// since API version 2022-11-15.
+async fn get_charge(
+    State(st): Shared,
+    Path(id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
     let delay = st.lock().unwrap_or_else(|p| p.into_inner()).read_delay;
     tokio::time::sleep(delay).await;
-    lookup(&st, &headers, format!("/v1/charges/{id}"), "charge", &id, |s| &s.charges)
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    let expanded = params.iter().any(|(k, v)| k == "expand[]" && v == "refunds");
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    record(&mut s, "GET", format!("/v1/charges/{id}"), &headers, params);
+    if let Err(r) = authorised(&s, &headers) {
+        return *r;
+    }
+    let Some(mut charge) = s.charges.get(&id).cloned() else { return no_such("charge", &id) };
+    if !expanded && let Some(fields) = charge.as_object_mut() {
+        fields.remove("refunds");
+    }
+    axum::Json(charge).into_response()
 }
 async fn get_intent(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
     lookup(&st, &headers, format!("/v1/payment_intents/{id}"), "payment_intent", &id, |s| &s.intents)
