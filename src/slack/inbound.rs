@@ -71,11 +71,10 @@ pub async fn http_command(State(ctx): State<Arc<AppContext>>, SlackSigned(body):
 /// Answers one `/refund`, privately.
 #[tracing::instrument(skip_all, fields(slack_user = %cmd.user_id))]
 pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlashCommand) -> Option<String> {
-    let command = match ready_command(ctx, &cmd) {
-        Ok(c) => c,
+    let (user, command) = match ready_command(ctx, &cmd) {
+        Ok(ready) => ready,
         Err(answer) => return Some(answer),
     };
-    let user = UserId::parse(&cmd.user_id).ok()?;
     Some(match command {
         Command::Help => usage(),
         Command::OpenForm => {
@@ -146,21 +145,26 @@ fn list_text(ctx: &AppContext, user: &UserId) -> String {
     }
 }
 
+/// `SLACK_REQUESTERS`, when set, limits who may ask for refunds.
+fn may_request(ctx: &AppContext, user: &UserId) -> Result<(), String> {
+    match &ctx.settings.slack.requesters {
+        Some(allowed) if !allowed.contains(user) => Err(
+            "You are not on the list of people who may ask for refunds, so nothing was stored. Ask finance to add you."
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Checks who is asking and parses the text; `Err` is the answer to give.
-fn ready_command(ctx: &AppContext, cmd: &SlashCommand) -> Result<Command, String> {
+fn ready_command(ctx: &AppContext, cmd: &SlashCommand) -> Result<(UserId, Command), String> {
     let Ok(user) = UserId::parse(&cmd.user_id) else {
         return Err("Slack did not say who you are, so nothing was done. Try again.".into());
     };
-    if let Some(allowed) = &ctx.settings.slack.requesters
-        && !allowed.contains(&user)
-    {
-        return Err(
-            "You are not on the list of people who may ask for refunds, so nothing was stored. Ask finance to add you."
-                .into(),
-        );
-    }
-    parse_command(&cmd.text)
-        .map_err(|e| format!(":warning: {}\nNothing was stored.\n\n{}", capitalised(&e.to_string()), usage()))
+    may_request(ctx, &user)?;
+    let command = parse_command(&cmd.text)
+        .map_err(|e| format!(":warning: {}\nNothing was stored.\n\n{}", capitalised(&e.to_string()), usage()))?;
+    Ok((user, command))
 }
 
 /// `/refund status R-...`.
@@ -348,13 +352,8 @@ async fn handle_request_submission(ctx: &Arc<AppContext>, interaction: &Interact
     use views::{AMOUNT_BLOCK, CHARGE_BLOCK, EMAIL_BLOCK, INPUT_ACTION, NOTE_BLOCK, REASON_BLOCK};
     let Some(view) = &interaction.view else { return StatusCode::OK.into_response() };
     let Ok(user) = UserId::parse(&interaction.user.id) else { return StatusCode::OK.into_response() };
-    if let Some(allowed) = &ctx.settings.slack.requesters
-        && !allowed.contains(&user)
-    {
-        return view_error(
-            CHARGE_BLOCK,
-            "You are not on the list of people who may ask for refunds; ask finance to add you.".into(),
-        );
+    if let Err(why) = may_request(ctx, &user) {
+        return view_error(CHARGE_BLOCK, why);
     }
     let input = |block: &str| view.input(block, INPUT_ACTION).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
     let mut errors = serde_json::Map::new();

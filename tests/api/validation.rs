@@ -64,3 +64,27 @@ async fn too_many_decimals_for_the_charge_currency_is_refused() {
     let r = app.wait_for_status(id, RequestStatus::Rejected).await;
     assert!(r.problem.as_deref().unwrap().contains("too many decimals for JPY"), "{:?}", r.problem);
 }
+
+#[tokio::test]
+async fn only_the_listed_requesters_may_ask_by_command_or_by_form() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(|s| s.slack.requesters = Some(vec![refund_desk::domain::UserId::parse(REQUESTER).unwrap()])).await;
+    let charge = app.add_charge(ChargeSpec::default());
+    let answer = app.slash_refund(OUTSIDER, &format!("{charge} 5")).await;
+    assert!(answer.contains("not on the list of people who may ask for refunds"), "{answer}");
+    let (_, form) = app
+        .driver
+        .submit_view(
+            OUTSIDER,
+            refund_desk::slack::views::REQUEST_CALLBACK,
+            "C1",
+            &[(refund_desk::slack::views::CHARGE_BLOCK, &charge)],
+        )
+        .await;
+    assert!(
+        form["errors"][refund_desk::slack::views::CHARGE_BLOCK].as_str().unwrap().contains("not on the list"),
+        "{form}"
+    );
+    assert!(app.store().all_requests().unwrap().is_empty());
+    app.request_refund(&format!("{charge} 5")).await;
+}
