@@ -459,7 +459,7 @@ async fn quick_check(
         Err(StripeError::NotFound(_)) => return Err(missing(format!("payment `{target}`"))),
         Err(_) => return Ok(()),
     };
-    let Ok(facts) = crate::worker::handlers::facts_of(&charge, None) else { return Ok(()) };
+    let Ok(facts) = crate::worker::handlers::facts_of(&charge) else { return Ok(()) };
     if let Some(why) = crate::worker::handlers::unrefundable(&charge, &facts) {
         return Err((CHARGE_BLOCK, why));
     }

@@ -84,7 +84,8 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
     }
 }
 
-pub(crate) fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeFacts, String> {
+/// What Stripe says about the charge, without the customer's email (read separately, only when needed).
+pub(crate) fn facts_of(charge: &Charge) -> Result<ChargeFacts, String> {
     let currency = Currency::parse(&charge.currency).map_err(|e| e.to_string())?;
     let captured = if charge.amount_captured > 0 { charge.amount_captured } else { charge.amount };
     let refunds = charge.refunds.as_ref().map(|list| {
@@ -106,7 +107,7 @@ pub(crate) fn facts_of(charge: &Charge, email: Option<String>) -> Result<ChargeF
         amount: Money::new(captured, currency),
         amount_refunded: Money::new(charge.amount_refunded, currency),
         created: DateTime::from_timestamp(charge.created, 0).unwrap_or_default(),
-        customer_email: email,
+        customer_email: None,
         customer_name: charge.billing_details.as_ref().and_then(|b| b.name.clone()),
         card: charge
             .payment_method_details
@@ -201,8 +202,7 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
             return reject(ctx, request, why, None).await;
         }
     };
-    let email = customer_email(ctx, &charge).await?;
-    let facts = match facts_of(&charge, email) {
+    let mut facts = match facts_of(&charge) {
         Ok(f) => f,
         Err(why) => {
             return reject(ctx, request, format!("Stripe's answer about {} could not be read: {why}", charge.id), None)
@@ -212,7 +212,8 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
     if let Some(why) = unrefundable(&charge, &facts) {
         return reject(ctx, request, why, Some(facts)).await;
     }
-    let mut facts = facts;
+    // Only for a charge worth asking about: this may cost a read of the customer.
+    facts.customer_email = customer_email(ctx, &charge).await?;
     // A disputed charge can still be refunded while Stripe says so (an inquiry, a dispute
     // not yet decided); once it says no, the money goes back through the dispute.
     if charge.disputed {
