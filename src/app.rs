@@ -159,7 +159,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
 }
 
 async fn readyz(State(ctx): State<Arc<AppContext>>) -> StatusCode {
-    let store_ok = ctx.store.get_request(crate::domain::RequestId::new(0)).is_ok();
+    let store_ok = ctx.store.healthy() && ctx.store.get_request(crate::domain::RequestId::new(0)).is_ok();
     if store_ok && ctx.workers_running.load(Ordering::Relaxed) {
         StatusCode::OK
     } else {
@@ -187,7 +187,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         install_crypto_provider();
         metrics_handle();
-        let store = open_store(&settings.data_dir).await?;
+        let store = open_store(&settings.data_dir, settings.cache_mb).await?;
         let slack = SlackApi::new(&settings.slack.api_url, &settings.slack.bot_token)
             .context("could not set up the Slack client")?;
         let stripe = StripeClient::new(
@@ -323,10 +323,10 @@ async fn refresh_approvers_until_stopped(ctx: Arc<AppContext>, mut stop: watch::
 }
 
 /// Opens the store; a lock still held by a desk that is shutting down is waited for briefly.
-async fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
+async fn open_store(dir: &std::path::Path, cache_mb: u64) -> anyhow::Result<Store> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match Store::open(dir) {
+        match Store::open_with(dir, cache_mb) {
             Ok(store) => return Ok(store),
             // sled reports a held lock as an `Other` error with this text; its flusher thread can
             // hold the file a moment after the last handle of a stopped desk is dropped.

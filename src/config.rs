@@ -13,7 +13,9 @@ use std::time::Duration;
 use url::Url;
 
 /// Every setting refund-desk reads, by its environment name.
-pub const KNOWN_SETTINGS: [&str; 22] = [
+pub const KNOWN_SETTINGS: [&str; 24] = [
+    "REFUND_DESK_CACHE_MB",
+    "REFUND_DESK_JOB_CONCURRENCY",
     "STRIPE_TIMEOUT_SECS",
     "STRIPE_RATE_LIMIT",
     "REFUND_DESK_PENDING_CHECK_SECS",
@@ -103,6 +105,7 @@ pub struct EmailSettings {
 /// How the job runner retries.
 #[derive(Debug, Clone)]
 pub struct JobSettings {
+    /// Jobs running at once for each kind of work (Stripe calls, Slack posts, emails, ...).
     pub concurrency: usize,
     pub max_attempts: u32,
     pub first_retry: Duration,
@@ -112,7 +115,7 @@ pub struct JobSettings {
 impl Default for JobSettings {
     fn default() -> Self {
         JobSettings {
-            concurrency: 8,
+            concurrency: 16,
             max_attempts: 12,
             first_retry: Duration::from_millis(500),
             max_retry: Duration::from_secs(300),
@@ -124,6 +127,8 @@ impl Default for JobSettings {
 pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// sled's page cache in MiB (`REFUND_DESK_CACHE_MB`).
+    pub cache_mb: u64,
     pub slack: SlackSettings,
     pub stripe: StripeSettings,
     /// `None`: customers get no email.
@@ -317,10 +322,13 @@ impl Settings {
         Ok(Settings {
             listen,
             data_dir,
+            cache_mb: number(src, "REFUND_DESK_CACHE_MB", crate::storage::DEFAULT_CACHE_MB)?,
             slack,
             stripe,
             email,
             jobs: JobSettings {
+                concurrency: number(src, "REFUND_DESK_JOB_CONCURRENCY", JobSettings::default().concurrency as u64)?
+                    as usize,
                 max_attempts: number(src, "REFUND_DESK_JOB_ATTEMPTS", 12)? as u32,
                 first_retry: Duration::from_millis(number(src, "REFUND_DESK_JOB_FIRST_RETRY_MS", 500)?),
                 max_retry: Duration::from_secs(number(src, "REFUND_DESK_JOB_MAX_RETRY_SECS", 300)?),

@@ -371,6 +371,10 @@ pub enum Lane {
     Home = 6,
 }
 
+impl Lane {
+    pub const ALL: [Lane; 6] = [Lane::Stripe, Lane::Slack, Lane::Email, Lane::Alerts, Lane::Timers, Lane::Home];
+}
+
 impl Effect {
     pub fn lane(&self) -> Lane {
         match self {

@@ -4,8 +4,8 @@
 pub mod handlers;
 
 use crate::app::AppContext;
-use crate::domain::Effect;
-use crate::storage::Job;
+use crate::domain::{Effect, Lane};
+use crate::storage::{DueJobs, Job};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use handlers::JobError;
 use std::collections::HashSet;
@@ -67,11 +67,24 @@ fn backoff(ctx: &AppContext, attempts: u32) -> Duration {
         .unwrap_or(s.max_retry)
 }
 
+/// Jobs of one kind of work (a [`Lane`]) running now, and the room for more. Each kind has its
+/// own permits, so jobs waiting on Stripe's pace never hold up cards, thread replies or emails.
+struct LaneSlots {
+    lane: Lane,
+    permits: Arc<Semaphore>,
+}
+
 /// Runs jobs until `shutdown` turns true, then finishes (or leaves for next time) what runs.
+///
+/// Each wake reads, for every kind of work, only as many due jobs as there are free permits,
+/// from the queue's due-time index: the cost of starting a job does not grow with the backlog.
 pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(ctx.settings.jobs.concurrency));
-    // Ids of jobs running now, so the same job is not started twice; guarded by a std mutex
-    // because it is never held across an await.
+    let lanes: Vec<LaneSlots> = Lane::ALL
+        .iter()
+        .map(|&lane| LaneSlots { lane, permits: Arc::new(Semaphore::new(ctx.settings.jobs.concurrency)) })
+        .collect();
+    // Ids of jobs running now, so the same job is not started twice; a std mutex because it
+    // is never held across an await.
     let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let jobs_added = ctx.store.jobs_added();
     let mut tasks = JoinSet::new();
@@ -80,23 +93,28 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
             break;
         }
         let now = ctx.now();
+        let wanted: Vec<(Lane, usize)> = lanes
+            .iter()
+            .map(|slots| (slots.lane, slots.permits.available_permits()))
+            .filter(|(_, free)| *free > 0)
+            .collect();
         let snapshot = running.lock().map(|r| r.clone()).unwrap_or_default();
-        let (due, next) = match ctx.store.due_jobs(now, &snapshot) {
-            Ok(found) => found,
+        let due = match ctx.store.due_jobs(&wanted, now, &snapshot).await {
+            Ok(due) => due,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the job queue");
-                (vec![], None)
+                DueJobs::default()
             }
         };
-        for job in due {
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                break;
-            };
+        for job in due.jobs {
+            let slots = lanes.iter().find(|s| s.lane == job.lane()).unwrap_or(&lanes[0]);
+            let Ok(permit) = slots.permits.clone().try_acquire_owned() else { continue };
             if let Ok(mut r) = running.lock() {
                 r.insert(job.id);
             }
             tasks.spawn(run_one(ctx.clone(), job, permit, running.clone()));
         }
+        let next = due.next;
         let wait = next.map(|n| (n - now).to_std().unwrap_or_default()).unwrap_or(IDLE_WAKE).min(IDLE_WAKE);
         tokio::select! {
             _ = jobs_added.notified() => {}

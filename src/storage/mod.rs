@@ -5,8 +5,7 @@
 //! - `audit`: sequence (u64 BE) → [`AuditEntry`], each carrying the SHA-256 of the one before
 //!   (a hash chain), and under the key `head` the last entry's sequence and hash, so an edit,
 //!   a removal or an insertion anywhere is found by [`Store::verify_audit`];
-//! - `jobs`: request id (8) ‖ lane (1) ‖ job id (8) → [`Job`]; only outstanding jobs live here,
-//!   so the key order is each request's lanes in the order their jobs were created;
+//! - `jobs` and `queue`: the durable job queue and its due-time index (see [`jobs`]);
 //! - `refund_ids`: Stripe refund id → request id;
 //! - `holds`: Stripe charge id → the [`Hold`]s of the requests still open on it, rewritten by
 //!   every transition of those requests, so two requests on one charge serialize;
@@ -18,24 +17,31 @@
 //! - `meta`: the request counter and this installation's id.
 //!
 //! A transition writes the request, its audit entry and its effects' jobs in one transaction and
-//! is flushed to disk before the caller acknowledges anything.
+//! is synced to disk (see [`commit`]) before the caller acknowledges anything.
+
+pub mod commit;
+pub mod jobs;
+
+use jobs::enqueue_in;
+pub use jobs::{DueJobs, Job, JobKey};
 
 use crate::domain::policy::Hold;
 use crate::domain::{
-    Actor, ChargeId, Effect, EmailKind, Lane, Money, NewRequest, RefundId, RefundRequest, RequestId, RequestStatus,
+    Actor, ChargeId, Effect, EmailKind, Money, NewRequest, RefundId, RefundRequest, RequestId, RequestStatus,
     Transition,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Transactional, Tree};
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// The first request number handed out; `R-1001` reads better than `R-1`.
 const FIRST_REQUEST_NUMBER: u64 = 1001;
+/// sled's page cache when `REFUND_DESK_CACHE_MB` is not set: sled's own default is 1 GiB.
+pub const DEFAULT_CACHE_MB: u64 = 32;
 const NEXT_REQUEST_KEY: &[u8] = b"next_request_number";
 const INSTALL_ID_KEY: &[u8] = b"install_id";
 
@@ -47,6 +53,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0} is not stored")]
     NotFound(RequestId),
+    #[error(transparent)]
+    Sync(#[from] commit::SyncError),
+    #[error("the store's files could not be opened: {0}")]
+    Files(#[from] std::io::Error),
 }
 
 /// One line of the audit trail: who moved which request from where to where.
@@ -93,44 +103,6 @@ pub struct AuditReport {
     pub problem: Option<String>,
 }
 
-/// A durable side effect waiting to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Job {
-    pub id: u64,
-    pub request_id: RequestId,
-    pub effect: Effect,
-    pub attempts: u32,
-    pub not_before: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub last_error: Option<String>,
-    /// Out of attempts: kept, shown, and retried only by a person.
-    pub parked: bool,
-    /// The Slack message this job posted, recorded the moment Slack answered, so a re-run
-    /// after a crash does not post it again.
-    #[serde(default)]
-    pub posted_ts: Option<String>,
-}
-
-impl Job {
-    pub fn key(&self) -> JobKey {
-        JobKey::new(self.request_id, self.effect.lane(), self.id)
-    }
-}
-
-/// Where a job is stored; orders jobs by request, lane, then creation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct JobKey([u8; 17]);
-
-impl JobKey {
-    fn new(request: RequestId, lane: Lane, id: u64) -> Self {
-        let mut k = [0u8; 17];
-        k[..8].copy_from_slice(&request.to_key());
-        k[8] = lane as u8;
-        k[9..].copy_from_slice(&id.to_be_bytes());
-        JobKey(k)
-    }
-}
-
 /// That an email of one kind went to the customer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EmailRecord {
@@ -174,6 +146,7 @@ pub struct Store {
     requests: Tree,
     audit: Tree,
     jobs: Tree,
+    queue: Tree,
     refund_ids: Tree,
     holds: Tree,
     index: Tree,
@@ -186,6 +159,8 @@ pub struct Store {
     /// Woken whenever a transaction adds jobs, so the runner need not poll.
     jobs_added: Arc<Notify>,
     install_id: String,
+    /// The group committer every write waits on before it is acknowledged.
+    commit: Arc<commit::Committer>,
 }
 
 /// Why a transaction closure stopped.
@@ -220,6 +195,7 @@ struct TxTrees<'a> {
     requests: &'a TransactionalTree,
     audit: &'a TransactionalTree,
     jobs: &'a TransactionalTree,
+    queue: &'a TransactionalTree,
     holds: &'a TransactionalTree,
     index: &'a TransactionalTree,
 }
@@ -344,31 +320,7 @@ fn write_transition<E>(
     entry.hash = entry.compute_hash();
     audit.insert(&seq.to_be_bytes(), encode(&entry))?;
     audit.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)))?;
-    enqueue_in(jobs, request.id, &effects, now)
-}
-
-fn enqueue_in<E>(
-    jobs: &TransactionalTree,
-    request: RequestId,
-    effects: &[Effect],
-    now: DateTime<Utc>,
-) -> TxResult<(), E> {
-    for effect in effects {
-        let id = jobs.generate_id()?;
-        let job = Job {
-            id,
-            request_id: request,
-            effect: effect.clone(),
-            attempts: 0,
-            not_before: now,
-            created_at: now,
-            last_error: None,
-            parked: false,
-            posted_ts: None,
-        };
-        jobs.insert(&job.key().0, encode(&job))?;
-    }
-    Ok(())
+    enqueue_in(jobs, tx.queue, request.id, &effects, now)
 }
 
 fn read_request<E>(requests: &TransactionalTree, id: RequestId) -> TxResult<RefundRequest, E> {
@@ -377,9 +329,14 @@ fn read_request<E>(requests: &TransactionalTree, id: RequestId) -> TxResult<Refu
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir`, with the default page cache.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).open()?;
+        Store::open_with(dir, DEFAULT_CACHE_MB)
+    }
+
+    /// Opens (or creates) the database in `dir`, with a page cache of `cache_mb` MiB.
+    pub fn open_with(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).open()?;
         let meta = db.open_tree("meta")?;
         let install_id = match meta.get(INSTALL_ID_KEY)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
@@ -391,10 +348,12 @@ impl Store {
                 id
             }
         };
-        Ok(Store {
+        let commit = Arc::new(commit::Committer::start(db.clone(), dir)?);
+        let store = Store {
             requests: db.open_tree("requests")?,
             audit: db.open_tree("audit")?,
             jobs: db.open_tree("jobs")?,
+            queue: db.open_tree("queue")?,
             refund_ids: db.open_tree("refund_ids")?,
             holds: db.open_tree("holds")?,
             index: db.open_tree("index")?,
@@ -406,7 +365,10 @@ impl Store {
             db,
             jobs_added: Arc::new(Notify::new()),
             install_id,
-        })
+            commit,
+        };
+        store.ensure_queue_index()?;
+        Ok(store)
     }
 
     /// A random id made when this database was created; part of every idempotency key, so two
@@ -420,13 +382,18 @@ impl Store {
         self.jobs_added.clone()
     }
 
-    /// Writes everything to disk.
-    #[tracing::instrument(skip(self))]
+    /// Makes every write made so far durable (a group commit: see [`commit`]).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
-        Ok(())
+        Ok(self.commit.sync().await?)
     }
 
+    /// Whether the store can still make writes durable; after a failed sync it never can.
+    pub fn healthy(&self) -> bool {
+        self.commit.failure().is_none()
+    }
+
+    /// Waits for the sync that covers the caller's write, then wakes the job runner if the write
+    /// added jobs: a job never runs on a write that is not yet durable.
     async fn committed(&self, added_jobs: bool) -> Result<(), StoreError> {
         self.flush().await?;
         if added_jobs {
@@ -448,8 +415,9 @@ impl Store {
     /// Stores a new request (status `Requested`) and its first job; durable on return.
     #[tracing::instrument(skip_all, fields(slack_user = %new.requester))]
     pub async fn insert_request(&self, new: NewRequest, now: DateTime<Utc>) -> Result<RefundRequest, StoreError> {
-        let result = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.index, &self.meta).transaction(
-            |(requests, audit, jobs, holds, index, meta)| -> TxResult<RefundRequest, ()> {
+        let trees = (&self.requests, &self.audit, &self.jobs, &self.queue, &self.holds, &self.index, &self.meta);
+        let result =
+            trees.transaction(|(requests, audit, jobs, queue, holds, index, meta)| -> TxResult<RefundRequest, ()> {
                 let number = match meta.get(NEXT_REQUEST_KEY)? {
                     Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(corrupt)?),
                     None => FIRST_REQUEST_NUMBER,
@@ -457,10 +425,10 @@ impl Store {
                 meta.insert(NEXT_REQUEST_KEY, &(number + 1).to_be_bytes())?;
                 let request = RefundRequest::new(RequestId::new(number), new.clone(), now);
                 bump(index, &day_key(&now.format("%Y-%m-%d").to_string(), "requested"), 1, 0)?;
-                write_transition(&TxTrees { requests, audit, jobs, holds, index }, &request, &request.created(), now)?;
+                let tx = TxTrees { requests, audit, jobs, queue, holds, index };
+                write_transition(&tx, &request, &request.created(), now)?;
                 Ok(request)
-            },
-        );
+            });
         let request = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("insert never refuses"));
         self.committed(true).await?;
         metrics::counter!("refund_desk_requests_total").increment(1);
@@ -510,8 +478,8 @@ impl Store {
     where
         F: Fn(&mut RefundRequest, &[Hold]) -> Result<Option<Transition>, E>,
     {
-        let result = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.index).transaction(
-            |(requests, audit, jobs, holds, index)| {
+        let result = (&self.requests, &self.audit, &self.jobs, &self.queue, &self.holds, &self.index).transaction(
+            |(requests, audit, jobs, queue, holds, index)| {
                 let mut request = read_request(requests, id)?;
                 let current = match charge {
                     Some(c) => read_holds(holds, c)?,
@@ -521,7 +489,7 @@ impl Store {
                     Err(e) => Err(ConflictableTransactionError::Abort(Abort::Refused(e))),
                     Ok(None) => Ok(None),
                     Ok(Some(t)) => {
-                        write_transition(&TxTrees { requests, audit, jobs, holds, index }, &request, &t, now)?;
+                        write_transition(&TxTrees { requests, audit, jobs, queue, holds, index }, &request, &t, now)?;
                         Ok(Some((request, !t.effects.is_empty())))
                     }
                 }
@@ -692,11 +660,19 @@ impl Store {
         updates: &[RefundUpdate],
         now: DateTime<Utc>,
     ) -> Result<EventOutcome, StoreError> {
-        let trees =
-            (&self.requests, &self.audit, &self.jobs, &self.holds, &self.index, &self.refund_ids, &self.stripe_events);
+        let trees = (
+            &self.requests,
+            &self.audit,
+            &self.jobs,
+            &self.queue,
+            &self.holds,
+            &self.index,
+            &self.refund_ids,
+            &self.stripe_events,
+        );
         let result = trees.transaction(
-            |(requests, audit, jobs, holds, index, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
-                let tx = TxTrees { requests, audit, jobs, holds, index };
+            |(requests, audit, jobs, queue, holds, index, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
+                let tx = TxTrees { requests, audit, jobs, queue, holds, index };
                 if let Some(event_id) = event_id {
                     if events.get(event_id.as_bytes())?.is_some() {
                         return Ok((EventOutcome::Duplicate, false));
@@ -765,13 +741,13 @@ impl Store {
         stripe_status: &str,
         now: DateTime<Utc>,
     ) -> Result<Result<RefundRequest, crate::domain::StateError>, StoreError> {
-        let trees = (&self.requests, &self.audit, &self.jobs, &self.holds, &self.index, &self.refund_ids);
-        let result = trees.transaction(|(requests, audit, jobs, holds, index, refund_ids)| {
+        let trees = (&self.requests, &self.audit, &self.jobs, &self.queue, &self.holds, &self.index, &self.refund_ids);
+        let result = trees.transaction(|(requests, audit, jobs, queue, holds, index, refund_ids)| {
             let mut request = read_request(requests, id)?;
             let t = request
                 .record_submitted(refund.clone(), stripe_status, now)
                 .map_err(|e| ConflictableTransactionError::Abort(Abort::Refused(e)))?;
-            write_transition(&TxTrees { requests, audit, jobs, holds, index }, &request, &t, now)?;
+            write_transition(&TxTrees { requests, audit, jobs, queue, holds, index }, &request, &t, now)?;
             refund_ids.insert(refund.as_str().as_bytes(), &id.to_key())?;
             Ok(request)
         });
@@ -781,67 +757,6 @@ impl Store {
             count_transition(request.status);
         }
         Ok(out)
-    }
-
-    /// Adds jobs for a request outside any transition.
-    pub async fn enqueue(&self, id: RequestId, effects: &[Effect], now: DateTime<Utc>) -> Result<(), StoreError> {
-        let result = self.jobs.transaction(|jobs| enqueue_in::<()>(jobs, id, effects, now));
-        Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!());
-        self.committed(true).await
-    }
-
-    /// Every outstanding job, in key order (by request, lane, creation).
-    pub fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        self.jobs.iter().map(|kv| decode(&kv?.1)).collect()
-    }
-
-    /// The jobs that may run now: the first job of each request's lane, unless it is parked,
-    /// already running or not yet due. Also returns when the earliest waiting job falls due.
-    pub fn due_jobs(
-        &self,
-        now: DateTime<Utc>,
-        running: &HashSet<u64>,
-    ) -> Result<(Vec<Job>, Option<DateTime<Utc>>), StoreError> {
-        let mut due = vec![];
-        let mut next: Option<DateTime<Utc>> = None;
-        let mut last_group: Option<Vec<u8>> = None;
-        for kv in self.jobs.iter() {
-            let (key, value) = kv?;
-            let group = key.get(..9).unwrap_or(&key).to_vec();
-            if last_group.as_deref() == Some(&group[..]) {
-                continue; // only the head of each lane may run
-            }
-            last_group = Some(group);
-            let job: Job = decode(&value)?;
-            if job.parked || running.contains(&job.id) {
-                continue;
-            }
-            if job.not_before <= now {
-                due.push(job);
-            } else {
-                next = Some(next.map_or(job.not_before, |n| n.min(job.not_before)));
-            }
-        }
-        Ok((due, next))
-    }
-
-    /// Removes a finished job.
-    pub async fn complete_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.jobs.remove(job.key().0)?;
-        self.flush().await
-    }
-
-    /// Records the Slack message a job posted, before the job is completed.
-    pub async fn record_job_posted(&self, job: &Job, ts: &str) -> Result<(), StoreError> {
-        let mut job = job.clone();
-        job.posted_ts = Some(ts.to_string());
-        self.reschedule_job(&job).await
-    }
-
-    /// Stores a job's new attempt count, error and due time (or parked flag).
-    pub async fn reschedule_job(&self, job: &Job) -> Result<(), StoreError> {
-        self.jobs.insert(job.key().0, encode(job))?;
-        self.flush().await
     }
 
     /// Whether an email of this kind already went out for this request.
@@ -860,9 +775,9 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let key = format!("{id}/{}", kind.as_str());
-        let result = (&self.emails, &self.jobs).transaction(|(emails, jobs)| {
+        let result = (&self.emails, &self.jobs, &self.queue).transaction(|(emails, jobs, queue)| {
             emails.insert(key.as_bytes(), encode(record))?;
-            enqueue_in::<()>(jobs, id, effects, now)
+            enqueue_in::<()>(jobs, queue, id, effects, now)
         });
         Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!());
         self.committed(!effects.is_empty()).await
@@ -884,22 +799,6 @@ impl Store {
         }
         self.flush().await?;
         Ok(removed)
-    }
-
-    /// A job by id.
-    pub fn find_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        Ok(self.all_jobs()?.into_iter().find(|j| j.id == id))
-    }
-
-    /// Puts a parked job back in the queue with fresh attempts; `false` if there is no such job.
-    pub async fn retry_job(&self, id: u64, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let Some(mut job) = self.find_job(id)? else { return Ok(false) };
-        job.parked = false;
-        job.attempts = 0;
-        job.not_before = now;
-        self.reschedule_job(&job).await?;
-        self.jobs_added.notify_one();
-        Ok(true)
     }
 
     /// Remembers that `user` opened App Home, so changes are published to them.
@@ -929,7 +828,7 @@ mod tests {
     use super::*;
     use crate::domain::{PaymentRef, RefundReason, UserId};
 
-    fn new_request() -> NewRequest {
+    pub(super) fn new_request() -> NewRequest {
         NewRequest::full_refund(
             UserId::parse("UREQ").unwrap(),
             "C1",
@@ -975,24 +874,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_head_of_each_lane_is_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
-        store.enqueue(id, &[Effect::PostCard, Effect::RefreshCard, Effect::CreateRefund], Utc::now()).await.unwrap();
-        let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
-        let effects: Vec<_> = due.iter().map(|j| j.effect.clone()).collect();
-        assert_eq!(effects, vec![Effect::CheckPayment, Effect::PostCard, Effect::RefreshHomes]);
-        let running: HashSet<u64> = due.iter().map(|j| j.id).collect();
-        let (due, _) = store.due_jobs(Utc::now(), &running).unwrap();
-        assert!(due.is_empty(), "a lane runs one job at a time");
-        store.complete_job(&store.all_jobs().unwrap()[0]).await.unwrap();
-        let (due, _) = store.due_jobs(Utc::now(), &HashSet::new()).unwrap();
-        let effects: Vec<_> = due.iter().map(|j| j.effect.clone()).collect();
-        assert_eq!(effects, vec![Effect::CreateRefund, Effect::PostCard, Effect::RefreshHomes]);
-    }
-
-    #[tokio::test]
     async fn old_event_ids_are_forgotten_and_recent_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1003,26 +884,6 @@ mod tests {
         assert_eq!(store.prune_seen_events(now - chrono::Duration::days(30)).await.unwrap(), 2);
         assert_eq!(store.apply_stripe_event("evt_new", &[], now).await.unwrap(), EventOutcome::Duplicate);
         assert_ne!(store.apply_stripe_event("evt_old", &[], now).await.unwrap(), EventOutcome::Duplicate);
-    }
-
-    #[tokio::test]
-    async fn a_parked_job_can_be_put_back_in_the_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        store.insert_request(new_request(), Utc::now()).await.unwrap();
-        let mut job = store.all_jobs().unwrap().remove(0);
-        job.parked = true;
-        job.attempts = 12;
-        store.reschedule_job(&job).await.unwrap();
-        let due_ids = |store: &Store| {
-            store.due_jobs(Utc::now(), &HashSet::new()).unwrap().0.into_iter().map(|j| j.id).collect::<Vec<_>>()
-        };
-        assert!(!due_ids(&store).contains(&job.id));
-        assert!(store.retry_job(job.id, Utc::now()).await.unwrap());
-        assert!(due_ids(&store).contains(&job.id));
-        let again = store.find_job(job.id).unwrap().unwrap();
-        assert_eq!((again.attempts, again.parked), (0, false));
-        assert!(!store.retry_job(999, Utc::now()).await.unwrap());
     }
 
     #[tokio::test]
