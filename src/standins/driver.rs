@@ -55,8 +55,13 @@ pub struct SlackDriver {
 
 impl SlackDriver {
     pub fn new(base: String) -> Self {
+        SlackDriver::with_client(base, reqwest::Client::new())
+    }
+
+    /// A driver sending through `http` (for its timeout, or its connection pool).
+    pub fn with_client(base: String, http: reqwest::Client) -> Self {
         crate::app::install_crypto_provider();
-        SlackDriver { base, http: reqwest::Client::new() }
+        SlackDriver { base, http }
     }
 
     /// Posts `body` to `path`, signed at `timestamp` with `secret` (or unsigned when `None`).
@@ -67,17 +72,41 @@ impl SlackDriver {
         body: String,
         signature: Option<(&str, i64)>,
     ) -> reqwest::Response {
+        self.try_post_signed(path, content_type, body, signature).await.expect("the desk answers")
+    }
+
+    /// Like [`SlackDriver::post_signed`], but a desk that does not answer is an error, not a panic.
+    pub async fn try_post_signed(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+        signature: Option<(&str, i64)>,
+    ) -> Result<reqwest::Response, String> {
         let mut req = self.http.post(format!("{}{path}", self.base)).header("content-type", content_type);
         if let Some((secret, ts)) = signature {
             req = req
                 .header("x-slack-request-timestamp", ts.to_string())
                 .header("x-slack-signature", crate::slack::verify::sign(secret, ts, body.as_bytes()));
         }
-        req.body(body).send().await.expect("the desk answers")
+        req.body(body).send().await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        })
+    }
+
+    async fn try_post(&self, path: &str, content_type: &str, body: String) -> Result<reqwest::Response, String> {
+        let signature = Some((SIGNING_SECRET, chrono::Utc::now().timestamp()));
+        self.try_post_signed(path, content_type, body, signature).await
     }
 
     async fn post(&self, path: &str, content_type: &str, body: String) -> reqwest::Response {
-        self.post_signed(path, content_type, body, Some((SIGNING_SECRET, chrono::Utc::now().timestamp()))).await
+        self.try_post(path, content_type, body).await.expect("the desk answers")
     }
 
     /// The form body of `/refund <text>` typed by `user`.
@@ -101,10 +130,15 @@ impl SlackDriver {
 
     /// `/refund <text>` as `user`; returns the HTTP status and the JSON answer.
     pub async fn slash(&self, user: &str, text: &str) -> (u16, Value) {
-        let response =
-            self.post("/slack/commands", "application/x-www-form-urlencoded", Self::command_body(user, text)).await;
+        self.try_slash(user, text).await.expect("the desk answers")
+    }
+
+    /// Like [`SlackDriver::slash`], but a desk that does not answer is an error, not a panic.
+    pub async fn try_slash(&self, user: &str, text: &str) -> Result<(u16, Value), String> {
+        let body = Self::command_body(user, text);
+        let response = self.try_post("/slack/commands", "application/x-www-form-urlencoded", body).await?;
         let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        Ok((status, response.json().await.unwrap_or(Value::Null)))
     }
 
     /// The `payload` of a button click on the card at `card_ts`.
@@ -129,8 +163,18 @@ impl SlackDriver {
     }
 
     async fn interaction(&self, payload: &Value) -> reqwest::Response {
+        self.try_interaction(payload).await.expect("the desk answers")
+    }
+
+    async fn try_interaction(&self, payload: &Value) -> Result<reqwest::Response, String> {
         let body = serde_urlencoded::to_string([("payload", payload.to_string())]).expect("form");
-        self.post("/slack/interactions", "application/x-www-form-urlencoded", body).await
+        self.try_post("/slack/interactions", "application/x-www-form-urlencoded", body).await
+    }
+
+    /// Like [`SlackDriver::click`], but a desk that does not answer is an error, not a panic.
+    pub async fn try_click(&self, user: &str, action_id: &str, request_id: &str, card_ts: &str) -> Result<u16, String> {
+        let response = self.try_interaction(&Self::click_payload(user, action_id, request_id, card_ts)).await?;
+        Ok(response.status().as_u16())
     }
 
     /// `user` clicks `action_id` (`refund_approve` / `refund_deny`) on the card; returns the status.

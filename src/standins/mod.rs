@@ -5,6 +5,7 @@
 //! real SMTP dialogue.
 
 pub mod driver;
+pub mod load;
 pub mod render;
 pub mod slack;
 pub mod smtp;

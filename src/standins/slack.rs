@@ -18,6 +18,8 @@ pub struct Posted {
     pub blocks: Value,
     /// How many times `chat.update` edited it.
     pub edits: usize,
+    /// When the stand-in received it.
+    pub posted_at: std::time::Instant,
 }
 
 /// A call as received.
@@ -32,6 +34,10 @@ struct SlackState {
     token: String,
     calls: Vec<Call>,
     messages: Vec<Posted>,
+    /// `ts` → index in `messages`, so `chat.update` stays cheap under load.
+    by_ts: std::collections::HashMap<String, usize>,
+    /// Button `value` (a request id) → the top-level messages whose buttons carry it.
+    by_button_value: std::collections::HashMap<String, Vec<usize>>,
     ephemerals: Vec<Value>,
     views: Vec<Value>,
     next_ts: u64,
@@ -91,7 +97,19 @@ impl FakeSlack {
     }
 
     pub fn message(&self, ts: &str) -> Option<Posted> {
-        self.lock().messages.iter().find(|m| m.ts == ts).cloned()
+        let s = self.lock();
+        s.by_ts.get(ts).and_then(|&i| s.messages.get(i)).cloned()
+    }
+
+    /// Top-level messages with a button whose `value` is `value` (the cards of a request).
+    pub fn messages_with_button(&self, value: &str) -> Vec<Posted> {
+        let s = self.lock();
+        s.by_button_value.get(value).into_iter().flatten().filter_map(|&i| s.messages.get(i)).cloned().collect()
+    }
+
+    /// How many top-level messages carry buttons for each `value`.
+    pub fn button_message_counts(&self) -> std::collections::HashMap<String, usize> {
+        self.lock().by_button_value.iter().map(|(v, list)| (v.clone(), list.len())).collect()
     }
 
     /// Ephemeral messages, as `{channel, user, text}`.
@@ -113,6 +131,20 @@ impl FakeSlack {
 
 fn slack_error(code: &str) -> Value {
     json!({ "ok": false, "error": code })
+}
+
+/// The `value`s of the buttons in a message's blocks.
+fn button_values(blocks: &Value) -> Vec<String> {
+    let Some(blocks) = blocks.as_array() else { return vec![] };
+    blocks
+        .iter()
+        .filter_map(|b| b["elements"].as_array())
+        .flatten()
+        .filter(|e| e["type"] == "button")
+        .filter_map(|e| e["value"].as_str().map(str::to_string))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 fn text_of(body: &Value) -> String {
@@ -171,14 +203,23 @@ async fn handle(
                 text: text_of(&body),
                 blocks: body["blocks"].clone(),
                 edits: 0,
+                posted_at: std::time::Instant::now(),
             };
+            let index = s.messages.len();
+            s.by_ts.insert(ts.clone(), index);
+            if posted.thread_ts.is_none() {
+                for value in button_values(&posted.blocks) {
+                    s.by_button_value.entry(value).or_default().push(index);
+                }
+            }
             s.messages.push(posted);
             json!({ "ok": true, "channel": channel, "ts": ts,
                     "message": { "type": "message", "text": text_of(&body), "user": "U0BOT0001", "bot_id": "B00000001", "ts": ts } })
         }
         "chat.update" => {
             let (channel, ts) = (body["channel"].as_str().unwrap_or_default(), body["ts"].as_str().unwrap_or_default());
-            match s.messages.iter_mut().find(|m| m.channel == channel && m.ts == ts) {
+            let index = s.by_ts.get(ts).copied();
+            match index.and_then(|i| s.messages.get_mut(i)).filter(|m| m.channel == channel) {
                 None => slack_error("message_not_found"),
                 Some(m) => {
                     m.text = text_of(&body);

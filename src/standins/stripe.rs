@@ -117,6 +117,12 @@ struct StripeState {
     /// Status of a new refund, as Stripe first reports it.
     initial_refund_status: String,
     counter: u64,
+    /// Calls a second at most, as Stripe allows (25 in test mode, 100 live); `None`: no limit.
+    rate_limit: Option<u32>,
+    /// When the calls of the last second arrived.
+    recent_calls: VecDeque<std::time::Instant>,
+    /// How many calls were answered 429 for the rate limit.
+    rate_limited: u64,
     webhook: Option<(String, String)>,
     events_sent: Vec<Value>,
 }
@@ -171,6 +177,9 @@ impl FakeStripe {
             read_delay: std::time::Duration::ZERO,
             initial_refund_status: "pending".into(),
             counter: 0,
+            rate_limit: Some(if api_key.contains("_live_") { 100 } else { 25 }),
+            recent_calls: VecDeque::new(),
+            rate_limited: 0,
             webhook: None,
             events_sent: vec![],
         }));
@@ -317,6 +326,26 @@ impl FakeStripe {
         self.lock().webhook = Some((url.to_string(), secret.to_string()));
     }
 
+    /// Sets the calls a second Stripe allows before answering 429 (`None`: no limit, to measure
+    /// the desk's own capacity).
+    pub fn set_rate_limit(&self, per_second: Option<u32>) {
+        self.lock().rate_limit = per_second;
+    }
+
+    /// How many calls were refused for the rate limit.
+    pub fn rate_limited(&self) -> u64 {
+        self.lock().rate_limited
+    }
+
+    /// The id of the refund made for `request_id` (by its `metadata[refund_request_id]`).
+    pub fn refund_for_request(&self, request_id: &str) -> Option<String> {
+        let s = self.lock();
+        s.refunds
+            .values()
+            .find(|r| r["metadata"]["refund_request_id"] == request_id)
+            .and_then(|r| r["id"].as_str().map(str::to_string))
+    }
+
     /// Events sent so far.
     pub fn events_sent(&self) -> Vec<Value> {
         self.lock().events_sent.clone()
@@ -384,13 +413,27 @@ impl FakeStripe {
     }
 }
 
-fn authorised(s: &StripeState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// Checks the key, then Stripe's rate limit: a call over the limit in the last second gets
+/// Stripe's 429 `rate_limit` error and changes nothing.
+fn authorised(s: &mut StripeState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
-    if bearer == format!("Bearer {}", s.api_key) {
-        Ok(())
-    } else {
-        Err(Box::new(error(401, "invalid_request_error", None, "Invalid API Key provided: sk_test_********", None)))
+    if bearer != format!("Bearer {}", s.api_key) {
+        let message = "Invalid API Key provided: sk_test_********";
+        return Err(Box::new(error(401, "invalid_request_error", None, message, None)));
     }
+    let Some(limit) = s.rate_limit else { return Ok(()) };
+    let now = std::time::Instant::now();
+    while s.recent_calls.front().is_some_and(|t| now.duration_since(*t) >= std::time::Duration::from_secs(1)) {
+        s.recent_calls.pop_front();
+    }
+    if s.recent_calls.len() >= limit as usize {
+        s.rate_limited += 1;
+        let message =
+            "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.";
+        return Err(Box::new(error(429, "invalid_request_error", Some("rate_limit"), message, None)));
+    }
+    s.recent_calls.push_back(now);
+    Ok(())
 }
 
 fn record(s: &mut StripeState, method: &str, path: String, headers: &HeaderMap, form: Vec<(String, String)>) {
@@ -416,7 +459,7 @@ fn lookup(
 ) -> Response {
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", path, headers, vec![]);
-    if let Err(r) = authorised(&s, headers) {
+    if let Err(r) = authorised(&mut s, headers) {
         return *r;
     }
     match pick(&s).get(id) {
@@ -428,7 +471,7 @@ fn lookup(
 async fn get_balance(State(st): Shared, headers: HeaderMap) -> Response {
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", "/v1/balance".into(), &headers, vec![]);
-    if let Err(r) = authorised(&s, &headers) {
+    if let Err(r) = authorised(&mut s, &headers) {
         return *r;
     }
     axum::Json(json!({ "object": "balance", "available": [], "pending": [], "livemode": false })).into_response()
@@ -449,7 +492,7 @@ async fn get_charge(
     let expanded = params.iter().any(|(k, v)| k == "expand[]" && v == "refunds");
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", format!("/v1/charges/{id}"), &headers, params);
-    if let Err(r) = authorised(&s, &headers) {
+    if let Err(r) = authorised(&mut s, &headers) {
         return *r;
     }
     let Some(mut charge) = s.charges.get(&id).cloned() else { return no_such("charge", &id) };
@@ -467,7 +510,7 @@ async fn get_customer(State(st): Shared, Path(id): Path<String>, headers: Header
 async fn get_refund(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", format!("/v1/refunds/{id}"), &headers, vec![]);
-    if let Err(r) = authorised(&s, &headers) {
+    if let Err(r) = authorised(&mut s, &headers) {
         return *r;
     }
     match s.refunds.get(&id) {
@@ -528,7 +571,7 @@ async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> R
     let fault = {
         let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
         record(&mut s, "POST", "/v1/refunds".into(), &headers, form.clone());
-        if let Err(r) = authorised(&s, &headers) {
+        if let Err(r) = authorised(&mut s, &headers) {
             return *r;
         }
         if s.refunds_down { Some(Fault::Status(503)) } else { s.refund_faults.pop_front() }

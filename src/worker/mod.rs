@@ -7,6 +7,7 @@ use crate::app::AppContext;
 use crate::domain::{Effect, Lane};
 use crate::storage::{DueJobs, Job};
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::FutureExt;
 use handlers::JobError;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -134,10 +135,30 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
     }
 }
 
-async fn run_one(ctx: Arc<AppContext>, mut job: Job, _permit: OwnedSemaphorePermit, running: Arc<Mutex<HashSet<u64>>>) {
+async fn run_one(ctx: Arc<AppContext>, job: Job, _permit: OwnedSemaphorePermit, running: Arc<Mutex<HashSet<u64>>>) {
+    let id = job.id;
     let span = tracing::info_span!("job", job_id = job.id, request_id = %job.request_id, effect = ?job.effect, attempt = job.attempts + 1);
-    let result = handlers::run(&ctx, &job).instrument(span.clone()).await;
-    let _enter = span.enter();
+    // The span is attached to the future, never entered across an await: an entered guard
+    // held over an await corrupts the span stack of whatever thread resumes the task (the
+    // tracing registry then panics, which killed jobs mid-way and left them marked running).
+    run_and_record(&ctx, job).instrument(span).await;
+    if let Ok(mut r) = running.lock() {
+        r.remove(&id);
+    }
+}
+
+/// Runs one job and stores its outcome: done, put off, retried later or parked.
+async fn run_and_record(ctx: &Arc<AppContext>, mut job: Job) {
+    // A panicking handler is a failed attempt like any other: retried with backoff, then
+    // parked. Left uncaught, its id would stay in `running` and wedge its lane until a restart.
+    let result = std::panic::AssertUnwindSafe(handlers::run(ctx, &job)).catch_unwind().await.unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(JobError::Retry { reason: format!("the job panicked: {what}"), after: None })
+    });
     let outcome = match &result {
         Ok(()) => "done",
         Err(JobError::Defer(_)) => "deferred",
@@ -173,7 +194,7 @@ async fn run_one(ctx: Arc<AppContext>, mut job: Job, _permit: OwnedSemaphorePerm
                     }
                 }
             } else {
-                let delay = after.unwrap_or_else(|| backoff(&ctx, job.attempts));
+                let delay = after.unwrap_or_else(|| backoff(ctx, job.attempts));
                 job.not_before = ctx.now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(%reason, ?delay, "job will be retried");
             }
@@ -182,8 +203,5 @@ async fn run_one(ctx: Arc<AppContext>, mut job: Job, _permit: OwnedSemaphorePerm
     };
     if let Err(e) = stored {
         tracing::error!(error = %e, "could not record a job's outcome; it will run again");
-    }
-    if let Ok(mut r) = running.lock() {
-        r.remove(&job.id);
     }
 }

@@ -228,3 +228,48 @@ pub fn desk_command(slack_url: &str, stripe_url: &str, data_dir: &std::path::Pat
         .env("STRIPE_API_URL", stripe_url);
     cmd
 }
+
+/// A free loopback port for a desk process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `/readyz` on `port` until it answers 200, or fails the test at `deadline`.
+pub async fn wait_until_ready(port: u16, deadline: Duration) {
+    let http = reqwest::Client::new();
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        let ready = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        assert!(std::time::Instant::now() < until, "the desk never became ready");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Sends SIGTERM to `child` and returns its exit code, failing the test if it is still running
+/// at `deadline`.
+pub async fn terminate(child: &mut std::process::Child, deadline: Duration) -> Option<i32> {
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(std::time::Instant::now() < until, "still running {deadline:?} after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A desk process that is killed when the test ends, however it ends, so a failed test leaves
+/// no desk running behind it.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,99 @@
+//! Under load the real binary keeps answering: no deadlock, every request answered after a real
+//! sync, every accepted request carded exactly once, and a clean stop in the middle of it all.
+
+use crate::helpers::{APPROVER, KillOnDrop, REQUESTER, desk_command, free_port, terminate, wait_until_ready};
+use refund_desk::standins::driver;
+use refund_desk::standins::load::{LoadPlan, run_load};
+use refund_desk::standins::{FakeSlack, FakeStripe, wait_for};
+use std::process::Stdio;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_clients_for_thirty_seconds_are_all_answered_and_every_request_gets_one_card() {
+    let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
+    let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
+    stripe.set_rate_limit(None);
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(log_dir.path().join("desk.log")).unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
+    let child = desk_command(&slack.url, &stripe.url, dir.path())
+        .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{port}"))
+        // Stripe's pace lifted: the stand-in has no limit, and every card must be up at the end.
+        .env("STRIPE_RATE_LIMIT", "100000")
+        .env("SLACK_APPROVERS", APPROVER)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    wait_until_ready(port, Duration::from_secs(15)).await;
+
+    let plan = LoadPlan {
+        clients: 64,
+        duration: Duration::from_secs(std::env::var("LOAD_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30)),
+        requester: REQUESTER.into(),
+        approver: Some(APPROVER.into()),
+        // Slack gives up after 3 s; an answer later than that is as good as none.
+        answer_timeout: Duration::from_secs(3),
+    };
+    let report = run_load(&base, &slack, &stripe, &plan).await;
+
+    assert!(report.accepted.len() > 100, "too few requests to prove anything: {}", report.accepted.len());
+    assert_eq!(report.failure_count, 0, "requests not answered: {:?}", report.failures);
+    assert!(
+        report.health_checks >= plan.duration.as_secs() * 3,
+        "/healthz was asked only {} times",
+        report.health_checks
+    );
+    assert_eq!(report.health_failures, 0, "/healthz did not answer throughout");
+    assert!(report.clicks > 0 && report.webhooks > 0, "the mix had no clicks or webhooks: {report:?}");
+
+    // Every accepted request ends with exactly one card: none missing, none posted twice.
+    let ids: Vec<String> = report.accepted.iter().map(|a| a.id.clone()).collect();
+    let all_carded = wait_for(Duration::from_secs(180), || {
+        let counts = slack.button_message_counts();
+        ids.iter().all(|id| counts.get(id).is_some_and(|n| *n >= 1)).then_some(())
+    })
+    .await;
+    let counts = slack.button_message_counts();
+    let missing: Vec<&String> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+    if all_carded.is_none() {
+        terminate(&mut child.0, Duration::from_secs(30)).await;
+        let log = std::fs::read_to_string(log_dir.path().join("desk.log")).unwrap_or_default();
+        let related: Vec<&str> = log
+            .lines()
+            .filter(|l| missing.iter().any(|id| l.contains(id.as_str())) || l.contains("panicked"))
+            .take(20)
+            .collect();
+        panic!(
+            "{} of {} accepted requests never got a card: {}\nthe desk's log about them:\n{}",
+            missing.len(),
+            ids.len(),
+            explain(dir.path(), &missing),
+            related.join("\n")
+        );
+    }
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "requests with more than one card: {doubled:?}");
+
+    assert_eq!(terminate(&mut child.0, Duration::from_secs(30)).await, Some(0));
+}
+
+/// Where the requests stand in the stopped desk's store, and their outstanding jobs.
+fn explain(dir: &std::path::Path, ids: &[&String]) -> String {
+    let store = refund_desk::storage::Store::open(dir).unwrap();
+    let jobs = store.all_jobs().unwrap();
+    ids.iter()
+        .take(5)
+        .map(|id| {
+            let id = refund_desk::domain::RequestId::parse(id).unwrap();
+            let request = store.get_request(id).unwrap();
+            let pending: Vec<_> = jobs.iter().filter(|j| j.request_id == id).collect();
+            format!("{id}: {:?}, jobs {pending:?}", request.map(|r| r.status))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
