@@ -108,12 +108,10 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
             }
         };
         for job in due.jobs {
-            let slots = lanes.iter().find(|s| s.lane == job.lane()).unwrap_or(&lanes[0]);
+            let Some(slots) = lanes.iter().find(|s| s.lane == job.lane()) else { continue };
             let Ok(permit) = slots.permits.clone().try_acquire_owned() else { continue };
-            if let Ok(mut r) = running.lock() {
-                r.insert(job.id);
-            }
-            tasks.spawn(run_one(ctx.clone(), job, permit, running.clone()));
+            let claim = Claim::new(&running, job.id);
+            tasks.spawn(run_one(ctx.clone(), job, permit, claim));
         }
         let next = due.next;
         let wait = next.map(|n| (n - now).to_std().unwrap_or_default()).unwrap_or(IDLE_WAKE).min(IDLE_WAKE);
@@ -135,16 +133,36 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
     }
 }
 
-async fn run_one(ctx: Arc<AppContext>, job: Job, _permit: OwnedSemaphorePermit, running: Arc<Mutex<HashSet<u64>>>) {
-    let id = job.id;
+/// A job marked as running; unmarked when dropped, however the task ends (finished, panicked
+/// or aborted at shutdown), so a job can never stay "running" and wedge its lane.
+struct Claim {
+    running: Arc<Mutex<HashSet<u64>>>,
+    id: u64,
+}
+
+impl Claim {
+    fn new(running: &Arc<Mutex<HashSet<u64>>>, id: u64) -> Claim {
+        if let Ok(mut r) = running.lock() {
+            r.insert(id);
+        }
+        Claim { running: running.clone(), id }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.running.lock() {
+            r.remove(&self.id);
+        }
+    }
+}
+
+async fn run_one(ctx: Arc<AppContext>, job: Job, _permit: OwnedSemaphorePermit, _claim: Claim) {
     let span = tracing::info_span!("job", job_id = job.id, request_id = %job.request_id, effect = ?job.effect, attempt = job.attempts + 1);
     // The span is attached to the future, never entered across an await: an entered guard
     // held over an await corrupts the span stack of whatever thread resumes the task (the
     // tracing registry then panics, which killed jobs mid-way and left them marked running).
     run_and_record(&ctx, job).instrument(span).await;
-    if let Ok(mut r) = running.lock() {
-        r.remove(&id);
-    }
 }
 
 /// Runs one job and stores its outcome: done, put off, retried later or parked.
@@ -203,5 +221,23 @@ async fn run_and_record(ctx: &Arc<AppContext>, mut job: Job) {
     };
     if let Err(e) = stored {
         tracing::error!(error = %e, "could not record a job's outcome; it will run again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_job_whose_task_panics_is_no_longer_marked_running() {
+        let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
+        let claim = Claim::new(&running, 7);
+        assert!(running.lock().unwrap().contains(&7));
+        let task = tokio::spawn(async move {
+            let _claim = claim;
+            panic!("a handler bug");
+        });
+        assert!(task.await.is_err_and(|e| e.is_panic()));
+        assert!(running.lock().unwrap().is_empty(), "the lane would stay wedged until a restart");
     }
 }
