@@ -147,6 +147,12 @@ fn error(status: u16, kind: &str, code: Option<&str>, message: &str, param: Opti
     (status, [("request-id", "req_standin")], axum::Json(body)).into_response()
 }
 
+/// Stripe's answer to a call over the rate limit.
+fn rate_limit_error() -> Response {
+    let message = "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.";
+    error(429, "invalid_request_error", Some("rate_limit"), message, None)
+}
+
 fn no_such(kind: &str, id: &str) -> Response {
     error(404, "invalid_request_error", Some("resource_missing"), &format!("No such {kind}: '{id}'"), Some("id"))
 }
@@ -428,9 +434,7 @@ fn authorised(s: &mut StripeState, headers: &HeaderMap) -> Result<(), Box<Respon
     }
     if s.recent_calls.len() >= limit as usize {
         s.rate_limited += 1;
-        let message =
-            "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.";
-        return Err(Box::new(error(429, "invalid_request_error", Some("rate_limit"), message, None)));
+        return Err(Box::new(rate_limit_error()));
     }
     s.recent_calls.push_back(now);
     Ok(())
@@ -577,20 +581,14 @@ async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> R
         if s.refunds_down { Some(Fault::Status(503)) } else { s.refund_faults.pop_front() }
     };
     match fault {
-        Some(Fault::Status(status)) => {
-            let (kind, code) =
-                if status == 429 { ("rate_limit_error", Some("rate_limit")) } else { ("api_error", None) };
-            let mut response = error(
-                status,
-                kind,
-                code,
-                "An error occurred with our connection to Stripe. Request was retried 0 times.",
-                None,
-            );
-            if status == 429 {
-                response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
-            }
+        Some(Fault::Status(429)) => {
+            let mut response = rate_limit_error();
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
             return response;
+        }
+        Some(Fault::Status(status)) => {
+            let message = "An error occurred with our connection to Stripe. Request was retried 0 times.";
+            return error(status, "api_error", None, message, None);
         }
         Some(Fault::Hang(d)) => tokio::time::sleep(d).await,
         _ => {}

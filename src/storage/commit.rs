@@ -54,6 +54,8 @@ struct Shared {
     wake: Condvar,
     /// Written only by the committer thread; writers wait on it.
     synced: watch::Sender<Synced>,
+    /// Syncs done, for `/metrics` and for the tests that prove writes share them.
+    syncs: std::sync::atomic::AtomicU64,
 }
 
 /// The committer: a thread of its own (never sled's pool, never a tokio worker), stopped and
@@ -129,6 +131,7 @@ impl Committer {
             queue: Mutex::new(Queue { issued: 0, stopping: false }),
             wake: Condvar::new(),
             synced: watch::Sender::new(Synced::default()),
+            syncs: Default::default(),
         });
         let thread = std::thread::Builder::new().name("refund-desk-commit".into()).spawn({
             let shared = shared.clone();
@@ -164,6 +167,11 @@ impl Committer {
     /// Makes every write made so far durable.
     pub async fn sync(&self) -> Result<(), SyncError> {
         self.wait(self.ticket()).await
+    }
+
+    /// How many syncs have been done.
+    pub fn syncs(&self) -> u64 {
+        self.shared.syncs.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether a sync has failed, so that nothing more can be acknowledged.
@@ -205,6 +213,7 @@ fn run_committer(shared: &Shared, db: &sled::Db, mut files: Files) {
         match result {
             Ok(()) => {
                 done = target;
+                shared.syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 shared.synced.send_modify(|s| s.through = target);
             }
             Err(why) => {
@@ -243,6 +252,8 @@ mod tests {
             done.unwrap().unwrap();
         }
         assert_eq!(db.len(), 200);
+        let syncs = committer.syncs();
+        assert!((1..200).contains(&syncs), "200 writes waiting together took {syncs} syncs");
     }
 
     #[tokio::test]

@@ -443,7 +443,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn finding_due_jobs_reads_past_running_jobs_not_the_backlog_behind() {
+    async fn running_jobs_are_skipped_and_do_not_count_against_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let now = Utc::now();

@@ -263,12 +263,17 @@ pub async fn terminate(child: &mut std::process::Child, deadline: Duration) -> O
     }
 }
 
-/// A desk process that is killed when the test ends, however it ends, so a failed test leaves
-/// no desk running behind it.
+/// A desk process (or strace running one) that is killed with its children when the test ends,
+/// however it ends, so a failed test leaves no desk running behind it.
 pub struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
+        let pid = self.0.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in children.split_whitespace() {
+            let _ = std::process::Command::new("kill").args(["-KILL", child]).status();
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

@@ -11,6 +11,7 @@ mod faults;
 mod happy_path;
 mod helpers;
 mod load;
+mod pacing;
 mod policy;
 mod process;
 mod randomized;
