@@ -158,6 +158,11 @@ fn rewrite_in<E>(jobs: &TransactionalTree, queue: &TransactionalTree, job: &Job)
     let Some(stored) = jobs.get(key.0)? else { return Ok(false) };
     let stored: Job = serde_json::from_slice(&stored).map_err(corrupt)?;
     queue.remove(&due_key(&stored)[..])?;
+    // The runner reschedules from the copy it claimed; a Slack message the handler recorded
+    // meanwhile must survive that, or the retry would post it again.
+    let mut job = job.clone();
+    job.posted_ts = job.posted_ts.or(stored.posted_ts);
+    let job = &job;
     jobs.insert(&key.0[..], encode(job))?;
     let heads_its_lane = read_lane(queue, &key)?.first() == Some(&job.id);
     if heads_its_lane && !job.parked {
@@ -419,6 +424,21 @@ mod tests {
         let again = store.find_job(job.id).unwrap().unwrap();
         assert_eq!((again.attempts, again.parked), (0, false));
         assert!(!store.retry_job(999, Utc::now()).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn rescheduling_from_the_claimed_copy_keeps_the_slack_message_the_job_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_request(new_request(), Utc::now()).await.unwrap();
+        let claimed = store.all_jobs().unwrap().remove(0);
+        store.record_job_posted(&claimed, "1700000000.000042").await.unwrap();
+        let mut retry = claimed.clone();
+        retry.attempts = 1;
+        retry.last_error = Some("Slack answered 500".into());
+        store.reschedule_job(&retry).await.unwrap();
+        let stored = store.find_job(claimed.id).unwrap().unwrap();
+        assert_eq!((stored.attempts, stored.posted_ts.as_deref()), (1, Some("1700000000.000042")));
     }
 
     #[tokio::test]
