@@ -93,6 +93,8 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
         if *shutdown.borrow() {
             break;
         }
+        // Finished tasks keep their memory until joined: join them all, not one per wake.
+        while tasks.try_join_next().is_some() {}
         let now = ctx.now();
         let wanted: Vec<(Lane, usize)> = lanes
             .iter()
