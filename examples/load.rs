@@ -100,6 +100,12 @@ fn start_desk(slack: &FakeSlack, stripe: &FakeStripe, dir: &std::path::Path, por
         .env("STRIPE_WEBHOOK_SECRET", driver::WEBHOOK_SECRET)
         .env("STRIPE_API_URL", &stripe.url)
         .env("RUST_LOG", "error")
+        // The desk's own tuning, passed through to compare settings.
+        .envs(
+            ["REFUND_DESK_CACHE_MB", "REFUND_DESK_JOB_CONCURRENCY"]
+                .iter()
+                .filter_map(|name| Some((*name, std::env::var(name).ok()?))),
+        )
         .stdout(Stdio::null());
     cmd.env("STRIPE_RATE_LIMIT", (if paced { PACED_RATE } else { LIFTED_RATE }).to_string());
     cmd.spawn().expect("the desk process starts")

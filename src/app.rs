@@ -232,6 +232,7 @@ impl Application {
             worker_ctx.workers_running.store(false, Ordering::Relaxed);
         });
         tokio::spawn(prune_seen_events_until_stopped(ctx.clone(), stop_rx.clone()));
+        tokio::spawn(run_metrics_upkeep_until_stopped(stop_rx.clone()));
         if ctx.settings.slack.approver_group.is_some() {
             tokio::spawn(refresh_approvers_until_stopped(ctx.clone(), stop_rx.clone()));
         }
@@ -306,6 +307,19 @@ async fn prune_seen_events_until_stopped(ctx: Arc<AppContext>, mut stop: watch::
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Folds recorded histogram samples into their buckets every few seconds. The recorder keeps
+/// every sample until then, so without it memory grows with traffic whenever nobody scrapes
+/// `/metrics`.
+async fn run_metrics_upkeep_until_stopped(mut stop: watch::Receiver<bool>) {
+    loop {
+        metrics_handle().run_upkeep();
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
