@@ -40,6 +40,8 @@ pub struct ChargeSpec {
     pub early_fraud_warning: Option<String>,
     /// With `disputed`: whether Stripe still allows refunding (an inquiry) or not.
     pub dispute_refundable: bool,
+    /// Paid by a method other than a card (e.g. `sepa_debit`): no card details, no Radar.
+    pub paid_without_card: Option<String>,
 }
 
 impl Default for ChargeSpec {
@@ -57,6 +59,7 @@ impl Default for ChargeSpec {
             created_days_ago: 2,
             early_fraud_warning: None,
             dispute_refundable: false,
+            paid_without_card: None,
         }
     }
 }
@@ -231,6 +234,9 @@ impl FakeStripe {
         charge["disputed"] = spec.disputed.into();
         charge["billing_details"]["email"] = spec.billing_email.clone().into();
         charge["receipt_email"] = spec.receipt_email.clone().into();
+        if let Some(method) = &spec.paid_without_card {
+            charge["payment_method_details"] = json!({ "type": method, method: {} });
+        }
         charge["refunds"] =
             json!({ "object": "list", "data": [], "has_more": false, "url": format!("/v1/charges/{id}/refunds") });
         if let Some(email) = &spec.customer_email {
@@ -499,14 +505,41 @@ async fn get_charge(
     if let Err(r) = authorised(&mut s, &headers) {
         return *r;
     }
-    let Some(mut charge) = s.charges.get(&id).cloned() else { return no_such("charge", &id) };
-    if !expanded && let Some(fields) = charge.as_object_mut() {
+    let Some(charge) = s.charges.get(&id).cloned() else { return no_such("charge", &id) };
+    axum::Json(charge_as_read(charge, expanded)).into_response()
+}
+/// A payment intent; its `latest_charge` is an id unless `expand[]=latest_charge` (or
+/// `latest_charge.refunds`, which expands the charge's refunds too) asks for the object.
+async fn get_intent(
+    State(st): Shared,
+    Path(id): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let params: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
+    let expands = |what: &str| params.iter().any(|(k, v)| k == "expand[]" && v == what);
+    let (with_refunds, with_charge) = (expands("latest_charge.refunds"), expands("latest_charge"));
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    record(&mut s, "GET", format!("/v1/payment_intents/{id}"), &headers, params.clone());
+    if let Err(r) = authorised(&mut s, &headers) {
+        return *r;
+    }
+    let Some(mut intent) = s.intents.get(&id).cloned() else { return no_such("payment_intent", &id) };
+    if (with_charge || with_refunds)
+        && let Some(charge) = intent["latest_charge"].as_str().and_then(|c| s.charges.get(c))
+    {
+        intent["latest_charge"] = charge_as_read(charge.clone(), with_refunds);
+    }
+    axum::Json(intent).into_response()
+}
+
+/// A stored charge as Stripe shows it: its `refunds` only when expanded.
+fn charge_as_read(mut charge: Value, refunds_expanded: bool) -> Value {
+    if !refunds_expanded && let Some(fields) = charge.as_object_mut() {
         fields.remove("refunds");
     }
-    axum::Json(charge).into_response()
-}
-async fn get_intent(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    lookup(&st, &headers, format!("/v1/payment_intents/{id}"), "payment_intent", &id, |s| &s.intents)
+    charge
 }
 async fn get_customer(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
     lookup(&st, &headers, format!("/v1/customers/{id}"), "customer", &id, |s| &s.customers)

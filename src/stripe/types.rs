@@ -46,6 +46,9 @@ pub struct CardDetails {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PaymentMethodDetails {
+    /// `card`, `card_present`, `sepa_debit`, `us_bank_account`, ...
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
     pub card: Option<CardDetails>,
 }
 

@@ -12,6 +12,7 @@ use crate::email::{EmailError, mask_address};
 use crate::slack::SlackCallError;
 use crate::slack::views::{self, Audience};
 use crate::storage::{EmailRecord, Job, RefundUpdate, Store, StoreError};
+use crate::stripe::types::Expandable;
 use crate::stripe::{Charge, CreateRefund, StripeError};
 use chrono::DateTime;
 use std::time::Duration;
@@ -191,6 +192,8 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
                     )
                     .await;
                 }
+                // Read with the intent (expanded), unless Stripe sent only its id.
+                Some(Expandable::Object(charge)) => Ok(*charge.clone()),
                 Some(c) => ctx.stripe.get_charge(c.id()).await.map_err(|e| (e, format!("charge `{}`", c.id()))),
             },
         },
@@ -231,13 +234,17 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
         }
         facts.disputes = disputes.iter().map(describe).collect();
     }
-    facts.fraud_warnings = match ctx.stripe.early_fraud_warnings(&charge.id).await {
-        Ok(list) => list.into_iter().map(|w| w.fraud_type.unwrap_or_else(|| "unspecified".into())).collect(),
-        Err(e @ (StripeError::Unavailable(_) | StripeError::RateLimited(_))) => return Err(stripe_retry(e)),
-        // A restricted key without Radar access: go on without, and say so in the log.
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read early fraud warnings");
-            vec![]
+    facts.fraud_warnings = if !card_networks_can_warn(&charge) {
+        vec![]
+    } else {
+        match ctx.stripe.early_fraud_warnings(&charge.id).await {
+            Ok(list) => list.into_iter().map(|w| w.fraud_type.unwrap_or_else(|| "unspecified".into())).collect(),
+            Err(e @ (StripeError::Unavailable(_) | StripeError::RateLimited(_))) => return Err(stripe_retry(e)),
+            // A restricted key without Radar access: go on without, and say so in the log.
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read early fraud warnings");
+                vec![]
+            }
         }
     };
     // The amount and the policy are decided inside the transaction, against the holds of the
@@ -258,6 +265,17 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
         tracing::info!(error = %e, "the request moved on before its check finished");
     }
     Ok(())
+}
+
+/// Whether Radar can hold an early fraud warning for the charge: card networks send them, so
+/// only card payments can have one. A charge paid otherwise (a bank debit, a transfer) costs no
+/// Radar read; one whose method is not given is read, to be safe.
+fn card_networks_can_warn(charge: &Charge) -> bool {
+    match charge.payment_method_details.as_ref() {
+        Some(d) if d.card.is_some() => true,
+        Some(d) => d.kind.as_deref().is_none_or(|kind| kind.starts_with("card") || kind == "interac_present"),
+        None => true,
+    }
 }
 
 async fn reject(

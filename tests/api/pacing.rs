@@ -35,3 +35,41 @@ async fn a_burst_of_requests_at_the_default_pace_gets_every_card_without_a_singl
     }
     assert_eq!(app.stripe.rate_limited(), 0, "the desk went over Stripe's rate limit");
 }
+
+/// The Stripe reads made while checking requests, as `METHOD path`.
+fn reads(app: &TestApp) -> Vec<String> {
+    app.stripe.received().iter().filter(|r| r.method == "GET").map(|r| format!("GET {}", r.path)).collect()
+}
+
+#[tokio::test]
+async fn a_payment_intent_is_read_with_its_charge_in_one_call() {
+    let app = TestApp::spawn().await;
+    let (charge, pi) = app.stripe.add_charge(ChargeSpec { with_payment_intent: true, ..ChargeSpec::default() });
+    let pi = pi.unwrap();
+    let id = app.request_refund(&format!("{pi} 5.00 duplicate")).await;
+    let card = app.card(id).await;
+    assert!(card.blocks.to_string().contains("4242"), "the charge's card is on the card: {}", card.blocks);
+    assert_eq!(
+        reads(&app),
+        [format!("GET /v1/payment_intents/{pi}"), "GET /v1/radar/early_fraud_warnings".to_string()],
+        "no separate read of {charge}"
+    );
+}
+
+#[tokio::test]
+async fn a_charge_paid_without_a_card_costs_no_radar_read() {
+    let app = TestApp::spawn().await;
+    let charge = app.add_charge(ChargeSpec { paid_without_card: Some("sepa_debit".into()), ..ChargeSpec::default() });
+    let id = app.request_refund(&format!("{charge} 5.00 duplicate")).await;
+    app.card(id).await;
+    assert_eq!(reads(&app), [format!("GET /v1/charges/{charge}")]);
+}
+
+#[tokio::test]
+async fn a_card_charge_is_still_checked_with_radar() {
+    let app = TestApp::spawn().await;
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = app.request_refund(&format!("{charge} 5.00 duplicate")).await;
+    app.card(id).await;
+    assert_eq!(reads(&app), [format!("GET /v1/charges/{charge}"), "GET /v1/radar/early_fraud_warnings".to_string()]);
+}
