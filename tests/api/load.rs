@@ -97,3 +97,70 @@ fn explain(dir: &std::path::Path, ids: &[&String]) -> String {
         .collect::<Vec<_>>()
         .join("; ")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_in_the_middle_of_load_exits_0_and_loses_no_answered_request() {
+    let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
+    let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
+    stripe.set_rate_limit(None);
+    let dir = tempfile::tempdir().unwrap();
+    let start_desk = |port: u16| {
+        let child = desk_command(&slack.url, &stripe.url, dir.path())
+            .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{port}"))
+            .env("STRIPE_RATE_LIMIT", "100000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    };
+    let port = free_port();
+    let mut desk = start_desk(port);
+    wait_until_ready(port, Duration::from_secs(15)).await;
+
+    let plan = LoadPlan {
+        clients: 32,
+        duration: Duration::from_secs(8),
+        requester: REQUESTER.into(),
+        approver: None,
+        answer_timeout: Duration::from_secs(3),
+    };
+    let load = tokio::spawn({
+        let (base, slack, stripe, plan) =
+            (format!("http://127.0.0.1:{port}"), slack.clone(), stripe.clone(), plan.clone());
+        async move { run_load(&base, &slack, &stripe, &plan).await }
+    });
+    // Stop while requests are still coming in and the job backlog is full.
+    let until = std::time::Instant::now() + Duration::from_secs(15);
+    while slack.button_message_counts().len() < 50 {
+        assert!(std::time::Instant::now() < until, "no cards were posted under load");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(terminate(&mut desk.0, Duration::from_secs(30)).await, Some(0), "SIGTERM under load must exit 0");
+    let report = load.await.unwrap();
+    assert!(report.accepted.len() > 50, "too few requests answered to prove anything: {}", report.accepted.len());
+
+    // Every request that was answered is on disk, and gets its one card after a restart.
+    let port = free_port();
+    let mut desk = start_desk(port);
+    wait_until_ready(port, Duration::from_secs(15)).await;
+    let ids: Vec<String> = report.accepted.iter().map(|a| a.id.clone()).collect();
+    let all_carded = wait_for(Duration::from_secs(120), || {
+        let counts = slack.button_message_counts();
+        ids.iter().all(|id| counts.contains_key(id)).then_some(())
+    })
+    .await;
+    let counts = slack.button_message_counts();
+    let missing: Vec<&String> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+    if all_carded.is_none() {
+        terminate(&mut desk.0, Duration::from_secs(30)).await;
+        panic!(
+            "{} answered requests never got a card after the restart: {}",
+            missing.len(),
+            explain(dir.path(), &missing)
+        );
+    }
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "requests with more than one card: {doubled:?}");
+    assert_eq!(terminate(&mut desk.0, Duration::from_secs(30)).await, Some(0));
+}
