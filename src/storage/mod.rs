@@ -502,8 +502,16 @@ impl Store {
                 tracing::info!(status = ?request.status, "request moved");
                 Ok(Ok(Some(request)))
             }
-            Ok(None) => Ok(Ok(None)),
-            Err(e) => Ok(Err(e)),
+            // Nothing written, but the answer rests on what was read, which another write may
+            // have just made and not yet synced ("already approved"): sync that first.
+            Ok(None) => {
+                self.flush().await?;
+                Ok(Ok(None))
+            }
+            Err(e) => {
+                self.flush().await?;
+                Ok(Err(e))
+            }
         }
     }
 
@@ -721,8 +729,10 @@ impl Store {
             },
         );
         let (outcome, added) = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("events never refuse"));
+        // A duplicate is acknowledged too, so it waits for the sync of its first delivery,
+        // which may still be under way: Stripe stops sending once either is answered 2xx.
+        self.committed(added).await?;
         if let EventOutcome::Applied(outcomes) = &outcome {
-            self.committed(added).await?;
             for moved in outcomes
                 .iter()
                 .filter_map(|o| if let RefundOutcome::Moved(_, status) = o { Some(*status) } else { None })
@@ -816,9 +826,8 @@ impl Store {
     pub async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let fresh =
             self.slack_events.compare_and_swap(event_id.as_bytes(), None as Option<&[u8]>, Some(encode(&now)))?.is_ok();
-        if fresh {
-            self.flush().await?;
-        }
+        // A retry is acknowledged too: it waits for the sync of the first delivery's write.
+        self.flush().await?;
         Ok(fresh)
     }
 }
