@@ -278,3 +278,8 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Held by the tests that load the machine (many clients against a desk process) and by those
+/// whose outcome a starved machine could bend (Stripe's pace), so they never run at once on a
+/// 2-core machine.
+pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -1,6 +1,6 @@
 //! Stripe's rate limit: the stand-in enforces it as Stripe does, and the desk's pace stays under it.
 
-use crate::helpers::TestApp;
+use crate::helpers::{HEAVY, TestApp};
 use refund_desk::standins::{ChargeSpec, FakeStripe, driver};
 
 #[tokio::test]
@@ -26,6 +26,7 @@ async fn the_stripe_stand_in_refuses_calls_past_twenty_five_a_second_as_stripe_d
 
 #[tokio::test]
 async fn a_burst_of_requests_at_the_default_pace_gets_every_card_without_a_single_429() {
+    let _heavy = HEAVY.lock().await;
     let app = TestApp::spawn().await;
     let commands: Vec<String> =
         (0..30).map(|_| format!("{} 5.00 duplicate", app.add_charge(ChargeSpec::default()))).collect();
