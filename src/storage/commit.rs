@@ -13,7 +13,6 @@
 //! `fsync` error the kernel may have dropped the dirty pages, and a later `fsync` that succeeds
 //! proves nothing about them. Every writer then gets the error, and nothing more is acknowledged.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -62,7 +61,7 @@ struct Shared {
 /// joined when the last handle is dropped, so the store's lock is released with it.
 pub struct Committer {
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Committer {
@@ -77,18 +76,11 @@ struct Files {
     log: File,
     dir: PathBuf,
     blobs: PathBuf,
-    /// Blob files already synced (sled never rewrites one; it removes them when collected).
-    synced_blobs: HashSet<std::ffi::OsString>,
 }
 
 impl Files {
     fn open(dir: &Path) -> io::Result<Files> {
-        let files = Files {
-            log: File::open(dir.join("db"))?,
-            dir: dir.to_path_buf(),
-            blobs: dir.join("blobs"),
-            synced_blobs: HashSet::new(),
-        };
+        let files = Files { log: File::open(dir.join("db"))?, dir: dir.to_path_buf(), blobs: dir.join("blobs") };
         // The directory entries of a store just created (its `db`, `conf` and `blobs/`).
         sync_dir(&files.dir)?;
         if files.blobs.is_dir() {
@@ -97,24 +89,21 @@ impl Files {
         Ok(files)
     }
 
-    /// `fdatasync` of everything sled may have written since the last call.
+    /// `fdatasync` of everything sled may have written since the last call. Every blob file is
+    /// synced each time (there are none unless a value passes about 128 KiB, and a clean file
+    /// syncs at once): one remembered as synced could have been listed while sled was still
+    /// writing it.
     fn sync(&mut self) -> io::Result<()> {
         self.log.sync_data()?;
         let Ok(entries) = std::fs::read_dir(&self.blobs) else { return Ok(()) };
-        let mut present = HashSet::new();
-        let mut new_blob = false;
+        let mut any = false;
         for entry in entries {
-            let name = entry?.file_name();
-            if !self.synced_blobs.contains(&name) {
-                File::open(self.blobs.join(&name))?.sync_data()?;
-                new_blob = true;
-            }
-            present.insert(name);
+            File::open(entry?.path())?.sync_data()?;
+            any = true;
         }
-        if new_blob {
+        if any {
             sync_dir(&self.blobs)?;
         }
-        self.synced_blobs = present;
         Ok(())
     }
 }
@@ -137,7 +126,7 @@ impl Committer {
             let shared = shared.clone();
             move || run_committer(&shared, &db, files)
         })?;
-        Ok(Committer { shared, thread: Mutex::new(Some(thread)) })
+        Ok(Committer { shared, thread: Some(thread) })
     }
 
     /// A ticket for every write already made. Take it after the write, then [`Committer::wait`].
@@ -182,11 +171,9 @@ impl Committer {
 
 impl Drop for Committer {
     fn drop(&mut self) {
-        if let Ok(mut queue) = self.shared.queue.lock() {
-            queue.stopping = true;
-        }
+        self.shared.queue.lock().unwrap_or_else(|p| p.into_inner()).stopping = true;
         self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+        if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
     }

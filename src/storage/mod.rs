@@ -490,14 +490,15 @@ impl Store {
                     Ok(None) => Ok(None),
                     Ok(Some(t)) => {
                         write_transition(&TxTrees { requests, audit, jobs, queue, holds, index }, &request, &t, now)?;
-                        Ok(Some((request, !t.effects.is_empty())))
+                        Ok(Some(request))
                     }
                 }
             },
         );
         match Self::finish_tx(result)? {
-            Ok(Some((request, added))) => {
-                self.committed(added).await?;
+            // Every transition adds at least App Home's refresh, so the runner is woken.
+            Ok(Some(request)) => {
+                self.committed(true).await?;
                 count_transition(request.status);
                 tracing::info!(status = ?request.status, "request moved");
                 Ok(Ok(Some(request)))
@@ -710,7 +711,7 @@ impl Store {
                     match request.record_stripe_refund(u.refund.clone(), &u.status, u.failure_reason.clone(), now) {
                         Some(t) => {
                             write_transition(&tx, &request, &t, now)?;
-                            added |= !t.effects.is_empty();
+                            added = true; // at least App Home's refresh
                             outcomes.push(RefundOutcome::Moved(id, request.status));
                         }
                         None => {
