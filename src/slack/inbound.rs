@@ -99,7 +99,7 @@ pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlashCommand) -> Option<
             });
             return None;
         }
-        Command::List => list_text(ctx, &user),
+        Command::List => list_text(ctx, &user).await,
         Command::Cancel(id) => {
             let now = ctx.now();
             match ctx.store.transition(id, now, |r| r.withdraw(&user, now).map(Some)).await {
@@ -112,14 +112,19 @@ pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlashCommand) -> Option<
                 }
             }
         }
-        Command::Status(id) => status_text(ctx, id),
+        Command::Status(id) => status_text(ctx, id).await,
         Command::Refund(rc) => store_request(ctx, rc, user, &cmd).await,
     })
 }
 
 /// The person's recent requests, one line each.
-fn list_text(ctx: &AppContext, user: &UserId) -> String {
-    match ctx.store.requests_of(user.as_str(), 10) {
+async fn list_text(ctx: &AppContext, user: &UserId) -> String {
+    // Shown only once on disk: a power cut must not undo what the person was told.
+    let read = match ctx.store.requests_of(user.as_str(), 10) {
+        Ok(list) => ctx.store.flush().await.map(|()| list),
+        Err(e) => Err(e),
+    };
+    match read {
         Ok(list) if list.is_empty() => "You have no refund requests yet.".into(),
         Ok(list) => {
             let now = ctx.now();
@@ -168,8 +173,8 @@ fn ready_command(ctx: &AppContext, cmd: &SlashCommand) -> Result<(UserId, Comman
 }
 
 /// `/refund status R-...`.
-fn status_text(ctx: &AppContext, id: RequestId) -> String {
-    match ctx.store.get_request(id) {
+async fn status_text(ctx: &AppContext, id: RequestId) -> String {
+    match ctx.store.get_request_durable(id).await {
         Ok(Some(r)) => {
             let amount = r.amount.map(|m| m.to_string()).unwrap_or_else(|| r.asked_text());
             format!("*{}*: {amount} on `{}`.\n{}", r.id, r.target, views::status_line(&r))
@@ -274,7 +279,7 @@ async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action:
     }
     // Deny: check first, so nobody gets a form they cannot submit; then open it at once, while
     // the click's trigger id is still valid.
-    let request = match ctx.store.get_request(id) {
+    let request = match ctx.store.get_request_durable(id).await {
         Ok(Some(r)) => r,
         Ok(None) => return ctx.tell_privately(channel, user, format!("There is no request {id}.")),
         Err(e) => return report_store_error(ctx, channel, user, id, e),

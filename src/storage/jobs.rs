@@ -248,9 +248,9 @@ impl Store {
     /// now (the heads of their request's lane, not parked, due, not in `running`), earliest
     /// first; and when the next job not yet due falls due.
     ///
-    /// Every job returned was written by a transaction that is already durable: a job never
-    /// acts (calls Stripe, posts to Slack) on a decision a power cut could still undo.
-    pub async fn due_jobs(
+    /// A job returned may not be durable yet: its handler reads what it acts on with
+    /// [`Store::get_request_durable`], whose sync covers the job too.
+    pub fn due_jobs(
         &self,
         wanted: &[(Lane, usize)],
         now: DateTime<Utc>,
@@ -281,9 +281,6 @@ impl Store {
                     taken += 1;
                 }
             }
-        }
-        if !found.jobs.is_empty() {
-            self.commit.sync().await?;
         }
         Ok(found)
     }
@@ -337,7 +334,7 @@ mod tests {
 
     async fn due(store: &Store, at: DateTime<Utc>, running: &HashSet<u64>) -> Vec<Job> {
         let wanted: Vec<_> = Lane::ALL.iter().map(|&l| (l, 100)).collect();
-        store.due_jobs(&wanted, at, running).await.unwrap().jobs
+        store.due_jobs(&wanted, at, running).unwrap().jobs
     }
 
     fn effects(jobs: &[Job]) -> Vec<Effect> {
@@ -375,10 +372,10 @@ mod tests {
         check.attempts = 1;
         store.reschedule_job(&check).await.unwrap();
         let wanted = [(Lane::Stripe, 10)];
-        let found = store.due_jobs(&wanted, now, &HashSet::new()).await.unwrap();
+        let found = store.due_jobs(&wanted, now, &HashSet::new()).unwrap();
         assert!(found.jobs.is_empty());
         assert_eq!(found.next.map(|n| n.timestamp_millis()), Some(check.not_before.timestamp_millis()));
-        let later = store.due_jobs(&wanted, check.not_before, &HashSet::new()).await.unwrap();
+        let later = store.due_jobs(&wanted, check.not_before, &HashSet::new()).unwrap();
         assert_eq!(later.jobs, vec![check]);
     }
 
@@ -401,7 +398,7 @@ mod tests {
             store.reschedule_job(&check).await.unwrap();
             ids.push(check.id);
         }
-        let found = store.due_jobs(&[(Lane::Stripe, 3)], now, &HashSet::new()).await.unwrap();
+        let found = store.due_jobs(&[(Lane::Stripe, 3)], now, &HashSet::new()).unwrap();
         let got: Vec<u64> = found.jobs.iter().map(|j| j.id).collect();
         assert_eq!(got, vec![ids[4], ids[3], ids[2]]);
     }
@@ -417,9 +414,9 @@ mod tests {
         job.attempts = 12;
         store.reschedule_job(&job).await.unwrap();
         let stripe = [(Lane::Stripe, 10)];
-        assert!(store.due_jobs(&stripe, Utc::now(), &HashSet::new()).await.unwrap().jobs.is_empty());
+        assert!(store.due_jobs(&stripe, Utc::now(), &HashSet::new()).unwrap().jobs.is_empty());
         assert!(store.retry_job(job.id, Utc::now()).await.unwrap());
-        let found = store.due_jobs(&stripe, Utc::now(), &HashSet::new()).await.unwrap().jobs;
+        let found = store.due_jobs(&stripe, Utc::now(), &HashSet::new()).unwrap().jobs;
         assert_eq!(found.iter().map(|j| j.id).collect::<Vec<_>>(), vec![job.id]);
         let again = store.find_job(job.id).unwrap().unwrap();
         assert_eq!((again.attempts, again.parked), (0, false));
@@ -470,10 +467,10 @@ mod tests {
         for _ in 0..50 {
             store.insert_request(new_request(), now).await.unwrap();
         }
-        let first = store.due_jobs(&[(Lane::Stripe, 10)], now, &HashSet::new()).await.unwrap().jobs;
+        let first = store.due_jobs(&[(Lane::Stripe, 10)], now, &HashSet::new()).unwrap().jobs;
         assert_eq!(first.len(), 10);
         let running: HashSet<u64> = first.iter().map(|j| j.id).collect();
-        let second = store.due_jobs(&[(Lane::Stripe, 10)], now, &running).await.unwrap().jobs;
+        let second = store.due_jobs(&[(Lane::Stripe, 10)], now, &running).unwrap().jobs;
         assert_eq!(second.len(), 10);
         assert!(second.iter().all(|j| !running.contains(&j.id)));
     }

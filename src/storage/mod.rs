@@ -534,6 +534,14 @@ impl Store {
         Ok(request)
     }
 
+    /// A request as stored, returned once what was read is on disk: for anything shown to a
+    /// person or acted on outside (a card edit, a refund), which a power cut must not undo.
+    pub async fn get_request_durable(&self, id: RequestId) -> Result<Option<RefundRequest>, StoreError> {
+        let request = self.get_request(id)?;
+        self.flush().await?;
+        Ok(request)
+    }
+
     pub fn get_request(&self, id: RequestId) -> Result<Option<RefundRequest>, StoreError> {
         self.requests.get(id.to_key())?.map(|b| decode(&b)).transpose()
     }

@@ -66,9 +66,12 @@ pub fn idempotency_key(install_id: &str, id: RequestId) -> String {
 }
 
 pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
+    // Durable before acting: a card edit or a refund must not rest on a decision (or on this
+    // job itself) that a power cut could still undo.
     let request = ctx
         .store
-        .get_request(job.request_id)?
+        .get_request_durable(job.request_id)
+        .await?
         .ok_or_else(|| JobError::Permanent(format!("{} is not stored", job.request_id)))?;
     match &job.effect {
         Effect::CheckPayment => check_payment(ctx, &request).await,
