@@ -2,7 +2,9 @@
 //! for sled's `sync_file_range`, which a power cut can undo. The real binary runs under strace,
 //! which holds up every `fsync` and `fdatasync`; an answer that came sooner did not wait for one.
 
-use crate::helpers::{KillOnDrop, REQUESTER, desk_command, free_port, wait_until_ready};
+use crate::helpers::{
+    HEAVY, KillOnDrop, REQUESTER, children_of, desk_command, free_port, wait_for_exit, wait_until_ready,
+};
 use refund_desk::standins::driver::{self, SlackDriver};
 use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe};
 use std::process::Stdio;
@@ -51,23 +53,15 @@ impl SlowSyncDesk {
 
     /// SIGTERM to the desk, strace's child; strace then exits with the desk's exit code.
     async fn stop(mut self) -> Option<i32> {
-        let pid = self.strace.0.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
-        let desk_pid = children.split_whitespace().next().expect("strace runs the desk");
-        assert!(std::process::Command::new("kill").args(["-TERM", desk_pid]).status().unwrap().success());
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.strace.0.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < until, "the desk was still running 30 s after SIGTERM");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let desk = *children_of(self.strace.0.id()).first().expect("strace runs the desk");
+        assert!(std::process::Command::new("kill").args(["-TERM", &desk.to_string()]).status().unwrap().success());
+        wait_for_exit(&mut self.strace.0, Duration::from_secs(30)).await
     }
 }
 
 #[tokio::test]
-async fn a_refund_is_answered_only_after_an_fdatasync_covers_it() {
+async fn a_refund_is_answered_only_after_an_fdatasync() {
+    let _heavy = HEAVY.lock().await;
     let desk = SlowSyncDesk::start().await;
     let (charge, _) = desk.stripe.add_charge(ChargeSpec::default());
     let driver = SlackDriver::new(desk.base.clone());
@@ -87,6 +81,7 @@ async fn a_refund_is_answered_only_after_an_fdatasync_covers_it() {
 
 #[tokio::test]
 async fn a_webhook_delivered_twice_at_once_is_acknowledged_twice_only_after_its_sync() {
+    let _heavy = HEAVY.lock().await;
     let desk = SlowSyncDesk::start().await;
     let (charge, _) = desk.stripe.add_charge(ChargeSpec::default());
     // A refund made at Stripe, and the event Stripe sends for it.

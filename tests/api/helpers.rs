@@ -253,6 +253,11 @@ pub async fn wait_until_ready(port: u16, deadline: Duration) {
 pub async fn terminate(child: &mut std::process::Child, deadline: Duration) -> Option<i32> {
     let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
+    wait_for_exit(child, deadline).await
+}
+
+/// Waits for `child` to exit and returns its exit code, failing the test at `deadline`.
+pub async fn wait_for_exit(child: &mut std::process::Child, deadline: Duration) -> Option<i32> {
     let until = std::time::Instant::now() + deadline;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -269,10 +274,8 @@ pub struct KillOnDrop(pub std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let pid = self.0.id();
-        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        for child in children.split_whitespace() {
-            let _ = std::process::Command::new("kill").args(["-KILL", child]).status();
+        for child in children_of(self.0.id()) {
+            let _ = std::process::Command::new("kill").args(["-KILL", &child.to_string()]).status();
         }
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -283,3 +286,9 @@ impl Drop for KillOnDrop {
 /// whose outcome a starved machine could bend (Stripe's pace), so they never run at once on a
 /// 2-core machine.
 pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The ids of a process's children (strace's: the desk it runs).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    children.split_whitespace().filter_map(|c| c.parse().ok()).collect()
+}
