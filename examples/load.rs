@@ -61,6 +61,11 @@ fn main() {
 /// The child process: exactly what `refund-desk serve` runs, configured from the environment.
 fn run_desk() {
     refund_desk::app::install_crypto_provider();
+    // Logging as `serve` sets it up, so its cost is in the figures too.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let settings = refund_desk::config::Settings::load().expect("the benchmark's settings");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
