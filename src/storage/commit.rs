@@ -9,6 +9,14 @@
 //! then `fdatasync`s the log file (and any blob file sled wrote since the last sync), and wakes
 //! every writer whose ticket that sync covered. Writes that arrive together share one sync.
 //!
+//! sled's `flush()` holds sled's global concurrency-control read lock for as long as it waits
+//! on the device, and every sled transaction needs that lock for writing: a transaction that
+//! starts during a flush blocks its thread until the flush ends. On a tokio worker that stalls
+//! every task of the runtime. So writers take a [`WritePermit`] (an async read of the committer's
+//! gate) around their transaction, and the committer holds the gate exclusively during
+//! `flush()`: a write that comes during a flush waits as a task, not as a blocked thread, and the
+//! writes that gathered meanwhile go out together in the next sync.
+//!
 //! A failed sync poisons the store for good, as PostgreSQL learned from "fsyncgate": after an
 //! `fsync` error the kernel may have dropped the dirty pages, and a later `fsync` that succeeds
 //! proves nothing about them. Every writer then gets the error, and nothing more is acknowledged.
@@ -55,7 +63,14 @@ struct Shared {
     synced: watch::Sender<Synced>,
     /// Syncs done, for `/metrics` and for the tests that prove writes share them.
     syncs: std::sync::atomic::AtomicU64,
+    /// Shared by writers for the length of their sled transaction; held exclusively by the
+    /// committer while sled's `flush()` holds sled's lock.
+    gate: Arc<tokio::sync::RwLock<()>>,
 }
+
+/// Held around a sled transaction (never across an `.await`): while it is held, the committer
+/// does not start sled's `flush()`.
+pub type WritePermit = tokio::sync::OwnedRwLockReadGuard<()>;
 
 /// The committer: a thread of its own (never sled's pool, never a tokio worker), stopped and
 /// joined when the last handle is dropped, so the store's lock is released with it.
@@ -121,12 +136,19 @@ impl Committer {
             wake: Condvar::new(),
             synced: watch::Sender::new(Synced::default()),
             syncs: Default::default(),
+            gate: Arc::new(tokio::sync::RwLock::new(())),
         });
         let thread = std::thread::Builder::new().name("refund-desk-commit".into()).spawn({
             let shared = shared.clone();
             move || run_committer(&shared, &db, files)
         })?;
         Ok(Committer { shared, thread: Some(thread) })
+    }
+
+    /// Waits until no sled `flush()` is running, and keeps one from starting until the permit is
+    /// dropped: take it before a sled transaction, drop it right after.
+    pub async fn write_permit(&self) -> WritePermit {
+        self.shared.gate.clone().read_owned().await
     }
 
     /// A ticket for every write already made. Take it after the write, then [`Committer::wait`].
@@ -194,7 +216,13 @@ fn run_committer(shared: &Shared, db: &sled::Db, mut files: Files) {
             queue.issued
         };
         let started = Instant::now();
-        let result = db.flush().map_err(|e| e.to_string()).and_then(|_| files.sync().map_err(|e| e.to_string()));
+        let flushed = {
+            // No writer is inside a transaction now, and none starts until sled lets go of
+            // its lock; they wait as tasks (see the top of this file).
+            let _gate = shared.gate.blocking_write();
+            db.flush()
+        };
+        let result = flushed.map_err(|e| e.to_string()).and_then(|_| files.sync().map_err(|e| e.to_string()));
         metrics::histogram!("refund_desk_store_sync_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("refund_desk_store_sync_writes").record((target - done) as f64);
         match result {

@@ -153,7 +153,7 @@ pub(super) fn enqueue_in<E>(
 }
 
 /// Stores a job's new state, keeping its due entry in step: a lane's head has one unless parked.
-fn rewrite_in<E>(jobs: &TransactionalTree, queue: &TransactionalTree, job: &Job) -> TxResult<bool, E> {
+pub(super) fn rewrite_in<E>(jobs: &TransactionalTree, queue: &TransactionalTree, job: &Job) -> TxResult<bool, E> {
     let key = job.key();
     let Some(stored) = jobs.get(key.0)? else { return Ok(false) };
     let stored: Job = serde_json::from_slice(&stored).map_err(corrupt)?;
@@ -172,7 +172,7 @@ fn rewrite_in<E>(jobs: &TransactionalTree, queue: &TransactionalTree, job: &Job)
 }
 
 /// Removes a finished job; the next job of its lane becomes due.
-fn complete_in<E>(jobs: &TransactionalTree, queue: &TransactionalTree, key: JobKey) -> TxResult<(), E> {
+pub(super) fn complete_in<E>(jobs: &TransactionalTree, queue: &TransactionalTree, key: JobKey) -> TxResult<(), E> {
     let Some(stored) = jobs.remove(&key.0[..])? else { return Ok(()) };
     let stored: Job = serde_json::from_slice(&stored).map_err(corrupt)?;
     queue.remove(&due_key(&stored)[..])?;
@@ -233,8 +233,10 @@ impl Store {
 
     /// Adds jobs for a request outside any transition.
     pub async fn enqueue(&self, id: RequestId, effects: &[Effect], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let permit = self.commit.write_permit().await;
         let result =
             (&self.jobs, &self.queue).transaction(|(jobs, queue)| enqueue_in::<()>(jobs, queue, id, effects, now));
+        drop(permit);
         Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!());
         self.committed(true).await
     }
@@ -287,9 +289,7 @@ impl Store {
 
     /// Removes a finished job; the next one of its lane becomes due.
     pub async fn complete_job(&self, job: &Job) -> Result<(), StoreError> {
-        let key = job.key();
-        let result = (&self.jobs, &self.queue).transaction(|(jobs, queue)| complete_in::<()>(jobs, queue, key));
-        Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!());
+        self.write_batched(super::batch::Write::CompleteJob(job.key())).await?;
         self.committed(true).await
     }
 
@@ -306,8 +306,10 @@ impl Store {
     }
 
     async fn rewrite_job(&self, job: &Job) -> Result<bool, StoreError> {
-        let result = (&self.jobs, &self.queue).transaction(|(jobs, queue)| rewrite_in::<()>(jobs, queue, job));
-        let found = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!());
+        let found = match self.write_batched(super::batch::Write::RewriteJob(job.clone())).await? {
+            super::batch::Written::Job { found } => found,
+            other => unreachable!("a job rewrite wrote {other:?}"),
+        };
         self.committed(found).await?;
         Ok(found)
     }

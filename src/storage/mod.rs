@@ -19,6 +19,7 @@
 //! A transition writes the request, its audit entry and its effects' jobs in one transaction and
 //! is synced to disk (see [`commit`]) before the caller acknowledges anything.
 
+mod batch;
 pub mod commit;
 pub mod jobs;
 
@@ -161,6 +162,8 @@ pub struct Store {
     install_id: String,
     /// The group committer every write waits on before it is acknowledged.
     commit: Arc<commit::Committer>,
+    /// Writes waiting to share a transaction (see [`batch`]).
+    batch: Arc<batch::WriteQueue>,
 }
 
 /// Why a transaction closure stopped.
@@ -366,6 +369,7 @@ impl Store {
             jobs_added: Arc::new(Notify::new()),
             install_id,
             commit,
+            batch: Arc::default(),
         };
         store.ensure_queue_index()?;
         Ok(store)
@@ -415,21 +419,10 @@ impl Store {
     /// Stores a new request (status `Requested`) and its first job; durable on return.
     #[tracing::instrument(skip_all, fields(slack_user = %new.requester))]
     pub async fn insert_request(&self, new: NewRequest, now: DateTime<Utc>) -> Result<RefundRequest, StoreError> {
-        let trees = (&self.requests, &self.audit, &self.jobs, &self.queue, &self.holds, &self.index, &self.meta);
-        let result =
-            trees.transaction(|(requests, audit, jobs, queue, holds, index, meta)| -> TxResult<RefundRequest, ()> {
-                let number = match meta.get(NEXT_REQUEST_KEY)? {
-                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(corrupt)?),
-                    None => FIRST_REQUEST_NUMBER,
-                };
-                meta.insert(NEXT_REQUEST_KEY, &(number + 1).to_be_bytes())?;
-                let request = RefundRequest::new(RequestId::new(number), new.clone(), now);
-                bump(index, &day_key(&now.format("%Y-%m-%d").to_string(), "requested"), 1, 0)?;
-                let tx = TxTrees { requests, audit, jobs, queue, holds, index };
-                write_transition(&tx, &request, &request.created(), now)?;
-                Ok(request)
-            });
-        let request = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("insert never refuses"));
+        let request = match self.write_batched(batch::Write::Insert(new, now)).await? {
+            batch::Written::Request(request) => request,
+            other => unreachable!("an insert wrote {other:?}"),
+        };
         self.committed(true).await?;
         metrics::counter!("refund_desk_requests_total").increment(1);
         tracing::info!(request_id = %request.id, "request stored");
@@ -478,6 +471,7 @@ impl Store {
     where
         F: Fn(&mut RefundRequest, &[Hold]) -> Result<Option<Transition>, E>,
     {
+        let permit = self.commit.write_permit().await;
         let result = (&self.requests, &self.audit, &self.jobs, &self.queue, &self.holds, &self.index).transaction(
             |(requests, audit, jobs, queue, holds, index)| {
                 let mut request = read_request(requests, id)?;
@@ -495,6 +489,7 @@ impl Store {
                 }
             },
         );
+        drop(permit);
         match Self::finish_tx(result)? {
             // Every transition adds at least App Home's refresh, so the runner is woken.
             Ok(Some(request)) => {
@@ -523,12 +518,14 @@ impl Store {
         id: RequestId,
         change: impl Fn(&mut RefundRequest),
     ) -> Result<RefundRequest, StoreError> {
+        let permit = self.commit.write_permit().await;
         let result = self.requests.transaction(|requests| -> TxResult<RefundRequest, ()> {
             let mut request = read_request(requests, id)?;
             change(&mut request);
             requests.insert(&id.to_key(), encode(&request))?;
             Ok(request)
         });
+        drop(permit);
         let request = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("update never refuses"));
         self.committed(false).await?;
         Ok(request)
@@ -687,6 +684,7 @@ impl Store {
             &self.refund_ids,
             &self.stripe_events,
         );
+        let permit = self.commit.write_permit().await;
         let result = trees.transaction(
             |(requests, audit, jobs, queue, holds, index, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
                 let tx = TxTrees { requests, audit, jobs, queue, holds, index };
@@ -737,6 +735,7 @@ impl Store {
                 Ok((EventOutcome::Applied(outcomes), added))
             },
         );
+        drop(permit);
         let (outcome, added) = Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!("events never refuse"));
         // A duplicate is acknowledged too, so it waits for the sync of its first delivery,
         // which may still be under way: Stripe stops sending once either is answered 2xx.
@@ -761,6 +760,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Result<RefundRequest, crate::domain::StateError>, StoreError> {
         let trees = (&self.requests, &self.audit, &self.jobs, &self.queue, &self.holds, &self.index, &self.refund_ids);
+        let permit = self.commit.write_permit().await;
         let result = trees.transaction(|(requests, audit, jobs, queue, holds, index, refund_ids)| {
             let mut request = read_request(requests, id)?;
             let t = request
@@ -770,6 +770,7 @@ impl Store {
             refund_ids.insert(refund.as_str().as_bytes(), &id.to_key())?;
             Ok(request)
         });
+        drop(permit);
         let out = Self::finish_tx(result)?;
         if let Ok(request) = &out {
             self.committed(true).await?;
@@ -794,10 +795,12 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let key = format!("{id}/{}", kind.as_str());
+        let permit = self.commit.write_permit().await;
         let result = (&self.emails, &self.jobs, &self.queue).transaction(|(emails, jobs, queue)| {
             emails.insert(key.as_bytes(), encode(record))?;
             enqueue_in::<()>(jobs, queue, id, effects, now)
         });
+        drop(permit);
         Self::finish_tx(result)?.unwrap_or_else(|()| unreachable!());
         self.committed(!effects.is_empty()).await
     }
@@ -811,6 +814,7 @@ impl Store {
                 let (key, value) = kv?;
                 let seen: DateTime<Utc> = decode(&value)?;
                 if seen < cutoff {
+                    let _permit = self.commit.write_permit().await;
                     tree.remove(key)?;
                     removed += 1;
                 }
@@ -822,7 +826,9 @@ impl Store {
 
     /// Remembers that `user` opened App Home, so changes are published to them.
     pub async fn remember_home_user(&self, user: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let permit = self.commit.write_permit().await;
         self.home_users.insert(user.as_bytes(), encode(&now))?;
+        drop(permit);
         self.flush().await
     }
 
@@ -833,8 +839,10 @@ impl Store {
 
     /// Remembers a Slack event id; `false` if it was seen before (a retry).
     pub async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let permit = self.commit.write_permit().await;
         let fresh =
             self.slack_events.compare_and_swap(event_id.as_bytes(), None as Option<&[u8]>, Some(encode(&now)))?.is_ok();
+        drop(permit);
         // A retry is acknowledged too: it waits for the sync of the first delivery's write.
         self.flush().await?;
         Ok(fresh)
