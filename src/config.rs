@@ -332,7 +332,6 @@ impl Settings {
                 max_attempts: number(src, "REFUND_DESK_JOB_ATTEMPTS", 12)? as u32,
                 first_retry: Duration::from_millis(number(src, "REFUND_DESK_JOB_FIRST_RETRY_MS", 500)?),
                 max_retry: Duration::from_secs(number(src, "REFUND_DESK_JOB_MAX_RETRY_SECS", 300)?),
-                ..JobSettings::default()
             },
             policy: parse_policy(src.policy.as_ref())?,
         })

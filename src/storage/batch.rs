@@ -38,7 +38,7 @@ pub(super) enum Write {
 /// What a [`Write`] did (not yet synced).
 #[derive(Debug)]
 pub(super) enum Written {
-    Request(RefundRequest),
+    Request(Box<RefundRequest>),
     JobCompleted,
     /// Whether the job was still stored.
     Job {
@@ -103,7 +103,7 @@ impl Store {
                             let request = RefundRequest::new(RequestId::new(number), new.clone(), *now);
                             bump(index, &day_key(&now.format("%Y-%m-%d").to_string(), "requested"), 1, 0)?;
                             write_transition(&tx, &request, &request.created(), *now)?;
-                            Written::Request(request)
+                            Written::Request(Box::new(request))
                         }
                         Write::CompleteJob(key) => {
                             complete_in(jobs, queue, *key)?;

@@ -420,7 +420,7 @@ impl Store {
     #[tracing::instrument(skip_all, fields(slack_user = %new.requester))]
     pub async fn insert_request(&self, new: NewRequest, now: DateTime<Utc>) -> Result<RefundRequest, StoreError> {
         let request = match self.write_batched(batch::Write::Insert(new, now)).await? {
-            batch::Written::Request(request) => request,
+            batch::Written::Request(request) => *request,
             other => unreachable!("an insert wrote {other:?}"),
         };
         self.committed(true).await?;
