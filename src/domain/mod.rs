@@ -12,7 +12,8 @@ pub use ids::{ChargeId, CustomerId, IdError, PaymentIntentId, PaymentRef, Refund
 pub use money::{AmountError, AmountInput, Currency, Money};
 pub use request::{
     Actor, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane, MessageRef, NewRequest,
-    Notice, PriorRefund, RefundRecord, RefundRequest, RequestStatus, StateError, Transition,
+    Notice, PriorRefund, RefundRecord, RefundRequest, RefundUpdate, RequestStatus, StateError, Transition,
+    owner_of_refund,
 };
 
 /// `text` with its first letter in upper case, for messages that start with a phrase.

@@ -176,6 +176,34 @@ pub struct MessageRef {
     pub ts: String,
 }
 
+/// What Stripe said about one refund: from an event, or read back from Stripe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundUpdate {
+    pub refund: RefundId,
+    pub status: String,
+    pub failure_reason: Option<String>,
+    /// From the refund's `metadata[refund_request_id]`, when present.
+    pub request_hint: Option<RequestId>,
+    /// From `metadata[refund_desk_install]`: the installation that made the refund.
+    pub install: Option<String>,
+    /// The charge and payment intent the refund is on, as Stripe gives them.
+    pub charge: Option<ChargeId>,
+    pub payment_intent: Option<PaymentIntentId>,
+}
+
+/// Which request a refund Stripe reports belongs to, the one rule every store applies:
+/// the request its id was recorded for (`recorded`); failing that, the request its metadata
+/// names (`hinted`) if that request [may claim](RefundRequest::may_claim) it; else none: a
+/// refund made outside the desk.
+pub fn owner_of_refund(
+    recorded: Option<RequestId>,
+    hinted: Option<&RefundRequest>,
+    update: &RefundUpdate,
+    install_id: &str,
+) -> Option<RequestId> {
+    recorded.or_else(|| hinted.filter(|r| r.may_claim(update, install_id)).map(|r| r.id))
+}
+
 /// What a person asked for, before it is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRequest {
@@ -739,6 +767,26 @@ impl RefundRequest {
         })
     }
 
+    /// Whether `update`, a refund no refund id was recorded for, is this request's: only a refund
+    /// that names this installation and this request in its metadata, on this request's own
+    /// charge or payment intent, while no other refund is recorded for it. The metadata alone
+    /// proves nothing: every store numbers from R-1001, and anyone can write metadata (another
+    /// installation on the same account, a store restored from a backup, a refund made by hand).
+    pub fn may_claim(&self, update: &RefundUpdate, install_id: &str) -> bool {
+        if update.install.as_deref() != Some(install_id) || update.request_hint != Some(self.id) {
+            return false;
+        }
+        if self.refund.as_ref().is_some_and(|r| r.id != update.refund) {
+            return false;
+        }
+        let on_charge = |c: &ChargeId| update.charge.as_ref() == Some(c);
+        let facts_charge = self.charge.as_ref().is_some_and(|f| on_charge(&f.charge));
+        match &self.target {
+            PaymentRef::Charge(c) => on_charge(c),
+            PaymentRef::PaymentIntent(p) => update.payment_intent.as_ref() == Some(p) || facts_charge,
+        }
+    }
+
     /// What Stripe reports about this request's refund (from a webhook). Moves only forward;
     /// returns `None` when it changes nothing.
     pub fn record_stripe_refund(
@@ -948,5 +996,50 @@ mod tests {
         let refuse = PolicyDecision { route: Route::Refuse, rule: "above the cap".into(), warnings: vec![] };
         r2.accept(facts.clone(), facts.amount, refuse, now).unwrap();
         assert_eq!(r2.status, RequestStatus::Rejected);
+    }
+
+    fn update(refund: &str, charge: &str, install: Option<&str>, request: Option<RequestId>) -> RefundUpdate {
+        RefundUpdate {
+            refund: RefundId::parse(refund).unwrap(),
+            status: "succeeded".into(),
+            failure_reason: None,
+            request_hint: request,
+            install: install.map(str::to_string),
+            charge: ChargeId::parse(charge).ok(),
+            payment_intent: None,
+        }
+    }
+
+    #[test]
+    fn a_request_claims_only_a_refund_naming_this_installation_and_it_on_its_own_charge() {
+        let r = waiting();
+        let me = Some(r.id);
+        assert!(r.may_claim(&update("re_1", "ch_1", Some("inst"), me), "inst"));
+        assert!(!r.may_claim(&update("re_1", "ch_2", Some("inst"), me), "inst"), "another charge");
+        assert!(!r.may_claim(&update("re_1", "ch_1", None, me), "inst"), "no installation named");
+        assert!(!r.may_claim(&update("re_1", "ch_1", Some("other"), me), "inst"), "another installation");
+        assert!(
+            !r.may_claim(&update("re_1", "ch_1", Some("inst"), Some(RequestId::new(2))), "inst"),
+            "another request"
+        );
+        let mut with_refund = r.clone();
+        with_refund.refund = Some(RefundRecord {
+            id: RefundId::parse("re_0").unwrap(),
+            stripe_status: "pending".into(),
+            failure_reason: None,
+        });
+        assert!(!with_refund.may_claim(&update("re_1", "ch_1", Some("inst"), me), "inst"), "one refund is recorded");
+    }
+
+    #[test]
+    fn a_recorded_refund_id_decides_whatever_the_metadata_says() {
+        let r = waiting();
+        let foreign = update("re_9", "ch_2", None, None);
+        assert_eq!(owner_of_refund(Some(RequestId::new(7)), None, &foreign, "inst"), Some(RequestId::new(7)));
+        assert_eq!(owner_of_refund(None, Some(&r), &foreign, "inst"), None);
+        assert_eq!(
+            owner_of_refund(None, Some(&r), &update("re_9", "ch_1", Some("inst"), Some(r.id)), "inst"),
+            Some(r.id)
+        );
     }
 }

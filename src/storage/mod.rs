@@ -112,14 +112,20 @@ pub struct EmailRecord {
     pub message_id: String,
 }
 
-/// What Stripe said about one refund, for [`Store::apply_stripe_event`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefundUpdate {
+pub use crate::domain::RefundUpdate;
+
+/// A refund Stripe reported that belongs to no request of this installation: made in the
+/// Dashboard, by another tool, or by another installation on the same account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutsideRefund {
     pub refund: RefundId,
     pub status: String,
-    pub failure_reason: Option<String>,
-    /// From the refund's `metadata[refund_request_id]`, when present.
-    pub request_hint: Option<RequestId>,
+    pub charge: Option<String>,
+    pub payment_intent: Option<String>,
+    /// The request its metadata named, if any: not ours all the same.
+    pub claimed_request: Option<RequestId>,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
 }
 
 /// What a Stripe event did.
@@ -133,8 +139,8 @@ pub enum EventOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefundOutcome {
-    /// Not a refund this app made.
-    Unknown(RefundId),
+    /// Not a refund of this installation's requests (recorded as an [`OutsideRefund`]).
+    NotOurs(RefundId),
     /// Known, but the status did not move forward.
     Unchanged(RequestId),
     Moved(RequestId, RequestStatus),
@@ -156,6 +162,8 @@ pub struct Store {
     /// Users who opened App Home → when; only their Homes are republished.
     home_users: Tree,
     emails: Tree,
+    /// Refunds Stripe reported that are not ours, by refund id.
+    outside_refunds: Tree,
     meta: Tree,
     /// Woken whenever a transaction adds jobs, so the runner need not poll.
     jobs_added: Arc<Notify>,
@@ -326,6 +334,34 @@ fn write_transition<E>(
     enqueue_in(jobs, tx.queue, request.id, &effects, now)
 }
 
+/// Records (or refreshes) a refund that is not ours.
+fn record_outside<E>(outside: &TransactionalTree, u: &RefundUpdate, now: DateTime<Utc>) -> TxResult<(), E> {
+    let key = u.refund.as_str().as_bytes();
+    let first_seen = match outside.get(key)? {
+        Some(bytes) => serde_json::from_slice::<OutsideRefund>(&bytes).map_err(corrupt)?.first_seen,
+        None => now,
+    };
+    let record = OutsideRefund {
+        refund: u.refund.clone(),
+        status: u.status.clone(),
+        charge: u.charge.as_ref().map(|c| c.to_string()),
+        payment_intent: u.payment_intent.as_ref().map(|p| p.to_string()),
+        claimed_request: u.request_hint,
+        first_seen,
+        last_seen: now,
+    };
+    outside.insert(key, encode(&record))?;
+    Ok(())
+}
+
+fn read_request_if_any<E>(requests: &TransactionalTree, id: RequestId) -> TxResult<Option<RefundRequest>, E> {
+    match read_request(requests, id) {
+        Ok(r) => Ok(Some(r)),
+        Err(ConflictableTransactionError::Abort(Abort::NotFound(_))) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 fn read_request<E>(requests: &TransactionalTree, id: RequestId) -> TxResult<RefundRequest, E> {
     let bytes = requests.get(id.to_key())?.ok_or(ConflictableTransactionError::Abort(Abort::NotFound(id)))?;
     serde_json::from_slice(&bytes).map_err(corrupt)
@@ -364,6 +400,7 @@ impl Store {
             slack_events: db.open_tree("slack_events")?,
             home_users: db.open_tree("home_users")?,
             emails: db.open_tree("emails")?,
+            outside_refunds: db.open_tree("outside_refunds")?,
             meta,
             db,
             jobs_added: Arc::new(Notify::new()),
@@ -683,10 +720,11 @@ impl Store {
             &self.index,
             &self.refund_ids,
             &self.stripe_events,
+            &self.outside_refunds,
         );
         let permit = self.commit.write_permit().await;
         let result = trees.transaction(
-            |(requests, audit, jobs, queue, holds, index, refund_ids, events)| -> TxResult<(EventOutcome, bool), ()> {
+            |(requests, audit, jobs, queue, holds, index, refund_ids, events, outside)| -> TxResult<(EventOutcome, bool), ()> {
                 let tx = TxTrees { requests, audit, jobs, queue, holds, index };
                 if let Some(event_id) = event_id {
                     if events.get(event_id.as_bytes())?.is_some() {
@@ -697,22 +735,25 @@ impl Store {
                 let mut outcomes = vec![];
                 let mut added = false;
                 for u in updates {
-                    let indexed = match refund_ids.get(u.refund.as_str().as_bytes())? {
+                    let recorded = match refund_ids.get(u.refund.as_str().as_bytes())? {
                         Some(v) => RequestId::from_key(&v),
                         None => None,
                     };
-                    let Some(id) = indexed.or(u.request_hint) else {
-                        outcomes.push(RefundOutcome::Unknown(u.refund.clone()));
+                    let hinted = match (recorded, u.request_hint) {
+                        (None, Some(hint)) => read_request_if_any(requests, hint)?,
+                        _ => None,
+                    };
+                    let request = match crate::domain::owner_of_refund(recorded, hinted.as_ref(), u, &self.install_id) {
+                        None => None,
+                        Some(id) if hinted.as_ref().is_some_and(|h| h.id == id) => hinted,
+                        Some(id) => read_request_if_any(requests, id)?,
+                    };
+                    let Some(mut request) = request else {
+                        record_outside(outside, u, now)?;
+                        outcomes.push(RefundOutcome::NotOurs(u.refund.clone()));
                         continue;
                     };
-                    let mut request = match read_request::<()>(requests, id) {
-                        Ok(r) => r,
-                        Err(ConflictableTransactionError::Abort(Abort::NotFound(_))) => {
-                            outcomes.push(RefundOutcome::Unknown(u.refund.clone()));
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
+                    let id = request.id;
                     let before = request.clone();
                     match request.record_stripe_refund(u.refund.clone(), &u.status, u.failure_reason.clone(), now) {
                         Some(t) => {
@@ -777,6 +818,11 @@ impl Store {
             count_transition(request.status);
         }
         Ok(out)
+    }
+
+    /// Refunds Stripe reported that belong to none of this installation's requests.
+    pub fn outside_refunds(&self) -> Result<Vec<OutsideRefund>, StoreError> {
+        self.outside_refunds.iter().map(|kv| decode(&kv?.1)).collect()
     }
 
     /// Whether an email of this kind already went out for this request.
@@ -951,9 +997,12 @@ mod tests {
             status: "succeeded".into(),
             failure_reason: None,
             request_hint: None,
+            install: None,
+            charge: None,
+            payment_intent: None,
         };
         let first = store.apply_stripe_event("evt_1", std::slice::from_ref(&update), Utc::now()).await.unwrap();
-        assert_eq!(first, EventOutcome::Applied(vec![RefundOutcome::Unknown(update.refund.clone())]));
+        assert_eq!(first, EventOutcome::Applied(vec![RefundOutcome::NotOurs(update.refund.clone())]));
         let again = store.apply_stripe_event("evt_1", &[update], Utc::now()).await.unwrap();
         assert_eq!(again, EventOutcome::Duplicate);
     }
@@ -997,6 +1046,9 @@ mod tests {
             status: "succeeded".into(),
             failure_reason: None,
             request_hint: Some(id),
+            install: Some(store.install_id().to_string()),
+            charge: Some(ChargeId::parse("ch_1").unwrap()),
+            payment_intent: None,
         };
         let outcome = store.apply_stripe_event("evt_1", &[update], now).await.unwrap();
         assert_eq!(outcome, EventOutcome::Applied(vec![RefundOutcome::Moved(id, RequestStatus::Succeeded)]));

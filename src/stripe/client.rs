@@ -43,6 +43,12 @@ impl StripeError {
     }
 }
 
+/// The refund's metadata key naming the request it was made for.
+pub const REQUEST_METADATA: &str = "refund_request_id";
+/// The refund's metadata key naming the installation that made it: request ids start at
+/// R-1001 in every store, so the id alone does not say whose a refund is.
+pub const INSTALL_METADATA: &str = "refund_desk_install";
+
 /// `POST /v1/refunds`, in domain terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateRefund {
@@ -50,6 +56,8 @@ pub struct CreateRefund {
     pub amount: Money,
     pub reason: Option<&'static str>,
     pub request_id: RequestId,
+    /// This installation's id ([`crate::storage::Store::install_id`]).
+    pub install_id: String,
 }
 
 impl CreateRefund {
@@ -64,6 +72,7 @@ impl CreateRefund {
             form.push(("reason", reason.to_string()));
         }
         form.push(("metadata[refund_request_id]", self.request_id.to_string()));
+        form.push(("metadata[refund_desk_install]", self.install_id.clone()));
         form
     }
 }

@@ -5,8 +5,9 @@
 //! (one per active secret during rotation); other schemes are ignored; an event older than the
 //! tolerance is refused, one from the future is not.
 
+use super::client::{INSTALL_METADATA, REQUEST_METADATA};
 use super::types::{Charge, Event, Refund};
-use crate::domain::{RefundId, RequestId};
+use crate::domain::{ChargeId, PaymentIntentId, RefundId, RequestId};
 use crate::storage::RefundUpdate;
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -88,12 +89,17 @@ pub fn sign(body: &[u8], secret: &str, t: i64) -> String {
 pub const REFUND_EVENTS: [&str; 5] =
     ["refund.created", "refund.updated", "refund.failed", "charge.refunded", "charge.refund.updated"];
 
-fn update_from(refund: &Refund) -> Option<RefundUpdate> {
+/// What a refund object says, in the terms [`crate::storage::Store::apply_refund_updates`] takes;
+/// `None` for a refund without an id or status Stripe would send.
+pub fn update_from(refund: &Refund) -> Option<RefundUpdate> {
     Some(RefundUpdate {
         refund: RefundId::parse(&refund.id).ok()?,
         status: refund.status.clone()?,
         failure_reason: refund.failure_reason.clone(),
-        request_hint: refund.metadata.get("refund_request_id").and_then(|v| RequestId::parse(v).ok()),
+        request_hint: refund.metadata.get(REQUEST_METADATA).and_then(|v| RequestId::parse(v).ok()),
+        install: refund.metadata.get(INSTALL_METADATA).cloned(),
+        charge: refund.charge.as_ref().and_then(|c| ChargeId::parse(c.id()).ok()),
+        payment_intent: refund.payment_intent.as_ref().and_then(|p| PaymentIntentId::parse(p.id()).ok()),
     })
 }
 

@@ -366,6 +366,7 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> 
         amount,
         reason: request.reason.stripe_reason(),
         request_id: request.id,
+        install_id: ctx.store.install_id().to_string(),
     };
     let key = idempotency_key(ctx.store.install_id(), request.id);
     match ctx.stripe.create_refund(&call, &key).await {
@@ -392,15 +393,18 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> 
     }
 }
 
-/// A refund on the request's charge whose metadata names this request.
+/// A refund on the request's charge that this request [may claim](RefundRequest::may_claim):
+/// its metadata names this installation and this request.
 async fn find_existing_refund(
     ctx: &AppContext,
     request: &RefundRequest,
 ) -> Result<Option<crate::stripe::Refund>, JobError> {
     let Some(charge) = request.charge.as_ref().map(|c| c.charge.clone()) else { return Ok(None) };
     let refunds = ctx.stripe.list_refunds(charge.as_str()).await.map_err(stripe_retry)?;
-    let ours = request.id.to_string();
-    Ok(refunds.into_iter().find(|r| r.metadata.get("refund_request_id") == Some(&ours)))
+    let install = ctx.store.install_id();
+    Ok(refunds
+        .into_iter()
+        .find(|r| crate::stripe::webhook::update_from(r).is_some_and(|u| request.may_claim(&u, install))))
 }
 
 /// A refund still pending with no webhook is read back from Stripe, so a lost webhook cannot
@@ -418,11 +422,15 @@ async fn check_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> R
     }
     let Some(refund) = &request.refund else { return Err(JobError::Defer(interval)) };
     let current = ctx.stripe.get_refund(refund.id.as_str()).await.map_err(stripe_retry)?;
+    // Read by the refund id recorded for this request, which is what makes it this request's.
     let update = RefundUpdate {
         refund: refund.id.clone(),
         status: current.status.unwrap_or_else(|| refund.stripe_status.clone()),
         failure_reason: current.failure_reason,
         request_hint: Some(request.id),
+        install: None,
+        charge: None,
+        payment_intent: None,
     };
     let still_pending = matches!(update.status.as_str(), "pending" | "requires_action");
     ctx.store.apply_refund_updates(None, std::slice::from_ref(&update), now).await?;

@@ -1,5 +1,7 @@
 use crate::helpers::*;
+use refund_desk::domain::RequestId;
 use refund_desk::domain::RequestStatus;
+use refund_desk::standins::slack::Posted;
 use refund_desk::standins::wait_for;
 
 /// A request approved and submitted to Stripe.
@@ -57,18 +59,142 @@ async fn a_refund_that_fails_at_stripe_is_reported_and_nobody_is_emailed() {
 }
 
 #[tokio::test]
-async fn events_for_refunds_made_elsewhere_get_2xx_and_change_nothing() {
+async fn events_for_refunds_made_elsewhere_get_2xx_and_change_no_request_on_the_charge() {
     let app = TestApp::spawn().await;
-    let charge = app.add_charge(Default::default());
-    // A refund made in the Stripe dashboard: no metadata, unknown to the desk.
-    let mut event: serde_json::Value = serde_json::from_str(include_str!("../fixtures/stripe/objects.json")).unwrap();
-    let mut refund = event["refund"].clone();
-    refund["charge"] = charge.into();
-    event = event["event"].clone();
-    event["id"] = "evt_elsewhere_1".into();
-    event["type"] = "refund.created".into();
-    event["data"]["object"] = refund;
+    let (id, _card) = app.waiting_request().await;
+    app.wait_until_idle().await;
+    let before = app.request(id);
+    let charge = before.charge.as_ref().unwrap().charge.to_string();
+    // A refund made in the Stripe dashboard on the very charge a request waits on: no metadata.
+    let refund = refund_made_elsewhere(&app, &charge, &[]).await;
+    let event = app.stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
-    assert!(app.store().all_requests().unwrap().is_empty());
-    assert!(app.store().all_jobs().unwrap().is_empty());
+    assert_eq!(app.request(id), before, "the waiting request is untouched");
+    assert!(app.store().all_jobs().unwrap().is_empty(), "nothing to do for a refund not ours");
+    let outside = app.store().outside_refunds().unwrap();
+    assert_eq!(outside.len(), 1);
+    assert_eq!((outside[0].refund.as_str(), outside[0].charge.as_deref()), (refund.as_str(), Some(charge.as_str())));
+}
+
+/// Makes a refund at the Stripe stand-in as another tool or installation would, on `charge`,
+/// with `metadata`; returns its id.
+async fn refund_made_elsewhere(app: &TestApp, charge: &str, metadata: &[(&str, &str)]) -> String {
+    let mut form = vec![("charge".to_string(), charge.to_string()), ("amount".to_string(), "100".to_string())];
+    form.extend(metadata.iter().map(|(k, v)| (format!("metadata[{k}]"), v.to_string())));
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/refunds", app.stripe.url))
+        .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+}
+
+/// Approves `id`, whose refund call then does not get through: Stripe answers 503 until the
+/// test lets it through.
+async fn approve_with_refund_on_its_way(app: &TestApp, id: RequestId, card: &Posted) {
+    let tries_before = app.stripe.refund_posts().len();
+    app.stripe.set_refunds_down(true);
+    app.approve(APPROVER, id, card).await;
+    app.wait_for_status(id, RequestStatus::Approved).await;
+    wait_for(DEADLINE, || Some(()).filter(|_| app.stripe.refund_posts().len() > tries_before))
+        .await
+        .expect("a refund try");
+}
+
+/// Delivers `refund.updated` (succeeded) for `refund` and checks that `id` did not move and the
+/// refund is recorded as not ours. The 2xx comes after the event's write is synced, so what
+/// the store holds then is all the event did.
+async fn assert_not_settled_by(app: &TestApp, id: RequestId, refund: &str) {
+    let event = app.stripe.refund_event(refund, "refund.updated", "succeeded", None).unwrap();
+    assert_eq!(app.deliver_stripe_event(&event).await, 200, "an event for a refund not ours is acknowledged");
+    let request = app.request(id);
+    assert_eq!(request.status, RequestStatus::Approved, "another refund must not settle {id}");
+    assert_eq!(request.refund, None);
+    let outside = app.store().outside_refunds().unwrap();
+    assert!(outside.iter().any(|o| o.refund.as_str() == refund && o.claimed_request == Some(id)), "{outside:?}");
+}
+
+/// Lets Stripe take the desk's call: the request is settled by its own refund, and (the refund
+/// still pending) no customer has been emailed.
+async fn then_our_own_refund_is_recorded(app: &TestApp, id: RequestId, not_ours: &str) {
+    app.stripe.set_refunds_down(false);
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    assert_ne!(app.request(id).refund.unwrap().id.as_str(), not_ours);
+    app.wait_until_idle().await;
+    assert!(app.smtp.messages().is_empty(), "no customer was told of money that did not move for them");
+}
+
+#[tokio::test]
+async fn a_refund_on_another_charge_naming_our_request_does_not_settle_it() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    // Another installation on the same Stripe account numbers its requests from R-1001 too.
+    let other_charge = app.add_charge(Default::default());
+    let metadata = [("refund_request_id", id.to_string()), ("refund_desk_install", "another".to_string())];
+    let refund = refund_made_elsewhere(&app, &other_charge, &pairs(&metadata)).await;
+    approve_with_refund_on_its_way(&app, id, &card).await;
+    assert_not_settled_by(&app, id, &refund).await;
+    then_our_own_refund_is_recorded(&app, id, &refund).await;
+}
+
+#[tokio::test]
+async fn a_refund_with_our_install_id_on_another_charge_does_not_settle_our_request() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    let other_charge = app.add_charge(Default::default());
+    let metadata =
+        [("refund_request_id", id.to_string()), ("refund_desk_install", app.store().install_id().to_string())];
+    let refund = refund_made_elsewhere(&app, &other_charge, &pairs(&metadata)).await;
+    approve_with_refund_on_its_way(&app, id, &card).await;
+    assert_not_settled_by(&app, id, &refund).await;
+    then_our_own_refund_is_recorded(&app, id, &refund).await;
+}
+
+#[tokio::test]
+async fn a_refund_on_our_charge_without_our_install_id_does_not_settle_our_request() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    let charge = app.request(id).charge.unwrap().charge.to_string();
+    // A store restored from a backup, or a refund made by hand with the request's id.
+    let refund = refund_made_elsewhere(&app, &charge, &[("refund_request_id", &id.to_string())]).await;
+    approve_with_refund_on_its_way(&app, id, &card).await;
+    assert_not_settled_by(&app, id, &refund).await;
+    // That refund took part of the charge, so Stripe refuses ours: the request fails, and says why.
+    app.stripe.set_refunds_down(false);
+    let request = app.wait_for_status(id, RequestStatus::Failed).await;
+    assert!(request.problem.as_deref().unwrap_or_default().contains("greater than unrefunded amount"), "{request:?}");
+    app.wait_until_idle().await;
+    assert!(app.smtp.messages().is_empty());
+}
+
+#[tokio::test]
+async fn our_refund_announced_before_stripe_answers_the_call_settles_the_request() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    let charge = app.request(id).charge.unwrap().charge.to_string();
+    // The refund Stripe made for the desk's call, whose answer has not arrived, announced
+    // first. It carries what the desk sends and is on the request's charge: it is ours.
+    let install = app.store().install_id().to_string();
+    let metadata = [("refund_request_id", id.to_string()), ("refund_desk_install", install.clone())];
+    let refund = refund_made_elsewhere(&app, &charge, &pairs(&metadata)).await;
+    approve_with_refund_on_its_way(&app, id, &card).await;
+    let posted = app.stripe.refund_posts().pop().unwrap();
+    assert_eq!(posted.param("metadata[refund_desk_install]"), Some(install.as_str()), "the desk sends what it matches");
+    assert_eq!(posted.param("metadata[refund_request_id]"), Some(id.to_string().as_str()));
+    let event = app.stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
+    assert_eq!(app.deliver_stripe_event(&event).await, 200);
+    let request = app.wait_for_status(id, RequestStatus::Succeeded).await;
+    assert_eq!(request.refund.unwrap().id.as_str(), refund);
+    assert!(app.store().outside_refunds().unwrap().is_empty());
+    app.stripe.set_refunds_down(false);
+    app.wait_until_idle().await;
+    assert_eq!(app.smtp.messages().len(), 1);
+    assert_eq!(app.stripe.refunds().len(), 1, "the settled request makes no second refund");
+}
+
+fn pairs<'a>(metadata: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    metadata.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
