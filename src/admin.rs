@@ -4,8 +4,10 @@
 //! says so when it is not.
 
 use crate::storage::{Job, Store, StoreError};
+use crate::stripe::StripeError;
 use crate::worker::describe;
 use chrono::Utc;
+use secrecy::ExposeSecret;
 use std::path::Path;
 
 /// Opens the store, explaining a lock held by a running service.
@@ -161,15 +163,36 @@ pub async fn check(settings: &crate::config::Settings) -> (bool, Vec<String>) {
         settings.stripe.timeout,
         5,
     );
+    let key = settings.stripe.secret_key.expose_secret();
+    let mode = if key.contains("_live_") { "live mode" } else { "test mode" };
+    let kind = if key.starts_with("rk_") { ", restricted key" } else { "" };
+    let mut permissions = vec![];
     let stripe = match stripe {
-        Ok(client) => client
-            .check_key()
-            .await
-            .map(|live| if live { "live mode".into() } else { "test mode".into() })
-            .map_err(|e| e.to_string()),
+        Ok(client) => {
+            let probes = client.probe_permissions().await;
+            // A key Stripe does not accept at all fails every probe the same way.
+            match probes
+                .iter()
+                .find_map(|(_, r)| r.as_ref().err().filter(|e| !matches!(e, StripeError::Forbidden { .. })))
+            {
+                Some(e) => Err(e.to_string()),
+                None => {
+                    permissions = probes;
+                    Ok(format!("{mode}{kind}"))
+                }
+            }
+        }
         Err(e) => Err(e.to_string()),
     };
     report("stripe", stripe);
+    for (permission, result) in permissions {
+        let name = format!("stripe permission {} ({})", permission.name(), permission.purpose());
+        match result {
+            Ok(()) => report(&name, Ok("granted".into())),
+            Err(_) if permission.required() => report(&name, Err("missing; refund-desk cannot work without it".into())),
+            Err(_) => report(&name, Ok("missing, optional: the card says what could not be read".into())),
+        }
+    }
     let smtp = match &settings.email {
         None => Ok("not configured: customers get no email".to_string()),
         Some(email) => match crate::email::Mailer::new(email) {

@@ -84,6 +84,9 @@ pub fn decide(
     if !charge.amount_refunded.is_zero() {
         warnings.push(format!("{} of this charge was refunded before", charge.amount_refunded));
     }
+    for what in &charge.unreadable {
+        warnings.push(format!("{what}: not readable with this Stripe key"));
+    }
     let decision = |route, rule: String| PolicyDecision { route, rule, warnings: warnings.clone() };
     let currency = amount.currency();
     let Some(rules) = policy.currencies.get(currency.code()) else {
@@ -112,6 +115,9 @@ pub fn decide(
     }
     if !charge.disputes.is_empty() {
         return decision(Route::Approvals(1), "One approval: the charge is disputed".to_string());
+    }
+    if let Some(what) = charge.unreadable.first() {
+        return decision(Route::Approvals(1), format!("One approval: {what} could not be read with this Stripe key"));
     }
     decision(Route::AutoApprove, format!("Auto-approved: at or under the {limit} limit"))
 }
@@ -219,6 +225,7 @@ mod tests {
             card: None,
             refunds: Some(vec![]),
             fraud_warnings: vec![],
+            unreadable: vec![],
             disputes: vec![],
         }
     }

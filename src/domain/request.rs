@@ -38,6 +38,18 @@ pub enum RequestStatus {
 }
 
 impl RequestStatus {
+    /// Whether the request may still lead to a refund (or is one under way at Stripe).
+    pub fn is_open(&self) -> bool {
+        matches!(
+            self,
+            RequestStatus::Requested
+                | RequestStatus::AwaitingApproval
+                | RequestStatus::Approved
+                | RequestStatus::Submitted
+                | RequestStatus::Pending
+        )
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             RequestStatus::Requested => "Checking with Stripe",
@@ -135,6 +147,10 @@ pub struct ChargeFacts {
     /// Disputes Stripe still lets us refund through, in words (status and reason).
     #[serde(default)]
     pub disputes: Vec<String>,
+    /// What the Stripe key may not read (a restricted key), in words with the permission
+    /// Stripe named: the card says so, and the policy auto-approves nothing it could not see.
+    #[serde(default)]
+    pub unreadable: Vec<String>,
 }
 
 /// A refund Stripe already has on the charge, and the request that made it, if one did.
@@ -375,6 +391,12 @@ pub enum Effect {
     Deadline,
     /// Republish App Home for the people this request shows to.
     RefreshHomes,
+    /// Tell finance that the Stripe key lacks a permission the desk cannot work without
+    /// (`what` it could not do, in words).
+    AlertKeyPermission {
+        permission: Option<String>,
+        what: String,
+    },
     /// Tell finance that a job ran out of attempts and waits for a person.
     ReportParked {
         job_id: u64,
@@ -409,7 +431,7 @@ impl Effect {
             Effect::CheckPayment | Effect::CreateRefund | Effect::CheckRefund => Lane::Stripe,
             Effect::PostCard | Effect::RefreshCard | Effect::ThreadReply(_) | Effect::NotifyRequester(_) => Lane::Slack,
             Effect::EmailCustomer(_) => Lane::Email,
-            Effect::ReportParked { .. } => Lane::Alerts,
+            Effect::ReportParked { .. } | Effect::AlertKeyPermission { .. } => Lane::Alerts,
             Effect::Deadline => Lane::Timers,
             Effect::RefreshHomes => Lane::Home,
         }
@@ -870,6 +892,7 @@ mod tests {
             refunds: None,
             fraud_warnings: vec![],
             disputes: vec![],
+            unreadable: vec![],
         };
         r.accept(facts, Money::new(2500, usd), one_approval(), now).unwrap();
         r

@@ -199,13 +199,28 @@ async fn store_request(ctx: &AppContext, rc: crate::domain::RefundCommand, user:
         customer_email: None,
     };
     match ctx.store.insert_request(new, ctx.now()).await {
-        Ok(r) => format!(
-            "Got it: *{}*, a refund of {} on `{}` ({}). I am checking the charge at Stripe; then it goes to finance for approval. You will hear the outcome in a direct message.",
-            r.id,
-            r.asked_text(),
-            r.target,
-            r.reason.label()
-        ),
+        Ok(r) => {
+            let mut text = format!(
+                "Got it: *{}*, a refund of {} on `{}` ({}). I am checking the charge at Stripe; then it goes to finance for approval. You will hear the outcome in a direct message.",
+                r.id,
+                r.asked_text(),
+                r.target,
+                r.reason.label()
+            );
+            // Only requests numbered before this one: they were written no later than it, so the
+            // sync it waited for covers them too.
+            match ctx.store.others_on_payment(&r) {
+                Ok(mut others) => {
+                    others.retain(|o| o.id < r.id);
+                    if let Some(notice) = crate::slack::views::others_notice(&others) {
+                        text.push_str("\n");
+                        text.push_str(&notice);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "could not read the other requests on the payment"),
+            }
+            text
+        }
         Err(e) => {
             tracing::error!(error = %e, "could not store a request");
             ":x: Your request could not be saved, so nothing was stored. Try again in a minute.".into()

@@ -80,8 +80,45 @@ fn history_text(c: &crate::domain::ChargeFacts) -> Option<String> {
     Some(format!("*Refunded before*\n{}", lines.join("\n")))
 }
 
-/// The approval card in the finance channel. Buttons only while the request waits.
-pub fn approval_card(r: &RefundRequest, now: DateTime<Utc>) -> SlackMessageContent {
+/// The other requests on the same payment, one line each, for the card.
+fn others_text(others: &[RefundRequest]) -> Option<String> {
+    if others.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = others
+        .iter()
+        .map(|o| format!("{} · {} · by {} · {}", o.id, amount_text(o), mention(&o.requester), o.status.label()))
+        .collect();
+    let open = others.iter().filter(|o| o.status.is_open()).count();
+    let head = if open > 0 {
+        format!(":warning: *Other requests on this payment* ({open} still open: approving both may refund twice)")
+    } else {
+        "*Other requests on this payment*".to_string()
+    };
+    Some(format!("{head}\n{}", lines.join("\n")))
+}
+
+/// What the requester reads when others already asked about the same payment.
+pub fn others_notice(others: &[RefundRequest]) -> Option<String> {
+    let lines: Vec<String> = others
+        .iter()
+        .map(|o| {
+            let what = if o.status.is_open() { "is already" } else { "was" };
+            format!(
+                ":warning: {} for {} (asked by {}) {what} on this payment: {}.",
+                o.id,
+                amount_text(o),
+                mention(&o.requester),
+                o.status.label().to_lowercase()
+            )
+        })
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
+/// The approval card in the finance channel, with the other requests on the same payment.
+/// Buttons only while the request waits.
+pub fn approval_card(r: &RefundRequest, others: &[RefundRequest], now: DateTime<Utc>) -> SlackMessageContent {
     let mut fields = vec![
         md!("*Requested by*\n{}", mention(&r.requester)),
         md!("*Amount*\n{}", amount_text(r)),
@@ -121,6 +158,9 @@ pub fn approval_card(r: &RefundRequest, now: DateTime<Utc>) -> SlackMessageConte
     }
     if let Some(history) = r.charge.as_ref().and_then(history_text) {
         blocks.push(SlackSectionBlock::new().with_text(md!("{}", history)).into());
+    }
+    if let Some(text) = others_text(others) {
+        blocks.push(SlackSectionBlock::new().with_text(md!("{}", text)).into());
     }
     if let Some(note) = &r.note {
         blocks.push(SlackSectionBlock::new().with_text(md!("*Note*\n{}", escape(note.as_str()))).into());
@@ -530,6 +570,7 @@ mod tests {
                 }]),
                 fraud_warnings: vec![],
                 disputes: vec![],
+                unreadable: vec![],
             },
             Money::new(2500, usd),
             crate::domain::policy::PolicyDecision {
@@ -549,7 +590,7 @@ mod tests {
 
     #[test]
     fn a_waiting_card_shows_the_facts_and_both_buttons() {
-        let card = json(&approval_card(&request(), Utc::now()));
+        let card = json(&approval_card(&request(), &[], Utc::now()));
         for expected in [
             "R-1001",
             "$25.00",
@@ -572,7 +613,7 @@ mod tests {
         let mut r = request();
         let approver = UserId::parse("UFIN").unwrap();
         r.approve(&approver, &Approvers::new([approver.clone()]), Utc::now()).unwrap();
-        let card = json(&approval_card(&r, Utc::now()));
+        let card = json(&approval_card(&r, &[], Utc::now()));
         assert!(!card.contains("refund_approve") && !card.contains("\"actions\""), "{card}");
         assert!(card.contains("Approved by <@UFIN>"), "{card}");
     }

@@ -128,6 +128,9 @@ struct StripeState {
     rate_limited: u64,
     webhook: Option<(String, String)>,
     events_sent: Vec<Value>,
+    /// A restricted key's permissions (`rak_charge_read`, ...); `None`: a secret key, which may
+    /// do anything.
+    permissions: Option<std::collections::HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -191,6 +194,7 @@ impl FakeStripe {
             rate_limited: 0,
             webhook: None,
             events_sent: vec![],
+            permissions: None,
         }));
         let app = Router::new()
             .route("/v1/charges/{id}", get(get_charge))
@@ -333,6 +337,13 @@ impl FakeStripe {
         self.lock().initial_refund_status = status.into();
     }
 
+    /// From now on the key is a restricted key with only these permissions (`rak_charge_read`,
+    /// `rak_refund_write`, ...; a write permission includes its read): every other call gets
+    /// Stripe's 403 naming the permission it lacks. `None` makes it a secret key again.
+    pub fn restrict_key(&self, permissions: Option<&[&str]>) {
+        self.lock().permissions = permissions.map(|p| p.iter().map(|s| s.to_string()).collect());
+    }
+
     /// Sends webhooks to `url`, signed with `secret`, as Stripe does.
     pub fn send_webhooks_to(&self, url: &str, secret: &str) {
         self.lock().webhook = Some((url.to_string(), secret.to_string()));
@@ -425,9 +436,30 @@ impl FakeStripe {
     }
 }
 
-/// Checks the key, then Stripe's rate limit: a call over the limit in the last second gets
-/// Stripe's 429 `rate_limit` error and changes nothing.
-fn authorised(s: &mut StripeState, headers: &HeaderMap) -> Result<(), Box<Response>> {
+/// Checks the key, Stripe's rate limit (a call over the limit in the last second gets Stripe's
+/// 429 `rate_limit` error and changes nothing), then, for a restricted key, that it holds
+/// `permission` (`rak_<resource>_read` or `_write`).
+fn authorised(s: &mut StripeState, headers: &HeaderMap, permission: &str) -> Result<(), Box<Response>> {
+    key_and_rate_checked(s, headers)?;
+    permitted(s, permission)
+}
+
+/// Stripe's 403 for a restricted key without `permission`.
+fn permitted(s: &StripeState, permission: &str) -> Result<(), Box<Response>> {
+    let Some(held) = &s.permissions else { return Ok(()) };
+    let write = permission.strip_suffix("_read").map(|resource| format!("{resource}_write"));
+    if held.contains(permission) || write.is_some_and(|w| held.contains(&w)) {
+        return Ok(());
+    }
+    let tail = &s.api_key[s.api_key.len().saturating_sub(4)..];
+    let message = format!(
+        "The provided key 'rk_test_{}{tail}' does not have the required permissions for this endpoint on account 'acct_1Standin'. Having the '{permission}' permission would allow this request to continue.",
+        "*".repeat(93)
+    );
+    Err(Box::new(error(403, "invalid_request_error", None, &message, None)))
+}
+
+fn key_and_rate_checked(s: &mut StripeState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
     if bearer != format!("Bearer {}", s.api_key) {
         let message = "Invalid API Key provided: sk_test_********";
@@ -469,7 +501,7 @@ fn lookup(
 ) -> Response {
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", path, headers, vec![]);
-    if let Err(r) = authorised(&mut s, headers) {
+    if let Err(r) = authorised(&mut s, headers, &format!("rak_{kind}_read")) {
         return *r;
     }
     match pick(&s).get(id) {
@@ -481,7 +513,7 @@ fn lookup(
 async fn get_balance(State(st): Shared, headers: HeaderMap) -> Response {
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", "/v1/balance".into(), &headers, vec![]);
-    if let Err(r) = authorised(&mut s, &headers) {
+    if let Err(r) = authorised(&mut s, &headers, "rak_balance_read") {
         return *r;
     }
     axum::Json(json!({ "object": "balance", "available": [], "pending": [], "livemode": false })).into_response()
@@ -502,7 +534,7 @@ async fn get_charge(
     let expanded = params.iter().any(|(k, v)| k == "expand[]" && v == "refunds");
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", format!("/v1/charges/{id}"), &headers, params);
-    if let Err(r) = authorised(&mut s, &headers) {
+    if let Err(r) = authorised(&mut s, &headers, "rak_charge_read") {
         return *r;
     }
     let Some(charge) = s.charges.get(&id).cloned() else { return no_such("charge", &id) };
@@ -522,7 +554,13 @@ async fn get_intent(
     let (with_refunds, with_charge) = (expands("latest_charge.refunds"), expands("latest_charge"));
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", format!("/v1/payment_intents/{id}"), &headers, params.clone());
-    if let Err(r) = authorised(&mut s, &headers) {
+    if let Err(r) = authorised(&mut s, &headers, "rak_payment_intent_read") {
+        return *r;
+    }
+    // An expanded object is read with its own permission.
+    if (with_charge || with_refunds)
+        && let Err(r) = permitted(&s, "rak_charge_read")
+    {
         return *r;
     }
     let Some(mut intent) = s.intents.get(&id).cloned() else { return no_such("payment_intent", &id) };
@@ -547,7 +585,7 @@ async fn get_customer(State(st): Shared, Path(id): Path<String>, headers: Header
 async fn get_refund(State(st): Shared, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
     record(&mut s, "GET", format!("/v1/refunds/{id}"), &headers, vec![]);
-    if let Err(r) = authorised(&mut s, &headers) {
+    if let Err(r) = authorised(&mut s, &headers, "rak_refund_read") {
         return *r;
     }
     match s.refunds.get(&id) {
@@ -556,16 +594,17 @@ async fn get_refund(State(st): Shared, Path(id): Path<String>, headers: HeaderMa
     }
 }
 
-/// A list request: recorded and authorised; its query parameters.
+/// A list request: recorded and authorised (with `permission`); its query parameters.
 fn list_request(
     s: &mut StripeState,
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
+    permission: &str,
 ) -> Result<Vec<(String, String)>, Box<Response>> {
     let params: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default()).unwrap_or_default();
     record(s, "GET", path.into(), headers, params.clone());
-    authorised(s, headers)?;
+    authorised(s, headers, permission)?;
     Ok(params)
 }
 
@@ -575,10 +614,11 @@ fn list_by_charge(
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
+    permission: &str,
     pick: fn(&StripeState) -> &HashMap<String, Vec<Value>>,
 ) -> Response {
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
-    let params = match list_request(&mut s, path, query, headers) {
+    let params = match list_request(&mut s, path, query, headers, permission) {
         Ok(p) => p,
         Err(r) => return *r,
     };
@@ -592,7 +632,7 @@ async fn list_disputes(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    list_by_charge(&st, "/v1/disputes", query.as_deref(), &headers, |s| &s.disputes)
+    list_by_charge(&st, "/v1/disputes", query.as_deref(), &headers, "rak_dispute_read", |s| &s.disputes)
 }
 
 async fn list_fraud_warnings(
@@ -600,7 +640,8 @@ async fn list_fraud_warnings(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    list_by_charge(&st, "/v1/radar/early_fraud_warnings", query.as_deref(), &headers, |s| &s.fraud_warnings)
+    let permission = "rak_radar_early_fraud_warning_read";
+    list_by_charge(&st, "/v1/radar/early_fraud_warnings", query.as_deref(), &headers, permission, |s| &s.fraud_warnings)
 }
 
 async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> Response {
@@ -608,7 +649,7 @@ async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> R
     let fault = {
         let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
         record(&mut s, "POST", "/v1/refunds".into(), &headers, form.clone());
-        if let Err(r) = authorised(&mut s, &headers) {
+        if let Err(r) = authorised(&mut s, &headers, "rak_refund_write") {
             return *r;
         }
         if s.refunds_down { Some(Fault::Status(503)) } else { s.refund_faults.pop_front() }
@@ -675,7 +716,7 @@ async fn list_refunds(
     headers: HeaderMap,
 ) -> Response {
     let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
-    let params = match list_request(&mut s, "/v1/refunds", query.as_deref(), &headers) {
+    let params = match list_request(&mut s, "/v1/refunds", query.as_deref(), &headers, "rak_refund_read") {
         Ok(p) => p,
         Err(r) => return *r,
     };

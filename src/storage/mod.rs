@@ -224,6 +224,26 @@ fn user_prefix(user: &str) -> Vec<u8> {
     k
 }
 
+/// `p` ‖ a charge or payment intent id ‖ 0: the requests on that payment.
+fn payment_prefix(payment: &str) -> Vec<u8> {
+    let mut k = vec![b'p'];
+    k.extend_from_slice(payment.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The payments a request is on: what it named, and (once checked) its charge and intent.
+fn payments_of(request: &RefundRequest) -> Vec<String> {
+    let mut payments = vec![request.target.to_string()];
+    if let Some(facts) = &request.charge {
+        payments.push(facts.charge.to_string());
+        payments.extend(facts.payment_intent.as_ref().map(|p| p.to_string()));
+    }
+    payments.sort();
+    payments.dedup();
+    payments
+}
+
 fn user_key(user: &str, id: RequestId) -> Vec<u8> {
     let mut k = user_prefix(user);
     k.extend_from_slice(&id.to_key());
@@ -251,6 +271,11 @@ fn sync_index<E>(
     index.remove(status_key(from, request.id))?;
     index.insert(status_key(request.status, request.id), &[])?;
     index.insert(user_key(request.requester.as_str(), request.id), &[])?;
+    for payment in payments_of(request) {
+        let mut key = payment_prefix(&payment);
+        key.extend_from_slice(&request.id.to_key());
+        index.insert(key, &[])?;
+    }
     let day = now.format("%Y-%m-%d").to_string();
     if let Some(amount) = request.amount.filter(|_| from != request.status) {
         let key = day_key(&day, &format!("refunded/{}", amount.currency().code()));
@@ -409,6 +434,7 @@ impl Store {
             batch: Arc::default(),
         };
         store.ensure_queue_index()?;
+        store.ensure_payment_index()?;
         Ok(store)
     }
 
@@ -606,6 +632,44 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Adds the by-payment index entries of requests stored before that index existed.
+    fn ensure_payment_index(&self) -> Result<(), StoreError> {
+        const VERSION_KEY: &[u8] = b"payment_index_version";
+        if self.meta.get(VERSION_KEY)?.is_some() {
+            return Ok(());
+        }
+        for kv in self.requests.iter() {
+            let request: RefundRequest = decode(&kv?.1)?;
+            for payment in payments_of(&request) {
+                let mut key = payment_prefix(&payment);
+                key.extend_from_slice(&request.id.to_key());
+                self.index.insert(key, &[])?;
+            }
+        }
+        self.meta.insert(VERSION_KEY, b"1")?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The other requests on the same payment as `request` (by the id it named, its charge or
+    /// its payment intent), open or done, oldest first: two people asking to refund one charge
+    /// must see each other.
+    pub fn others_on_payment(&self, request: &RefundRequest) -> Result<Vec<RefundRequest>, StoreError> {
+        let mut ids = std::collections::BTreeSet::new();
+        for payment in payments_of(request) {
+            let prefix = payment_prefix(&payment);
+            for kv in self.index.scan_prefix(&prefix) {
+                let (key, _) = kv?;
+                ids.extend(RequestId::from_key(&key[prefix.len()..]).filter(|id| *id != request.id));
+            }
+        }
+        let mut others = vec![];
+        for id in ids {
+            others.extend(self.get_request(id)?);
+        }
+        Ok(others)
     }
 
     /// The day's totals: requests made, and amounts refunded by currency.
@@ -1025,6 +1089,7 @@ mod tests {
             refunds: None,
             fraud_warnings: vec![],
             disputes: vec![],
+            unreadable: vec![],
         };
         let approver = UserId::parse("UFIN").unwrap();
         let approvers = crate::domain::Approvers::new([approver.clone()]);

@@ -35,11 +35,66 @@ pub enum StripeError {
     /// 429: try again later, after `Retry-After` when Stripe gives one.
     #[error("Stripe rate limited the call")]
     RateLimited(Option<Duration>),
+    /// 403: the key (a restricted key) may not do this. Trying again changes nothing.
+    #[error("the Stripe key lacks the permission {}: {message}", permission.as_deref().unwrap_or("this call needs"))]
+    Forbidden { permission: Option<String>, message: String },
 }
 
 impl StripeError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StripeError::Unavailable(_) | StripeError::RateLimited(_))
+    }
+}
+
+/// What the desk does at Stripe, as a restricted key's permissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    ReadCharges,
+    ReadPaymentIntents,
+    WriteRefunds,
+    ReadCustomers,
+    ReadDisputes,
+    ReadEarlyFraudWarnings,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 6] = [
+        Permission::ReadCharges,
+        Permission::ReadPaymentIntents,
+        Permission::WriteRefunds,
+        Permission::ReadCustomers,
+        Permission::ReadDisputes,
+        Permission::ReadEarlyFraudWarnings,
+    ];
+
+    /// Stripe's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::ReadCharges => "rak_charge_read",
+            Permission::ReadPaymentIntents => "rak_payment_intent_read",
+            Permission::WriteRefunds => "rak_refund_write",
+            Permission::ReadCustomers => "rak_customer_read",
+            Permission::ReadDisputes => "rak_dispute_read",
+            Permission::ReadEarlyFraudWarnings => "rak_radar_early_fraud_warning_read",
+        }
+    }
+
+    /// What the desk does with it, in words.
+    pub fn purpose(self) -> &'static str {
+        match self {
+            Permission::ReadCharges => "read charges (every check)",
+            Permission::ReadPaymentIntents => "read payment intents (requests by `pi_...`)",
+            Permission::WriteRefunds => "make refunds and read them back",
+            Permission::ReadCustomers => "read customers (the email address, when the charge has none)",
+            Permission::ReadDisputes => "read disputes (on a disputed charge)",
+            Permission::ReadEarlyFraudWarnings => "read Radar's early fraud warnings (card payments)",
+        }
+    }
+
+    /// Whether the desk cannot work without it; without the others it goes on and says on the
+    /// card what it could not read.
+    pub fn required(self) -> bool {
+        matches!(self, Permission::ReadCharges | Permission::ReadPaymentIntents | Permission::WriteRefunds)
     }
 }
 
@@ -143,9 +198,8 @@ impl StripeClient {
             StatusCode::TOO_MANY_REQUESTS => StripeError::RateLimited(retry_after),
             StatusCode::CONFLICT => StripeError::Unavailable(format!("conflict: {message}")),
             // A wrong or revoked key is an operator's fix, not a reason to end requests.
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                StripeError::Unavailable(format!("Stripe rejected the API key: {message}"))
-            }
+            StatusCode::UNAUTHORIZED => StripeError::Unavailable(format!("Stripe rejected the API key: {message}")),
+            StatusCode::FORBIDDEN => StripeError::Forbidden { permission: permission_named(&message), message },
             s if s.is_server_error() => StripeError::Unavailable(format!("HTTP {s}: {message}")),
             _ if error.kind == "idempotency_error" => StripeError::Idempotency(message),
             _ if should_retry == Some(true) => StripeError::Unavailable(message),
@@ -208,11 +262,41 @@ impl StripeClient {
         self.send(self.http.get(url)).await
     }
 
-    /// Whether the key works: reads the account's balance, which any key may.
-    pub async fn check_key(&self) -> Result<bool, StripeError> {
-        let url = self.url("/v1/balance")?;
-        let balance: serde_json::Value = self.send(self.http.get(url)).await?;
-        Ok(balance["livemode"].as_bool().unwrap_or(false))
+    /// Tries, for each [`Permission`] the desk uses, a call that changes nothing: a read (or a
+    /// refund) of an object that does not exist. Stripe answers 403 when the key lacks the
+    /// permission, and 404 (or 400) when it would have let the call through.
+    pub async fn probe_permissions(&self) -> Vec<(Permission, Result<(), StripeError>)> {
+        let mut results = vec![];
+        for permission in Permission::ALL {
+            let missing = "refund_desk_check";
+            let request = match permission {
+                Permission::ReadCharges => self.url(&format!("/v1/charges/ch_{missing}")).map(|u| self.http.get(u)),
+                Permission::ReadPaymentIntents => {
+                    self.url(&format!("/v1/payment_intents/pi_{missing}")).map(|u| self.http.get(u))
+                }
+                Permission::WriteRefunds => {
+                    self.url("/v1/refunds").map(|u| self.http.post(u).form(&[("charge", format!("ch_{missing}"))]))
+                }
+                Permission::ReadCustomers => {
+                    self.url(&format!("/v1/customers/cus_{missing}")).map(|u| self.http.get(u))
+                }
+                Permission::ReadDisputes => {
+                    self.url(&format!("/v1/disputes?charge=ch_{missing}")).map(|u| self.http.get(u))
+                }
+                Permission::ReadEarlyFraudWarnings => {
+                    self.url(&format!("/v1/radar/early_fraud_warnings?charge=ch_{missing}")).map(|u| self.http.get(u))
+                }
+            };
+            let result = match request {
+                Ok(request) => match self.send::<serde_json::Value>(request).await {
+                    Ok(_) | Err(StripeError::NotFound(_)) | Err(StripeError::Refused { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            results.push((permission, result));
+        }
+        results
     }
 
     /// Creates a refund. `idempotency_key` must be the same for every try of one request.
@@ -222,6 +306,14 @@ impl StripeClient {
         let request = self.http.post(url).header("Idempotency-Key", idempotency_key).form(&refund.form());
         self.send(request).await
     }
+}
+
+/// The permission Stripe names in a 403 ("Having the 'rak_charge_read' permission would allow
+/// this request to continue.").
+fn permission_named(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("Having the '")?;
+    let (permission, _) = rest.split_once('\'')?;
+    permission.starts_with("rak_").then(|| permission.to_string())
 }
 
 /// A transport error in words, without the URL's query (which never holds secrets here, but
@@ -239,6 +331,16 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_403_names_the_permission_stripe_says_is_missing() {
+        let message = "The provided key 'rk_test_****abcd' does not have the required permissions for this endpoint on account 'acct_1'. Having the 'rak_charge_read' permission would allow this request to continue.";
+        assert_eq!(permission_named(message).as_deref(), Some("rak_charge_read"));
+        assert_eq!(
+            permission_named("This is a restricted API key, but the required permissions are not available"),
+            None
+        );
+    }
 
     #[test]
     fn calls_are_spaced_evenly_so_no_second_exceeds_the_rate_by_more_than_one() {

@@ -5,5 +5,5 @@ pub mod inbound;
 pub mod types;
 pub mod webhook;
 
-pub use client::{CreateRefund, StripeClient, StripeError};
+pub use client::{CreateRefund, Permission, StripeClient, StripeError};
 pub use types::{Charge, Customer, EarlyFraudWarning, Event, PaymentIntent, Refund};

@@ -45,6 +45,8 @@ fn stripe_retry(e: StripeError) -> JobError {
     match e {
         StripeError::RateLimited(after) => JobError::Retry { reason: e.to_string(), after },
         StripeError::Idempotency(m) => JobError::Permanent(m),
+        // Retrying cannot grant a permission: the job parks at once, and finance is told.
+        e @ StripeError::Forbidden { .. } => JobError::Permanent(e.to_string()),
         other => JobError::retry(other),
     }
 }
@@ -84,6 +86,9 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
         Effect::Deadline => deadline(ctx, &request).await,
         Effect::RefreshHomes => refresh_homes(ctx, &request).await,
         Effect::ReportParked { job_id, what, error } => report_parked(ctx, &request, *job_id, what, error, job).await,
+        Effect::AlertKeyPermission { permission, what } => {
+            alert_key_permission(ctx, &request, permission.as_deref(), what, job).await
+        }
         Effect::EmailCustomer(kind) => email_customer(ctx, &request, *kind).await,
     }
 }
@@ -121,6 +126,7 @@ pub(crate) fn facts_of(charge: &Charge) -> Result<ChargeFacts, String> {
         refunds,
         fraud_warnings: vec![],
         disputes: vec![],
+        unreadable: vec![],
     })
 }
 
@@ -145,6 +151,10 @@ pub(crate) fn unrefundable(charge: &Charge, facts: &ChargeFacts) -> Option<Strin
 
 fn stripe_failure(e: StripeError, what: &str) -> Result<String, JobError> {
     match e {
+        StripeError::Forbidden { permission, .. } => Ok(format!(
+            "refund-desk's Stripe key may not read {what}{}; an admin has been told",
+            permission.map(|p| format!(" (it lacks `{p}`)")).unwrap_or_default()
+        )),
         StripeError::NotFound(_) => Ok(format!("Stripe has no {what}; check the id")),
         StripeError::Refused { message, .. } => Ok(format!("Stripe refused to show {what}: {message}")),
         e => Err(stripe_retry(e)),
@@ -152,8 +162,13 @@ fn stripe_failure(e: StripeError, what: &str) -> Result<String, JobError> {
 }
 
 /// The customer's address: the charge's billing email, else its receipt email, else the
-/// customer's.
-async fn customer_email(ctx: &AppContext, charge: &Charge) -> Result<Option<String>, JobError> {
+/// customer's. A key that may not read customers leaves it unknown, and says so in
+/// `unreadable`.
+async fn customer_email(
+    ctx: &AppContext,
+    charge: &Charge,
+    unreadable: &mut Vec<String>,
+) -> Result<Option<String>, JobError> {
     let direct = charge
         .billing_details
         .as_ref()
@@ -172,6 +187,10 @@ async fn customer_email(ctx: &AppContext, charge: &Charge) -> Result<Option<Stri
     match ctx.stripe.get_customer(customer.id()).await {
         Ok(c) if !c.deleted => Ok(c.email.filter(|e| !e.trim().is_empty())),
         Ok(_) | Err(StripeError::NotFound(_)) => Ok(None),
+        Err(StripeError::Forbidden { permission, .. }) => {
+            unreadable.push(described("The customer (for the email address)", permission));
+            Ok(None)
+        }
         Err(e @ (StripeError::Unavailable(_) | StripeError::RateLimited(_))) => Err(stripe_retry(e)),
         Err(e) => Err(JobError::Permanent(e.to_string())),
     }
@@ -203,6 +222,12 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
     };
     let charge = match charge {
         Ok(c) => c,
+        Err((StripeError::Forbidden { permission, message }, what)) => {
+            tracing::error!(permission = ?permission, error = %message, "the Stripe key may not read what a check needs");
+            let why = stripe_failure(StripeError::Forbidden { permission: permission.clone(), message }, &what)?;
+            let alert = Effect::AlertKeyPermission { permission, what: format!("read {what}") };
+            return reject_with(ctx, request, why, None, vec![alert]).await;
+        }
         Err((e, what)) => {
             let why = stripe_failure(e, &what)?;
             return reject(ctx, request, why, None).await;
@@ -219,11 +244,23 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
         return reject(ctx, request, why, Some(facts)).await;
     }
     // Only for a charge worth asking about: this may cost a read of the customer.
-    facts.customer_email = customer_email(ctx, &charge).await?;
+    facts.customer_email = customer_email(ctx, &charge, &mut facts.unreadable).await?;
     // A disputed charge can still be refunded while Stripe says so (an inquiry, a dispute
     // not yet decided); once it says no, the money goes back through the dispute.
-    if charge.disputed {
-        let disputes = ctx.stripe.disputes(&charge.id).await.map_err(stripe_retry)?;
+    let disputes = if !charge.disputed {
+        vec![]
+    } else {
+        match ctx.stripe.disputes(&charge.id).await {
+            Ok(list) => list,
+            // Stripe refuses the refund itself if the dispute forbids it.
+            Err(StripeError::Forbidden { permission, .. }) => {
+                facts.unreadable.push(described("The charge's disputes", permission));
+                vec![]
+            }
+            Err(e) => return Err(stripe_retry(e)),
+        }
+    };
+    if !disputes.is_empty() {
         let describe = |d: &crate::stripe::types::Dispute| {
             format!("{}, {}", d.status, d.reason.as_deref().unwrap_or("no reason given"))
         };
@@ -243,7 +280,11 @@ async fn check_payment(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
         match ctx.stripe.early_fraud_warnings(&charge.id).await {
             Ok(list) => list.into_iter().map(|w| w.fraud_type.unwrap_or_else(|| "unspecified".into())).collect(),
             Err(e @ (StripeError::Unavailable(_) | StripeError::RateLimited(_))) => return Err(stripe_retry(e)),
-            // A restricted key without Radar access: go on without, and say so in the log.
+            // A restricted key without Radar access: go on without, and say so on the card.
+            Err(StripeError::Forbidden { permission, .. }) => {
+                facts.unreadable.push(described("Radar's early fraud warnings", permission));
+                vec![]
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not read early fraud warnings");
                 vec![]
@@ -287,20 +328,51 @@ async fn reject(
     why: String,
     facts: Option<ChargeFacts>,
 ) -> Result<(), JobError> {
+    reject_with(ctx, request, why, facts, vec![]).await
+}
+
+/// Rejects the request, with `more` effects in the same transition.
+async fn reject_with(
+    ctx: &AppContext,
+    request: &RefundRequest,
+    why: String,
+    facts: Option<ChargeFacts>,
+    more: Vec<Effect>,
+) -> Result<(), JobError> {
     let now = ctx.now();
     let why = capitalised(&why);
-    ctx.store.transition(request.id, now, |r| r.reject(why.clone(), facts.clone(), now).map(Some)).await?.ok();
+    ctx.store
+        .transition(request.id, now, |r| {
+            let mut t = r.reject(why.clone(), facts.clone(), now)?;
+            t.effects.extend(more.iter().cloned());
+            Ok::<_, crate::domain::StateError>(Some(t))
+        })
+        .await?
+        .ok();
     Ok(())
 }
 
-async fn post_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
-    if request.card.is_some() {
-        return Ok(());
+/// `what` could not be read, with the permission Stripe named.
+fn described(what: &str, permission: Option<String>) -> String {
+    match permission {
+        Some(p) => format!("{what} (`{p}`)"),
+        None => what.to_string(),
     }
-    let channel = ctx.settings.slack.finance_channel.clone();
-    let ts = ctx.slack.post_message(&channel, views::approval_card(request, ctx.now()), None).await?;
-    let card = MessageRef { channel, ts };
-    ctx.store.update_request(request.id, |r| r.card = Some(card.clone())).await?;
+}
+
+async fn post_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    let others = ctx.store.others_on_payment(request)?;
+    if request.card.is_none() {
+        let channel = ctx.settings.slack.finance_channel.clone();
+        let ts = ctx.slack.post_message(&channel, views::approval_card(request, &others, ctx.now()), None).await?;
+        let card = MessageRef { channel, ts };
+        ctx.store.update_request(request.id, |r| r.card = Some(card.clone())).await?;
+    }
+    // The cards already posted on this payment list this request from now on. (Run again after
+    // a crash, this only edits those cards once more.)
+    for other in others.iter().filter(|o| o.card.is_some() && o.status.is_open()) {
+        ctx.store.enqueue(other.id, &[Effect::RefreshCard], ctx.now()).await?;
+    }
     Ok(())
 }
 
@@ -311,7 +383,8 @@ fn card_of(request: &RefundRequest) -> Result<&MessageRef, JobError> {
 
 async fn refresh_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
     let card = card_of(request)?;
-    ctx.slack.update_message(&card.channel, &card.ts, views::approval_card(request, ctx.now())).await?;
+    let others = ctx.store.others_on_payment(request)?;
+    ctx.slack.update_message(&card.channel, &card.ts, views::approval_card(request, &others, ctx.now())).await?;
     Ok(())
 }
 
@@ -387,6 +460,25 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> 
             }
             let why = format!("Stripe refused the refund: {message}");
             ctx.store.transition(request.id, now, |r| r.fail_submission(why.clone(), now).map(Some)).await?.ok();
+            Ok(())
+        }
+        // The key may not make refunds: no refund was made, and none will be until an admin
+        // gives the key that permission.
+        Err(StripeError::Forbidden { permission, message }) => {
+            tracing::error!(permission = ?permission, error = %message, "the Stripe key may not create refunds");
+            let why = format!(
+                "refund-desk's Stripe key may not make refunds{}; nothing was refunded, and an admin has been told",
+                permission.as_ref().map(|p| format!(" (it lacks `{p}`)")).unwrap_or_default()
+            );
+            let alert = Effect::AlertKeyPermission { permission, what: "make refunds".into() };
+            ctx.store
+                .transition(request.id, now, |r| {
+                    let mut t = r.fail_submission(capitalised(&why), now)?;
+                    t.effects.push(alert.clone());
+                    Ok::<_, crate::domain::StateError>(Some(t))
+                })
+                .await?
+                .ok();
             Ok(())
         }
         Err(e) => Err(stripe_retry(e)),
@@ -510,6 +602,31 @@ pub fn home_for(
 pub async fn publish_home(ctx: &AppContext, user: &crate::domain::UserId) -> Result<(), JobError> {
     let view = home_for(&ctx.store, user, ctx.approvers().contains(user), ctx.now())?;
     ctx.slack.publish_home(user.as_str(), view).await?;
+    Ok(())
+}
+
+/// Tells finance that the Stripe key lacks a permission the desk cannot work without.
+async fn alert_key_permission(
+    ctx: &AppContext,
+    request: &RefundRequest,
+    permission: Option<&str>,
+    what: &str,
+    job: &Job,
+) -> Result<(), JobError> {
+    if job.posted_ts.is_some() {
+        return Ok(());
+    }
+    let lacks = permission.map(|p| format!(": it lacks `{p}`")).unwrap_or_default();
+    let text = format!(
+        ":no_entry: refund-desk's Stripe key may not {what}{lacks}. {} failed because of it, and every request will until the key has that permission (the README lists what a restricted key needs; `refund-desk check` names every missing one).",
+        request.id
+    );
+    let thread = request.card.as_ref().map(|c| c.ts.clone());
+    let ts = ctx
+        .slack
+        .post_message(&ctx.settings.slack.finance_channel, views::text_message(text), thread.as_deref())
+        .await?;
+    ctx.store.record_job_posted(job, &ts).await?;
     Ok(())
 }
 

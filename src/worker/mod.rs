@@ -33,6 +33,7 @@ fn effect_name(effect: &Effect) -> &'static str {
         Effect::CheckRefund => "check_refund",
         Effect::EmailCustomer(_) => "email_customer",
         Effect::ReportParked { .. } => "report_parked",
+        Effect::AlertKeyPermission { .. } => "alert_key_permission",
         Effect::Deadline => "deadline",
         Effect::RefreshHomes => "refresh_homes",
     }
@@ -50,6 +51,7 @@ pub fn describe(effect: &Effect) -> String {
         Effect::CheckRefund => "reading the refund back from Stripe".into(),
         Effect::EmailCustomer(_) => "emailing the customer".into(),
         Effect::ReportParked { .. } => "reporting a stuck job".into(),
+        Effect::AlertKeyPermission { .. } => "reporting a missing Stripe permission".into(),
         Effect::Deadline => "reminding approvers or expiring the request".into(),
         Effect::RefreshHomes => "updating App Home".into(),
     }

@@ -167,8 +167,30 @@ async fn check_reaches_slack_stripe_and_smtp_and_says_which_fails() {
     for line in ["config: ok", "slack: ok (team T00000001", "stripe: ok (test mode)", "smtp: ok (sending as"] {
         assert!(out.contains(line), "{line} missing: {out}");
     }
+    assert!(
+        out.contains("stripe permission rak_refund_write (make refunds and read them back): ok (granted)"),
+        "{out}"
+    );
     let bad = check("xoxb-revoked-token").await.unwrap();
     let out = String::from_utf8_lossy(&bad.stdout).to_string();
     assert_eq!(bad.status.code(), Some(1));
     assert!(out.contains("slack: FAILED") && out.contains("invalid_auth") && out.contains("stripe: ok"), "{out}");
+    // A restricted key without an optional permission passes, and says what is missing.
+    stripe.restrict_key(Some(&["rak_charge_read", "rak_payment_intent_read", "rak_refund_write", "rak_customer_read"]));
+    let optional = check(driver::BOT_TOKEN).await.unwrap();
+    let out = String::from_utf8_lossy(&optional.stdout).to_string();
+    assert!(optional.status.success(), "{out}");
+    for missing in ["rak_dispute_read", "rak_radar_early_fraud_warning_read"] {
+        assert!(out.lines().any(|l| l.contains(missing) && l.contains("missing, optional")), "{missing}: {out}");
+    }
+    // Without one the desk needs, it fails, and names every missing one at once.
+    stripe.restrict_key(Some(&["rak_charge_read", "rak_customer_read"]));
+    let required = check(driver::BOT_TOKEN).await.unwrap();
+    let out = String::from_utf8_lossy(&required.stdout).to_string();
+    assert_eq!(required.status.code(), Some(1), "{out}");
+    for missing in ["rak_payment_intent_read", "rak_refund_write"] {
+        assert!(out.lines().any(|l| l.contains(missing) && l.contains("FAILED: missing")), "{missing}: {out}");
+    }
+    assert!(out.lines().any(|l| l.contains("rak_charge_read") && l.contains("granted")), "{out}");
+    assert!(stripe.refunds().is_empty(), "checking makes no refund");
 }

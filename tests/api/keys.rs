@@ -1,0 +1,127 @@
+//! Least-privilege Stripe keys: a restricted key that may not read an optional fact still gets a
+//! card that says what it could not read; one that may not do what the desk needs fails the
+//! request at once, tells the requester, and alerts finance with the missing permission.
+
+use crate::helpers::*;
+use refund_desk::domain::RequestStatus;
+use refund_desk::standins::ChargeSpec;
+
+/// Everything the desk reads or writes, as a restricted key's permissions.
+const ALL: [&str; 6] = [
+    "rak_charge_read",
+    "rak_payment_intent_read",
+    "rak_customer_read",
+    "rak_dispute_read",
+    "rak_radar_early_fraud_warning_read",
+    "rak_refund_write",
+];
+
+fn all_but(missing: &str) -> Vec<&'static str> {
+    ALL.iter().copied().filter(|p| *p != missing).collect()
+}
+
+/// How many calls the Stripe stand-in received on `path`.
+fn calls_to(app: &TestApp, method: &str, path: &str) -> usize {
+    app.stripe.received().iter().filter(|r| r.method == method && r.path == path).count()
+}
+
+/// The card's whole content, blocks included.
+fn card_content(card: &refund_desk::standins::slack::Posted) -> String {
+    format!("{} {}", card.text, card.blocks)
+}
+
+#[tokio::test]
+async fn a_key_that_cannot_read_radar_still_gets_a_card_that_says_so_and_is_not_retried() {
+    let app = TestApp::spawn().await;
+    app.stripe.restrict_key(Some(&all_but("rak_radar_early_fraud_warning_read")));
+    let (id, card) = app.waiting_request().await;
+    let content = card_content(&card);
+    assert!(content.contains("early fraud warnings"), "{content}");
+    assert!(content.contains("rak_radar_early_fraud_warning_read"), "{content}");
+    assert!(content.contains("not readable with this Stripe key"), "{content}");
+    assert_eq!(calls_to(&app, "GET", "/v1/radar/early_fraud_warnings"), 1, "a 403 is not retried");
+    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+}
+
+#[tokio::test]
+async fn a_key_that_cannot_read_customers_goes_on_without_the_email_and_says_so() {
+    let app = TestApp::spawn().await;
+    app.stripe.restrict_key(Some(&all_but("rak_customer_read")));
+    // The address is only on the customer, which the key may not read.
+    let charge = app.add_charge(ChargeSpec {
+        billing_email: None,
+        customer_email: Some("jenny@example.com".into()),
+        ..Default::default()
+    });
+    let id = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let card = app.card(id).await;
+    assert!(card_content(&card).contains("rak_customer_read"), "{}", card_content(&card));
+    assert_eq!(app.request(id).charge.unwrap().customer_email, None);
+    assert_eq!(app.stripe.received().iter().filter(|r| r.path.starts_with("/v1/customers/")).count(), 1);
+}
+
+#[tokio::test]
+async fn a_key_that_cannot_read_disputes_goes_on_and_says_so() {
+    let app = TestApp::spawn().await;
+    app.stripe.restrict_key(Some(&all_but("rak_dispute_read")));
+    let charge = app.add_charge(ChargeSpec { disputed: true, dispute_refundable: true, ..Default::default() });
+    let id = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let card = app.card(id).await;
+    assert!(card_content(&card).contains("rak_dispute_read"), "{}", card_content(&card));
+    assert_eq!(calls_to(&app, "GET", "/v1/disputes"), 1);
+}
+
+#[tokio::test]
+async fn a_charge_the_policy_would_auto_approve_waits_for_a_person_when_radar_was_unreadable() {
+    let policy = "[policy.currency.usd]\nauto_approve_up_to = \"50.00\"\n";
+    let app = TestApp::spawn_with_policy(policy).await;
+    // With every permission, the policy refunds it without a click.
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = app.request_refund(&format!("{charge} 20.00 duplicate charged twice")).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    // Under the same limit, but Radar could not be read: a person decides.
+    app.stripe.restrict_key(Some(&all_but("rak_radar_early_fraud_warning_read")));
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = app.request_refund(&format!("{charge} 20.00 duplicate charged twice")).await;
+    let request = app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let rule = request.policy.unwrap().rule;
+    assert!(rule.contains("could not be read"), "{rule}");
+}
+
+#[tokio::test]
+async fn a_key_that_cannot_read_charges_fails_the_request_at_once_and_alerts_finance() {
+    let app = TestApp::spawn().await;
+    app.stripe.restrict_key(Some(&all_but("rak_charge_read")));
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
+    let request = app.wait_for_status(id, RequestStatus::Rejected).await;
+    assert!(request.problem.as_deref().unwrap().contains("rak_charge_read"), "{:?}", request.problem);
+    app.wait_until_idle().await;
+    assert_eq!(calls_to(&app, "GET", &format!("/v1/charges/{charge}")), 1, "a 403 is not retried");
+    assert!(app.direct_messages(REQUESTER).iter().any(|m| m.contains("rak_charge_read")));
+    let alerts: Vec<_> =
+        app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).collect();
+    assert_eq!(alerts.len(), 1, "one alert");
+    assert!(alerts[0].text.contains("rak_charge_read") && alerts[0].text.contains(&id.to_string()));
+}
+
+#[tokio::test]
+async fn a_key_that_cannot_make_refunds_fails_the_approved_request_and_alerts_finance() {
+    let app = TestApp::spawn().await;
+    app.stripe.restrict_key(Some(&all_but("rak_refund_write")));
+    let (id, card) = app.waiting_request().await;
+    app.approve(APPROVER, id, &card).await;
+    let request = app.wait_for_status(id, RequestStatus::Failed).await;
+    assert!(request.problem.as_deref().unwrap().contains("rak_refund_write"), "{:?}", request.problem);
+    app.wait_until_idle().await;
+    assert_eq!(calls_to(&app, "POST", "/v1/refunds"), 1, "a 403 is not retried");
+    assert!(app.stripe.refunds().is_empty());
+    assert!(app.direct_messages(REQUESTER).iter().any(|m| m.contains("failed")));
+    assert!(
+        app.thread_texts(&card)
+            .iter()
+            .any(|t| t.contains("Stripe key may not make refunds") && t.contains("rak_refund_write"))
+    );
+}
