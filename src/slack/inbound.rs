@@ -213,7 +213,7 @@ async fn store_request(ctx: &AppContext, rc: crate::domain::RefundCommand, user:
                 Ok(mut others) => {
                     others.retain(|o| o.id < r.id);
                     if let Some(notice) = crate::slack::views::others_notice(&others) {
-                        text.push_str("\n");
+                        text.push('\n');
                         text.push_str(&notice);
                     }
                 }
