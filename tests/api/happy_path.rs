@@ -145,3 +145,16 @@ async fn metrics_are_served_in_prometheus_text_format() {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn answers_to_paths_nobody_serves_share_one_metrics_label() {
+    let app = TestApp::spawn().await;
+    let http = reqwest::Client::new();
+    for i in 0..5 {
+        let response = http.post(format!("{}/slack/probe-{i}-x", app.driver.base)).body("x").send().await.unwrap();
+        assert_eq!(response.status(), 404);
+    }
+    let text = http.get(format!("{}/metrics", app.driver.base)).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("probe-"), "a raw path became a label:\n{text}");
+    assert!(text.contains("refund_desk_slack_answer_seconds_count{route=\"unmatched\"}"), "{text}");
+}
