@@ -419,17 +419,21 @@ pub enum Lane {
     Timers = 5,
     /// App Home updates.
     Home = 6,
+    /// Direct messages to the requester: never held up behind a card that cannot be posted.
+    Requester = 7,
 }
 
 impl Lane {
-    pub const ALL: [Lane; 6] = [Lane::Stripe, Lane::Slack, Lane::Email, Lane::Alerts, Lane::Timers, Lane::Home];
+    pub const ALL: [Lane; 7] =
+        [Lane::Stripe, Lane::Slack, Lane::Email, Lane::Alerts, Lane::Timers, Lane::Home, Lane::Requester];
 }
 
 impl Effect {
     pub fn lane(&self) -> Lane {
         match self {
             Effect::CheckPayment | Effect::CreateRefund | Effect::CheckRefund => Lane::Stripe,
-            Effect::PostCard | Effect::RefreshCard | Effect::ThreadReply(_) | Effect::NotifyRequester(_) => Lane::Slack,
+            Effect::PostCard | Effect::RefreshCard | Effect::ThreadReply(_) => Lane::Slack,
+            Effect::NotifyRequester(_) => Lane::Requester,
             Effect::EmailCustomer(_) => Lane::Email,
             Effect::ReportParked { .. } | Effect::AlertKeyPermission { .. } => Lane::Alerts,
             Effect::Deadline => Lane::Timers,

@@ -49,6 +49,8 @@ struct SlackState {
     homes: std::collections::HashMap<String, Value>,
     /// How many times each user's Home was published.
     home_publishes: std::collections::HashMap<String, usize>,
+    /// Channels the bot may not post in (`not_in_channel`).
+    closed_channels: std::collections::HashSet<String>,
 }
 
 #[derive(Clone)]
@@ -75,6 +77,12 @@ impl FakeSlack {
     /// The next call to `method` gets HTTP `status` with `body` (e.g. 429, or `ok: false`).
     pub fn fail_next(&self, method: &str, status: u16, body: Value) {
         self.lock().faults.push((method.to_string(), status, body));
+    }
+
+    /// From now on the bot may not post in `channel`: Slack answers `not_in_channel`, as it does
+    /// when the bot was never invited (or was removed).
+    pub fn remove_bot_from(&self, channel: &str) {
+        self.lock().closed_channels.insert(channel.to_string());
     }
 
     /// Sets the members `usergroups.users.list` returns for `group`.
@@ -193,6 +201,9 @@ async fn handle(
             };
             if text_of(&body).is_empty() && body["blocks"].is_null() {
                 return (ok, out_headers, Json(slack_error("no_text")));
+            }
+            if s.closed_channels.contains(channel) {
+                return (ok, out_headers, Json(slack_error("not_in_channel")));
             }
             let ts = format!("1700000000.{:06}", s.next_ts);
             s.next_ts += 1;

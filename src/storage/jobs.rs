@@ -199,13 +199,24 @@ pub struct DueJobs {
 
 /// The key under which the queue index's layout version is kept in `meta`.
 const QUEUE_VERSION_KEY: &[u8] = b"queue_index_version";
-const QUEUE_VERSION: &[u8] = b"1";
+/// 2: requester DMs moved to a lane of their own; jobs stored under their old lane are moved.
+const QUEUE_VERSION: &[u8] = b"2";
 
 impl Store {
     /// Builds the queue index from the jobs when it is missing (a store made before it existed).
     pub(super) fn ensure_queue_index(&self) -> Result<(), StoreError> {
         if self.meta.get(QUEUE_VERSION_KEY)?.as_deref() == Some(QUEUE_VERSION) {
             return Ok(());
+        }
+        // A job's key holds its lane; jobs whose kind of work changed lane move to the new key,
+        // keeping their id (and so their order).
+        for kv in self.jobs.iter() {
+            let (key, value) = kv?;
+            let job: Job = decode(&value)?;
+            if key.as_ref() != job.key().0 {
+                self.jobs.insert(job.key().0, value)?;
+                self.jobs.remove(key)?;
+            }
         }
         self.queue.clear()?;
         let mut lanes: Vec<(JobKey, Vec<u64>)> = vec![];
@@ -475,5 +486,33 @@ mod tests {
         let second = store.due_jobs(&[(Lane::Stripe, 10)], now, &running).unwrap().jobs;
         assert_eq!(second.len(), 10);
         assert!(second.iter().all(|j| !running.contains(&j.id)));
+    }
+
+    #[tokio::test]
+    async fn a_requester_message_stored_in_the_old_shared_lane_moves_to_its_own_and_still_runs_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let (id, old_key) = {
+            let store = Store::open(dir.path()).unwrap();
+            let id = store.insert_request(new_request(), now).await.unwrap().id;
+            let notice = Effect::NotifyRequester(crate::domain::Notice::Rejected);
+            store.enqueue(id, &[notice.clone()], now).await.unwrap();
+            // As a store from before the requester's lane kept it: under the Slack lane.
+            let job = store.all_jobs().unwrap().into_iter().find(|j| j.effect == notice).unwrap();
+            let old_key = JobKey::new(id, Lane::Slack, job.id);
+            let value = store.jobs.remove(job.key().0).unwrap().unwrap();
+            store.jobs.insert(old_key.0, value).unwrap();
+            store.meta.insert(QUEUE_VERSION_KEY, &b"1"[..]).unwrap();
+            store.db.flush().unwrap();
+            (id, old_key)
+        };
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.jobs.get(old_key.0).unwrap().is_none(), "moved off the old key");
+        let due = store.due_jobs(&[(Lane::Requester, 10)], now, &HashSet::new()).unwrap().jobs;
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].request_id, id);
+        store.complete_job(&due[0]).await.unwrap();
+        assert!(store.due_jobs(&[(Lane::Requester, 10)], now, &HashSet::new()).unwrap().jobs.is_empty());
+        assert!(store.all_jobs().unwrap().iter().all(|j| j.lane() != Lane::Requester), "completed, not left behind");
     }
 }

@@ -621,13 +621,37 @@ async fn alert_key_permission(
         ":no_entry: refund-desk's Stripe key may not {what}{lacks}. {} failed because of it, and every request will until the key has that permission (the README lists what a restricted key needs; `refund-desk check` names every missing one).",
         request.id
     );
-    let thread = request.card.as_ref().map(|c| c.ts.clone());
-    let ts = ctx
-        .slack
-        .post_message(&ctx.settings.slack.finance_channel, views::text_message(text), thread.as_deref())
-        .await?;
+    let ts = post_alert(ctx, request, text).await?;
     ctx.store.record_job_posted(job, &ts).await?;
     Ok(())
+}
+
+/// Slack's answers when the bot cannot post in a channel at all.
+const CHANNEL_REFUSALS: [&str; 4] = ["not_in_channel", "channel_not_found", "is_archived", "restricted_action"];
+
+/// Posts an alert for finance: in the card's thread (or the finance channel); if Slack refuses
+/// the bot the channel itself, to every approver by DM instead, saying why. Returns a ts for
+/// [`Store::record_job_posted`].
+async fn post_alert(ctx: &AppContext, request: &RefundRequest, text: String) -> Result<String, JobError> {
+    let channel = &ctx.settings.slack.finance_channel;
+    let thread = request.card.as_ref().map(|c| c.ts.clone());
+    let refusal = match ctx.slack.post_message(channel, views::text_message(text.clone()), thread.as_deref()).await {
+        Ok(ts) => return Ok(ts),
+        Err(SlackCallError::Refused(code)) if CHANNEL_REFUSALS.contains(&code.as_str()) => code,
+        Err(e) => return Err(e.into()),
+    };
+    tracing::error!(channel = %channel, error = %refusal, "the finance channel refuses the bot; alerting approvers by DM");
+    let dm = format!(
+        "{text}\n_(Sent to you because Slack refuses refund-desk the finance channel `{channel}`: `{refusal}`. Invite the bot there.)_"
+    );
+    let mut first = None;
+    for approver in ctx.approvers().iter() {
+        let ts = ctx.slack.post_message(approver.as_str(), views::text_message(dm.clone()), None).await?;
+        first.get_or_insert(ts);
+    }
+    first.ok_or_else(|| {
+        JobError::Permanent(format!("the finance channel refuses the bot ({refusal}) and there is no approver to tell"))
+    })
 }
 
 async fn report_parked(
@@ -648,11 +672,7 @@ async fn report_parked(
         views::escape(error)
     );
     // In the card's thread when there is a card, else in the channel itself.
-    let thread = request.card.as_ref().map(|c| c.ts.clone());
-    let ts = ctx
-        .slack
-        .post_message(&ctx.settings.slack.finance_channel, views::text_message(text), thread.as_deref())
-        .await?;
+    let ts = post_alert(ctx, request, text).await?;
     ctx.store.record_job_posted(job, &ts).await?;
     Ok(())
 }

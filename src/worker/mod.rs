@@ -58,8 +58,19 @@ pub fn describe(effect: &Effect) -> String {
 }
 
 /// Delay before attempt `attempts + 1`.
-fn backoff(ctx: &AppContext, attempts: u32) -> Duration {
-    let s = &ctx.settings.jobs;
+/// The longest wait a `Retry-After` may ask for. Slack and Stripe ask for seconds; a larger or
+/// garbled value must neither overflow the due time nor park a lane for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(15 * 60);
+
+/// How long to wait before the next attempt: what the service asked for (capped), else backoff.
+fn retry_delay(s: &crate::config::JobSettings, attempts: u32, after: Option<Duration>) -> Duration {
+    match after {
+        Some(after) => after.min(MAX_RETRY_AFTER),
+        None => backoff(s, attempts),
+    }
+}
+
+fn backoff(s: &crate::config::JobSettings, attempts: u32) -> Duration {
     ExponentialBuilder::default()
         .with_min_delay(s.first_retry)
         .with_max_delay(s.max_retry)
@@ -179,6 +190,8 @@ async fn run_and_record(ctx: &Arc<AppContext>, mut job: Job) {
             .map(|s| s.to_string())
             .or_else(|| panic.downcast_ref::<String>().cloned())
             .unwrap_or_default();
+        tracing::error!(job_id = job.id, panic = %what, "a job panicked; it counts as a failed attempt");
+        metrics::counter!("refund_desk_job_panics_total", "effect" => effect_name(&job.effect)).increment(1);
         Err(JobError::Retry { reason: format!("the job panicked: {what}"), after: None })
     });
     let outcome = match &result {
@@ -216,7 +229,7 @@ async fn run_and_record(ctx: &Arc<AppContext>, mut job: Job) {
                     }
                 }
             } else {
-                let delay = after.unwrap_or_else(|| backoff(ctx, job.attempts));
+                let delay = retry_delay(&ctx.settings.jobs, job.attempts, after);
                 job.not_before = ctx.now() + chrono::Duration::from_std(delay).unwrap_or_default();
                 tracing::warn!(%reason, ?delay, "job will be retried");
             }
@@ -231,6 +244,19 @@ async fn run_and_record(ctx: &Arc<AppContext>, mut job: Job) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_after_is_honoured_up_to_a_cap_and_never_overflows_the_due_time() {
+        let jobs = crate::config::JobSettings::default();
+        assert_eq!(retry_delay(&jobs, 1, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        let huge = retry_delay(&jobs, 1, Some(Duration::from_secs(u64::MAX / 4)));
+        assert_eq!(huge, MAX_RETRY_AFTER);
+        // The due time it gives can be computed (a huge one would have overflowed, or fallen
+        // back to zero and retried at once).
+        let due = chrono::Utc::now() + chrono::Duration::from_std(huge).unwrap();
+        assert!(due > chrono::Utc::now());
+        assert!(retry_delay(&jobs, 1, None) <= jobs.max_retry);
+    }
 
     #[tokio::test]
     async fn a_job_whose_task_panics_is_no_longer_marked_running() {

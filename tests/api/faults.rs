@@ -1,7 +1,7 @@
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
 use refund_desk::standins::stripe::Fault;
-use refund_desk::standins::wait_for;
+use refund_desk::standins::{ChargeSpec, wait_for};
 
 #[tokio::test]
 async fn a_slack_rate_limit_delays_the_card_but_posts_it_once() {
@@ -214,4 +214,37 @@ async fn a_permanent_slack_refusal_parks_at_once_and_says_so_in_the_channel() {
     let parked = app.store().all_jobs().unwrap().into_iter().find(|j| j.parked).expect("parked");
     assert_eq!(parked.attempts, 1, "a permanent refusal is not retried");
     assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+}
+
+#[tokio::test]
+async fn a_finance_channel_that_refuses_the_bot_holds_up_no_requester_message_and_approvers_are_told_by_dm() {
+    let app = TestApp::spawn_with_policy("[policy.currency.usd]\nauto_approve_up_to = \"50.00\"\n").await;
+    app.slack.remove_bot_from(FINANCE);
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = app.request_refund(&format!("{charge} 20.00 duplicate charged twice")).await;
+    // Auto-approved and refunded, while its card cannot be posted.
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    assert_eq!(app.deliver_stripe_event(&app.refund_event(id, "refund.updated", "succeeded")).await, 200);
+    app.wait_for_status(id, RequestStatus::Succeeded).await;
+    // The requester hears the outcome: their messages do not wait behind the card.
+    let told = wait_for(DEADLINE, || {
+        Some(()).filter(|_| {
+            app.direct_messages(REQUESTER).iter().any(|m| m.contains(&id.to_string()) && m.contains("succeeded"))
+        })
+    })
+    .await;
+    assert!(told.is_some(), "no outcome for the requester: {:?}", app.direct_messages(REQUESTER));
+    // The card's job is parked, and the approvers hear of it in a DM that says why.
+    for approver in [APPROVER, APPROVER_2] {
+        let alerted = wait_for(DEADLINE, || {
+            Some(()).filter(|_| {
+                app.direct_messages(approver)
+                    .iter()
+                    .any(|m| m.contains(&id.to_string()) && m.contains("is stuck") && m.contains("not_in_channel"))
+            })
+        })
+        .await;
+        assert!(alerted.is_some(), "{approver} was not told: {:?}", app.direct_messages(approver));
+    }
+    assert!(app.slack.messages_in(FINANCE).is_empty());
 }
