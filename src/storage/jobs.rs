@@ -496,7 +496,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let id = store.insert_request(new_request(), now).await.unwrap().id;
             let notice = Effect::NotifyRequester(crate::domain::Notice::Rejected);
-            store.enqueue(id, &[notice.clone()], now).await.unwrap();
+            store.enqueue(id, std::slice::from_ref(&notice), now).await.unwrap();
             // As a store from before the requester's lane kept it: under the Slack lane.
             let job = store.all_jobs().unwrap().into_iter().find(|j| j.effect == notice).unwrap();
             let old_key = JobKey::new(id, Lane::Slack, job.id);
