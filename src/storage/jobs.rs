@@ -141,7 +141,7 @@ pub(super) fn enqueue_in<E>(
             posted_ts: None,
         };
         let key = job.key();
-        jobs.insert(&key.0[..], encode(&job))?;
+        jobs.insert(&key.0[..], encode(&job).map_err(corrupt)?)?;
         let mut lane = read_lane(queue, &key)?;
         if lane.is_empty() {
             queue.insert(&due_key(&job)[..], &[])?;
@@ -163,7 +163,7 @@ pub(super) fn rewrite_in<E>(jobs: &TransactionalTree, queue: &TransactionalTree,
     let mut job = job.clone();
     job.posted_ts = job.posted_ts.or(stored.posted_ts);
     let job = &job;
-    jobs.insert(&key.0[..], encode(job))?;
+    jobs.insert(&key.0[..], encode(job).map_err(corrupt)?)?;
     let heads_its_lane = read_lane(queue, &key)?.first() == Some(&job.id);
     if heads_its_lane && !job.parked {
         queue.insert(&due_key(job)[..], &[])?;

@@ -81,15 +81,15 @@ pub struct AuditEntry {
 
 impl AuditEntry {
     /// The hash this entry should carry.
-    pub fn compute_hash(&self) -> String {
+    pub fn compute_hash(&self) -> Result<String, serde_json::Error> {
         use sha2::Digest;
         let mut unhashed = self.clone();
         unhashed.hash = String::new();
         let mut h = sha2::Sha256::new();
         h.update(self.prev_hash.as_bytes());
         h.update(b"\n");
-        h.update(encode(&unhashed));
-        hex::encode(h.finalize())
+        h.update(encode(&unhashed)?);
+        Ok(hex::encode(h.finalize()))
     }
 }
 
@@ -191,9 +191,14 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Our own types always serialize: no maps with non-string keys, no failing Serialize impls.
-    serde_json::to_vec(value).unwrap_or_default()
+/// A value as stored. An error aborts the write it belongs to: nothing is ever stored empty.
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(value)
+}
+
+/// [`encode`] outside a transaction.
+fn encode_plain<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    encode(value).map_err(|e| StoreError::Corrupt(format!("could not encode a value to store: {e}")))
 }
 
 /// Counts a committed transition into `status`, for `/metrics`.
@@ -315,7 +320,7 @@ fn sync_hold<E>(holds: &TransactionalTree, request: &RefundRequest) -> TxResult<
     if list.is_empty() {
         holds.remove(key.as_bytes())?;
     } else {
-        holds.insert(key.as_bytes(), encode(&list))?;
+        holds.insert(key.as_bytes(), encode(&list).map_err(corrupt)?)?;
     }
     Ok(())
 }
@@ -328,7 +333,7 @@ fn write_transition<E>(
     now: DateTime<Utc>,
 ) -> TxResult<(), E> {
     let (requests, audit, jobs) = (tx.requests, tx.audit, tx.jobs);
-    requests.insert(&request.id.to_key(), encode(request))?;
+    requests.insert(&request.id.to_key(), encode(request).map_err(corrupt)?)?;
     sync_hold(tx.holds, request)?;
     sync_index(tx.index, request, transition.from, now)?;
     // Whatever changed, the people who see this request in App Home see it change.
@@ -353,9 +358,9 @@ fn write_transition<E>(
         prev_hash,
         hash: String::new(),
     };
-    entry.hash = entry.compute_hash();
-    audit.insert(&seq.to_be_bytes(), encode(&entry))?;
-    audit.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)))?;
+    entry.hash = entry.compute_hash().map_err(corrupt)?;
+    audit.insert(&seq.to_be_bytes(), encode(&entry).map_err(corrupt)?)?;
+    audit.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)).map_err(corrupt)?)?;
     enqueue_in(jobs, tx.queue, request.id, &effects, now)
 }
 
@@ -375,7 +380,7 @@ fn record_outside<E>(outside: &TransactionalTree, u: &RefundUpdate, now: DateTim
         first_seen,
         last_seen: now,
     };
-    outside.insert(key, encode(&record))?;
+    outside.insert(key, encode(&record).map_err(corrupt)?)?;
     Ok(())
 }
 
@@ -585,7 +590,7 @@ impl Store {
         let result = self.requests.transaction(|requests| -> TxResult<RefundRequest, ()> {
             let mut request = read_request(requests, id)?;
             change(&mut request);
-            requests.insert(&id.to_key(), encode(&request))?;
+            requests.insert(&id.to_key(), encode(&request).map_err(corrupt)?)?;
             Ok(request)
         });
         drop(permit);
@@ -693,7 +698,7 @@ impl Store {
     /// Writes a request and its index entries directly, without audit, jobs or a flush: for
     /// loading data into a database (migrations, tests, benchmarks). `flush` afterwards.
     pub fn import_request(&self, request: &RefundRequest) -> Result<(), StoreError> {
-        self.requests.insert(request.id.to_key(), encode(request))?;
+        self.requests.insert(request.id.to_key(), encode_plain(request)?)?;
         self.index.insert(status_key(request.status, request.id), &[])?;
         self.index.insert(user_key(request.requester.as_str(), request.id), &[])?;
         Ok(())
@@ -728,7 +733,7 @@ impl Store {
                     entry.seq
                 ));
             }
-            if entry.compute_hash() != entry.hash {
+            if entry.compute_hash().map_err(|e| StoreError::Corrupt(e.to_string()))? != entry.hash {
                 return broken(format!("entry {} ({} {}) was altered", entry.seq, entry.request_id, entry.at));
             }
             prev = entry.hash.clone();
@@ -794,7 +799,7 @@ impl Store {
                     if events.get(event_id.as_bytes())?.is_some() {
                         return Ok((EventOutcome::Duplicate, false));
                     }
-                    events.insert(event_id.as_bytes(), encode(&now))?;
+                    events.insert(event_id.as_bytes(), encode(&now).map_err(corrupt)?)?;
                 }
                 let mut outcomes = vec![];
                 let mut added = false;
@@ -827,7 +832,7 @@ impl Store {
                         }
                         None => {
                             if request != before {
-                                requests.insert(&id.to_key(), encode(&request))?;
+                                requests.insert(&id.to_key(), encode(&request).map_err(corrupt)?)?;
                                 sync_hold(holds, &request)?;
                             }
                             outcomes.push(RefundOutcome::Unchanged(id));
@@ -907,7 +912,7 @@ impl Store {
         let key = format!("{id}/{}", kind.as_str());
         let permit = self.commit.write_permit().await;
         let result = (&self.emails, &self.jobs, &self.queue).transaction(|(emails, jobs, queue)| {
-            emails.insert(key.as_bytes(), encode(record))?;
+            emails.insert(key.as_bytes(), encode(record).map_err(corrupt)?)?;
             enqueue_in::<()>(jobs, queue, id, effects, now)
         });
         drop(permit);
@@ -937,7 +942,7 @@ impl Store {
     /// Remembers that `user` opened App Home, so changes are published to them.
     pub async fn remember_home_user(&self, user: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         let permit = self.commit.write_permit().await;
-        self.home_users.insert(user.as_bytes(), encode(&now))?;
+        self.home_users.insert(user.as_bytes(), encode_plain(&now)?)?;
         drop(permit);
         self.flush().await
     }
@@ -951,7 +956,7 @@ impl Store {
     pub async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let permit = self.commit.write_permit().await;
         let fresh =
-            self.slack_events.compare_and_swap(event_id.as_bytes(), None as Option<&[u8]>, Some(encode(&now)))?.is_ok();
+            self.slack_events.compare_and_swap(event_id.as_bytes(), None as Option<&[u8]>, Some(encode_plain(&now)?))?.is_ok();
         drop(permit);
         // A retry is acknowledged too: it waits for the sync of the first delivery's write.
         self.flush().await?;
@@ -963,6 +968,22 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::{PaymentRef, RefundReason, UserId};
+
+    #[test]
+    fn a_value_that_cannot_be_encoded_aborts_its_transaction_and_nothing_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // JSON has no map with non-string keys.
+        let unencodable: std::collections::HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let result = store.requests.transaction(|tree| -> TxResult<(), ()> {
+            tree.insert(&b"first"[..], &b"written before"[..])?;
+            tree.insert(&b"second"[..], encode(&unencodable).map_err(corrupt)?)?;
+            Ok(())
+        });
+        assert!(matches!(Store::finish_tx(result), Err(StoreError::Corrupt(_))));
+        assert_eq!(store.requests.get(b"first").unwrap(), None, "the whole write is undone");
+        assert_eq!(store.requests.get(b"second").unwrap(), None, "never stored empty");
+    }
 
     pub(super) fn new_request() -> NewRequest {
         NewRequest::full_refund(
@@ -1036,11 +1057,11 @@ mod tests {
         // An edited entry.
         let mut edited: AuditEntry = decode(&original).unwrap();
         edited.detail = Some("asked for 1 on ch_1".into());
-        store.audit.insert(&keys[1], encode(&edited)).unwrap();
+        store.audit.insert(&keys[1], encode(&edited).unwrap()).unwrap();
         assert!(store.verify_audit().unwrap().problem.unwrap().contains("was altered"));
         // Rehashing the edit does not help: the next entry no longer follows.
-        edited.hash = edited.compute_hash();
-        store.audit.insert(&keys[1], encode(&edited)).unwrap();
+        edited.hash = edited.compute_hash().unwrap();
+        store.audit.insert(&keys[1], encode(&edited).unwrap()).unwrap();
         assert!(store.verify_audit().unwrap().problem.unwrap().contains("does not follow"));
         // A removed entry.
         store.audit.insert(&keys[1], original).unwrap();
