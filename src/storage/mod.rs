@@ -955,8 +955,10 @@ impl Store {
     /// Remembers a Slack event id; `false` if it was seen before (a retry).
     pub async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let permit = self.commit.write_permit().await;
-        let fresh =
-            self.slack_events.compare_and_swap(event_id.as_bytes(), None as Option<&[u8]>, Some(encode_plain(&now)?))?.is_ok();
+        let fresh = self
+            .slack_events
+            .compare_and_swap(event_id.as_bytes(), None as Option<&[u8]>, Some(encode_plain(&now)?))?
+            .is_ok();
         drop(permit);
         // A retry is acknowledged too: it waits for the sync of the first delivery's write.
         self.flush().await?;

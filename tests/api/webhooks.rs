@@ -198,3 +198,36 @@ async fn our_refund_announced_before_stripe_answers_the_call_settles_the_request
 fn pairs<'a>(metadata: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     metadata.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
+
+#[tokio::test]
+async fn an_event_the_desk_does_not_act_on_is_acknowledged_and_not_recorded() {
+    let app = TestApp::spawn().await;
+    let event = serde_json::json!({ "id": "evt_customer_1", "object": "event", "type": "customer.created",
+        "created": 1, "api_version": "2024-10-28.acacia", "data": { "object": { "id": "cus_1", "object": "customer" } } });
+    assert_eq!(app.deliver_stripe_event(&event).await, 200);
+    // Not recorded: applying the same id now finds it new.
+    let again = app.store().apply_stripe_event("evt_customer_1", &[], chrono::Utc::now()).await.unwrap();
+    assert_ne!(again, refund_desk::storage::EventOutcome::Duplicate);
+}
+
+#[tokio::test]
+async fn a_signed_event_that_cannot_be_read_gets_2xx_and_is_counted_so_stripe_stops_sending_it() {
+    let app = TestApp::spawn().await;
+    let metric = "refund_desk_stripe_events_total{outcome=\"unreadable\"}";
+    let count = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with(metric))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let metrics =
+        || async { reqwest::get(format!("{}/metrics", app.driver.base)).await.unwrap().text().await.unwrap() };
+    let before = count(&metrics().await);
+    // A refund event whose refund is not an object Stripe's shapes allow.
+    let event = serde_json::json!({ "id": "evt_odd_1", "object": "event", "type": "refund.updated", "created": 1,
+        "api_version": "2024-10-28.acacia", "data": { "object": { "id": 42 } } });
+    assert_eq!(app.deliver_stripe_event(&event).await, 200);
+    assert_eq!(app.deliver_stripe_event(&serde_json::json!({ "not": "an event" })).await, 200);
+    assert!(count(&metrics().await) >= before + 2);
+    assert!(app.store().all_requests().unwrap().is_empty());
+}
