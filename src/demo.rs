@@ -48,7 +48,7 @@ async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     let app = Application::build(settings).await?;
     let base = format!("http://{}", app.local_addr());
     stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
-    let slack_side = SlackDriver::new(base.clone());
+    let slack_side = SlackDriver::new(base.clone()).with_response_urls(slack.response_url_base());
     let store = app.context().store.clone();
 
     let (charge, _) = stripe.add_charge(ChargeSpec { amount: 4999, created_days_ago: 3, ..ChargeSpec::default() });

@@ -61,7 +61,7 @@ impl RequestStatus {
             RequestStatus::Failed => "Failed",
             RequestStatus::Canceled => "Canceled at Stripe",
             RequestStatus::Denied => "Denied",
-            RequestStatus::Rejected => "Not refundable",
+            RequestStatus::Rejected => "Refused",
             RequestStatus::Withdrawn => "Withdrawn",
             RequestStatus::Expired => "Expired",
         }
@@ -231,6 +231,9 @@ pub struct NewRequest {
     pub note: Option<Note>,
     /// The customer's address, when the requester gave one.
     pub customer_email: Option<String>,
+    /// Where the command's private answer can be replaced (Slack's `response_url`), when the
+    /// request came from `/refund`.
+    pub response_url: Option<String>,
 }
 
 impl NewRequest {
@@ -245,6 +248,7 @@ impl NewRequest {
             reason,
             note: None,
             customer_email: None,
+            response_url: None,
         }
     }
 }
@@ -294,6 +298,9 @@ pub struct RefundRequest {
     /// When approvers were reminded, if they were.
     #[serde(default)]
     pub reminded_at: Option<DateTime<Utc>>,
+    /// The command's `response_url`: a refusal replaces the "Got it" answer there.
+    #[serde(default)]
+    pub response_url: Option<String>,
 }
 
 fn one() -> u8 {
@@ -525,6 +532,7 @@ impl RefundRequest {
             problem: None,
             awaiting_since: None,
             reminded_at: None,
+            response_url: new.response_url,
         }
     }
 

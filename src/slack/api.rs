@@ -149,6 +149,19 @@ impl SlackApi {
         self.call("views.publish", async |s| s.views_publish(&req).await).await.map(|_| ())
     }
 
+    /// Replaces the private answer a slash command got, through the command's `response_url`
+    /// (usable 5 times within 30 minutes of the command).
+    #[tracing::instrument(skip_all)]
+    pub async fn replace_answer(&self, response_url: &str, text: String) -> Result<(), SlackCallError> {
+        let url: url::Url = response_url.parse().map_err(|_| SlackCallError::Refused("invalid response_url".into()))?;
+        // Replacing an ephemeral answer keeps it ephemeral: only the requester sees it.
+        let req = SlackApiPostWebhookMessageRequest::new(super::views::text_message(text)).with_replace_original(true);
+        match tokio::time::timeout(CALL_TIMEOUT, self.client.respond_to_event(&SlackResponseUrl(url), &req)).await {
+            Ok(result) => result.map(|_| ()).map_err(SlackCallError::from),
+            Err(_) => Err(SlackCallError::Unavailable("response_url timed out".into())),
+        }
+    }
+
     /// Who the token belongs to (`auth.test`): team and bot user.
     pub async fn whoami(&self) -> Result<String, SlackCallError> {
         let res = self.call("auth.test", async |s| s.auth_test().await).await?;

@@ -6,6 +6,7 @@ use crate::config::{JobSettings, Settings, Sources};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The secrets and ids the stand-ins and the desk share.
 pub const SIGNING_SECRET: &str = "standin-signing-secret";
@@ -51,6 +52,10 @@ pub fn desk_settings(
 pub struct SlackDriver {
     pub base: String,
     http: reqwest::Client,
+    /// Where this driver's slash commands' `response_url`s point: the Slack stand-in's
+    /// (`FakeSlack::response_url_base`); `None` gives Slack's own form of URL.
+    response_base: Option<String>,
+    commands_sent: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl SlackDriver {
@@ -61,7 +66,13 @@ impl SlackDriver {
     /// A driver sending through `http` (for its timeout, or its connection pool).
     pub fn with_client(base: String, http: reqwest::Client) -> Self {
         crate::app::install_crypto_provider();
-        SlackDriver { base, http }
+        SlackDriver { base, http, response_base: None, commands_sent: Arc::default() }
+    }
+
+    /// Gives each slash command a `response_url` on the Slack stand-in at `base`.
+    pub fn with_response_urls(mut self, base: String) -> Self {
+        self.response_base = Some(base);
+        self
     }
 
     /// Posts `body` to `path`, signed at `timestamp` with `secret` (or unsigned when `None`).
@@ -111,6 +122,11 @@ impl SlackDriver {
 
     /// The form body of `/refund <text>` typed by `user`.
     pub fn command_body(user: &str, text: &str) -> String {
+        Self::command_body_answering_at(user, text, "https://hooks.slack.com/commands/T00000001/1/abc")
+    }
+
+    /// Like [`SlackDriver::command_body`], with the given `response_url`.
+    pub fn command_body_answering_at(user: &str, text: &str, response_url: &str) -> String {
         serde_urlencoded::to_string([
             ("token", "gIkuvaNzQIHg97ATvDxqgjtO"),
             ("team_id", "T00000001"),
@@ -122,7 +138,7 @@ impl SlackDriver {
             ("command", "/refund"),
             ("text", text),
             ("api_app_id", "A00000001"),
-            ("response_url", "https://hooks.slack.com/commands/T00000001/1/abc"),
+            ("response_url", response_url),
             ("trigger_id", "13345224609.738474920.8088930838d88f008e0"),
         ])
         .expect("static form")
@@ -135,7 +151,13 @@ impl SlackDriver {
 
     /// Like [`SlackDriver::slash`], but a desk that does not answer is an error, not a panic.
     pub async fn try_slash(&self, user: &str, text: &str) -> Result<(u16, Value), String> {
-        let body = Self::command_body(user, text);
+        let body = match &self.response_base {
+            Some(base) => {
+                let n = self.commands_sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                Self::command_body_answering_at(user, text, &format!("{base}/commands/T00000001/{n}/x"))
+            }
+            None => Self::command_body(user, text),
+        };
         let response = self.try_post("/slack/commands", "application/x-www-form-urlencoded", body).await?;
         let status = response.status().as_u16();
         Ok((status, response.json().await.unwrap_or(Value::Null)))

@@ -51,6 +51,34 @@ struct SlackState {
     home_publishes: std::collections::HashMap<String, usize>,
     /// Channels the bot may not post in (`not_in_channel`).
     closed_channels: std::collections::HashSet<String>,
+    /// Posts to `response_url`s: (the URL's path, the body).
+    responses: Vec<(String, Value)>,
+    responses_expired: bool,
+}
+
+/// A post to a slash command's `response_url`: Slack takes up to 5 per URL (then `used_url`),
+/// answers a plain `ok`, and wants a message (text or blocks).
+async fn respond(
+    State(state): State<Arc<Mutex<SlackState>>>,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    body: String,
+) -> (axum::http::StatusCode, String) {
+    let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+    let path = uri.path().to_string();
+    if s.responses_expired {
+        return (axum::http::StatusCode::NOT_FOUND, "expired_url".into());
+    }
+    if s.responses.iter().filter(|(p, _)| *p == path).count() >= 5 {
+        return (axum::http::StatusCode::NOT_FOUND, "used_url".into());
+    }
+    let Ok(body) = serde_json::from_str::<Value>(&body) else {
+        return (axum::http::StatusCode::BAD_REQUEST, "invalid_payload".into());
+    };
+    if text_of(&body).is_empty() && body["blocks"].is_null() {
+        return (axum::http::StatusCode::BAD_REQUEST, "no_text".into());
+    }
+    s.responses.push((path, body));
+    (axum::http::StatusCode::OK, "ok".into())
 }
 
 #[derive(Clone)]
@@ -63,7 +91,10 @@ impl FakeSlack {
     /// Starts on 127.0.0.1, accepting `token` as the bot token.
     pub async fn start(token: &str) -> std::io::Result<FakeSlack> {
         let state = Arc::new(Mutex::new(SlackState { token: token.to_string(), next_ts: 1, ..Default::default() }));
-        let app = Router::new().route("/api/{method}", any(handle)).with_state(state.clone());
+        let app = Router::new()
+            .route("/api/{method}", any(handle))
+            .route("/response/commands/{team}/{n}/{key}", axum::routing::post(respond))
+            .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}/api", listener.local_addr()?);
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -77,6 +108,22 @@ impl FakeSlack {
     /// The next call to `method` gets HTTP `status` with `body` (e.g. 429, or `ok: false`).
     pub fn fail_next(&self, method: &str, status: u16, body: Value) {
         self.lock().faults.push((method.to_string(), status, body));
+    }
+
+    /// The base of the `response_url`s this stand-in takes (give it to
+    /// [`crate::standins::driver::SlackDriver::with_response_urls`]).
+    pub fn response_url_base(&self) -> String {
+        format!("{}/response", self.url.trim_end_matches("/api"))
+    }
+
+    /// From now on posts to `response_url`s get `expired_url` (as after Slack's 30 minutes).
+    pub fn expire_response_urls(&self) {
+        self.lock().responses_expired = true;
+    }
+
+    /// What was posted to each `response_url` (its path), in order.
+    pub fn responses(&self) -> Vec<(String, Value)> {
+        self.lock().responses.clone()
     }
 
     /// From now on the bot may not post in `channel`: Slack answers `not_in_channel`, as it does

@@ -61,6 +61,9 @@ impl From<SlackCallError> for JobError {
     }
 }
 
+/// How long Slack takes posts to a slash command's `response_url`.
+const RESPONSE_URL_MINUTES: i64 = 30;
+
 /// The idempotency key for a request's refund: the same for every try, different across
 /// installations.
 pub fn idempotency_key(install_id: &str, id: RequestId) -> String {
@@ -409,6 +412,20 @@ async fn notify_requester(
         return Ok(());
     }
     let text = views::notice_text(request, notice, Audience::Requester);
+    // A refusal replaces the "Got it" answer where the person typed `/refund`, while Slack
+    // still takes it there (30 minutes); a direct message only if that fails.
+    if *notice == Notice::Rejected
+        && let Some(url) = &request.response_url
+        && ctx.now() - request.created_at < chrono::Duration::minutes(RESPONSE_URL_MINUTES)
+    {
+        match ctx.slack.replace_answer(url, text.clone()).await {
+            Ok(()) => {
+                ctx.store.record_job_posted(job, "response_url").await?;
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(error = %e, "could not replace the command's answer; sending a direct message"),
+        }
+    }
     // Posting to a user id lands in the app's direct message with them.
     let ts = ctx.slack.post_message(request.requester.as_str(), views::text_message(text), None).await?;
     ctx.store.record_job_posted(job, &ts).await?;

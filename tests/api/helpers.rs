@@ -88,7 +88,7 @@ impl TestApp {
         let app = Application::build(settings).await.unwrap();
         let base = format!("http://{}", app.local_addr());
         self.stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
-        self.driver = SlackDriver::new(base);
+        self.driver = SlackDriver::new(base).with_response_urls(self.slack.response_url_base());
         self.app = Some(app);
     }
 
@@ -206,6 +206,16 @@ impl TestApp {
 
     pub fn thread_texts(&self, card: &Posted) -> Vec<String> {
         self.slack.thread(&card.ts).into_iter().map(|m| m.text).collect()
+    }
+
+    /// Texts that replaced a slash command's private answer (through its `response_url`).
+    pub fn replaced_answers(&self) -> Vec<String> {
+        self.slack
+            .responses()
+            .into_iter()
+            .filter(|(_, body)| body["replace_original"] == true)
+            .map(|(_, body)| body["text"].as_str().unwrap_or_default().to_string())
+            .collect()
     }
 
     pub fn direct_messages(&self, user: &str) -> Vec<String> {

@@ -31,9 +31,11 @@ async fn more_than_what_remains_is_refused_privately_and_never_reaches_finance()
     let id = app.request_refund(&format!("{charge} 10.00")).await;
     let request = app.wait_for_status(id, RequestStatus::Rejected).await;
     assert!(request.problem.as_deref().unwrap().contains("$10.00 is more than the $5.00"), "{:?}", request.problem);
-    let dm = wait_for(DEADLINE, || app.direct_messages(REQUESTER).pop()).await.expect("told privately");
-    assert!(dm.contains(&id.to_string()) && dm.contains("$5.00"), "{dm}");
+    // Where they typed it: the "Got it" answer is replaced by the refusal; no DM.
+    let answer = wait_for(DEADLINE, || app.replaced_answers().pop()).await.expect("told privately");
+    assert!(answer.contains(&id.to_string()) && answer.contains("$5.00"), "{answer}");
     app.wait_until_idle().await;
+    assert!(app.direct_messages(REQUESTER).is_empty(), "{:?}", app.direct_messages(REQUESTER));
     assert!(app.slack.messages_in(FINANCE).is_empty(), "no card for a refused request");
     assert!(app.stripe.refund_posts().is_empty());
 }
@@ -87,4 +89,29 @@ async fn only_the_listed_requesters_may_ask_by_command_or_by_form() {
     );
     assert!(app.store().all_requests().unwrap().is_empty());
     app.request_refund(&format!("{charge} 5")).await;
+}
+
+#[tokio::test]
+async fn a_refusal_goes_by_direct_message_when_slack_no_longer_takes_the_commands_answer() {
+    let app = TestApp::spawn().await;
+    app.slack.expire_response_urls();
+    let charge = app.add_charge(ChargeSpec { amount: 2500, amount_refunded: 2000, ..ChargeSpec::default() });
+    let id = app.request_refund(&format!("{charge} 10.00")).await;
+    app.wait_for_status(id, RequestStatus::Rejected).await;
+    let dm = wait_for(DEADLINE, || app.direct_messages(REQUESTER).pop()).await.expect("told by DM instead");
+    assert!(dm.contains(&id.to_string()) && dm.contains("$5.00"), "{dm}");
+    assert!(app.replaced_answers().is_empty());
+}
+
+#[tokio::test]
+async fn list_and_status_call_a_refused_request_refused() {
+    let app = TestApp::spawn().await;
+    let charge = app.add_charge(ChargeSpec { amount: 2500, amount_refunded: 2000, ..ChargeSpec::default() });
+    let id = app.request_refund(&format!("{charge} 10.00")).await;
+    app.wait_for_status(id, RequestStatus::Rejected).await;
+    let list = app.slash_refund(REQUESTER, "list").await;
+    let status = app.slash_refund(REQUESTER, &format!("status {id}")).await;
+    for text in [&list, &status] {
+        assert!(text.contains("Refused") && !text.to_lowercase().contains("waiting"), "{text}");
+    }
 }
