@@ -172,6 +172,8 @@ pub struct Store {
     commit: Arc<commit::Committer>,
     /// Writes waiting to share a transaction (see [`batch`]).
     batch: Arc<batch::WriteQueue>,
+    /// See [`Store::requests_read`].
+    requests_read: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Why a transaction closure stopped.
@@ -437,6 +439,7 @@ impl Store {
             install_id,
             commit,
             batch: Arc::default(),
+            requests_read: Arc::default(),
         };
         store.ensure_queue_index()?;
         store.ensure_payment_index()?;
@@ -608,7 +611,14 @@ impl Store {
     }
 
     pub fn get_request(&self, id: RequestId) -> Result<Option<RefundRequest>, StoreError> {
+        self.requests_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.requests.get(id.to_key())?.map(|b| decode(&b)).transpose()
+    }
+
+    /// How many requests were read outside transactions so far: what a query costs, for the
+    /// tests that prove App Home and the lists read the indexes, not every request.
+    pub fn requests_read(&self) -> u64 {
+        self.requests_read.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Requests in `status`, oldest first, at most `limit`; read through the index.
@@ -706,7 +716,13 @@ impl Store {
 
     /// Every request, oldest first.
     pub fn all_requests(&self) -> Result<Vec<RefundRequest>, StoreError> {
-        self.requests.iter().map(|kv| decode(&kv?.1)).collect()
+        self.requests
+            .iter()
+            .map(|kv| {
+                self.requests_read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                decode(&kv?.1)
+            })
+            .collect()
     }
 
     /// The whole audit trail, in order.

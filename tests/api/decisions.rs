@@ -91,12 +91,24 @@ async fn two_approvals_at_the_same_moment_refund_once() {
 }
 
 #[tokio::test]
-async fn approving_twice_refunds_once() {
+async fn a_second_approver_clicking_after_the_first_is_told_it_is_decided_and_nothing_is_refunded_twice() {
     let app = TestApp::spawn().await;
     let (id, card) = app.waiting_request().await;
     app.approve(APPROVER, id, &card).await;
-    app.approve(APPROVER, id, &card).await;
     app.wait_for_status(id, RequestStatus::Submitted).await;
+    // Another approver, who may approve: only the request's status can refuse them.
+    app.approve(APPROVER_2, id, &card).await;
+    let told = wait_for(DEADLINE, || {
+        app.slack
+            .ephemerals()
+            .into_iter()
+            .find(|e| e["user"] == APPROVER_2 && e["text"].as_str().is_some_and(|t| t.contains("no longer waiting")))
+    })
+    .await
+    .expect("the second approver is told");
+    assert!(told["text"].as_str().unwrap().contains(&format!("<@{APPROVER}>")), "{told}");
     app.wait_until_idle().await;
     assert_eq!(app.stripe.refund_posts().len(), 1);
+    let approvals = app.store().audit_of(id).unwrap().into_iter().filter(|e| e.to == RequestStatus::Approved).count();
+    assert_eq!(approvals, 1, "one approval in the audit trail");
 }

@@ -235,14 +235,22 @@ async fn home_reads_the_indexes_so_a_store_of_100000_requests_shows_just_whats_w
     }
     store.flush().await.unwrap();
     let ctx = app.app.as_ref().unwrap().context();
+    let read_before = store.requests_read();
     refund_desk::worker::handlers::publish_home(&ctx, &UserId::parse(APPROVER).unwrap()).await.unwrap();
+    // What it shows, found through the indexes: the 5 waiting and the approver's own (none),
+    // not a walk through 100,000 requests.
+    let read = store.requests_read() - read_before;
+    assert!(read <= 5 + refund_desk::slack::views::HOME_LIST_LIMIT as u64, "App Home read {read} requests");
     let (home, _) = app.slack.home_of(APPROVER).unwrap();
     let text = home.to_string();
     assert!(text.contains("Waiting for you* (5)"), "{}", &text[..text.len().min(2000)]);
     for n in [7u64, 20_007, 40_007, 60_007, 80_007] {
         assert!(text.contains(&format!("R-{}", 10_000 + n)), "R-{} missing", 10_000 + n);
     }
+    let read_before = store.requests_read();
     refund_desk::worker::handlers::publish_home(&ctx, &requester(7)).await.unwrap();
+    let read = store.requests_read() - read_before;
+    assert!(read <= refund_desk::slack::views::HOME_LIST_LIMIT as u64, "App Home read {read} of 2,000 requests");
     let (home, _) = app.slack.home_of(requester(7).as_str()).unwrap();
     let shown = home.to_string().matches("* · $1.00 on").count();
     assert_eq!(shown, refund_desk::slack::views::HOME_LIST_LIMIT, "the newest of the person's 2,000 requests");

@@ -28,6 +28,22 @@ async fn the_same_stripe_event_twice_sends_one_email() {
 }
 
 #[tokio::test]
+async fn an_event_id_seen_before_is_ignored_even_when_its_content_would_move_the_request() {
+    let app = TestApp::spawn().await;
+    let (id, _card) = submitted(&app).await;
+    let mut event = app.refund_event(id, "refund.updated", "pending");
+    assert_eq!(app.deliver_stripe_event(&event).await, 200);
+    app.wait_for_status(id, RequestStatus::Pending).await;
+    // The same event id again, now saying succeeded: applying it would move the request on
+    // (statuses only move forward, and this is forward), so only the id can stop it.
+    event["data"]["object"]["status"] = "succeeded".into();
+    assert_eq!(app.deliver_stripe_event(&event).await, 200, "a repeat is acknowledged");
+    app.wait_until_idle().await;
+    assert_eq!(app.request(id).status, RequestStatus::Pending);
+    assert!(app.smtp.messages().is_empty());
+}
+
+#[tokio::test]
 async fn succeeded_before_created_ends_succeeded_with_one_email() {
     let app = TestApp::spawn().await;
     let (id, _card) = submitted(&app).await;
