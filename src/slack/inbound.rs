@@ -220,8 +220,8 @@ async fn store_request(ctx: &AppContext, rc: crate::domain::RefundCommand, user:
             );
             // Only requests numbered before this one: they were written no later than it, so the
             // sync it waited for covers them too.
-            match ctx.store.others_on_payment(&r) {
-                Ok(mut others) => {
+            match ctx.store.others_on_payment(&r, crate::slack::views::OTHERS_SHOWN) {
+                Ok((mut others, _)) => {
                     others.retain(|o| o.id < r.id);
                     if let Some(notice) = crate::slack::views::others_notice(&others) {
                         text.push('\n');

@@ -80,15 +80,22 @@ fn history_text(c: &crate::domain::ChargeFacts) -> Option<String> {
     Some(format!("*Refunded before*\n{}", lines.join("\n")))
 }
 
-/// The other requests on the same payment, one line each, for the card.
-fn others_text(others: &[RefundRequest]) -> Option<String> {
+/// How many other requests on the same payment a card or an answer lists (the newest).
+pub const OTHERS_SHOWN: usize = 10;
+
+/// The other requests on the same payment, one line each, for the card; `more` older ones are
+/// counted, not listed.
+fn others_text(others: &[RefundRequest], more: usize) -> Option<String> {
     if others.is_empty() {
         return None;
     }
-    let lines: Vec<String> = others
+    let mut lines: Vec<String> = others
         .iter()
         .map(|o| format!("{} · {} · by {} · {}", o.id, amount_text(o), mention(&o.requester), o.status.label()))
         .collect();
+    if more > 0 {
+        lines.insert(0, format!("… and {more} older"));
+    }
     let open = others.iter().filter(|o| o.status.is_open()).count();
     let head = if open > 0 {
         format!(":warning: *Other requests on this payment* ({open} still open: approving both may refund twice)")
@@ -118,7 +125,11 @@ pub fn others_notice(others: &[RefundRequest]) -> Option<String> {
 
 /// The approval card in the finance channel, with the other requests on the same payment.
 /// Buttons only while the request waits.
-pub fn approval_card(r: &RefundRequest, others: &[RefundRequest], now: DateTime<Utc>) -> SlackMessageContent {
+pub fn approval_card(
+    r: &RefundRequest,
+    (others, more): (&[RefundRequest], usize),
+    now: DateTime<Utc>,
+) -> SlackMessageContent {
     let mut fields = vec![
         md!("*Requested by*\n{}", mention(&r.requester)),
         md!("*Amount*\n{}", amount_text(r)),
@@ -159,7 +170,7 @@ pub fn approval_card(r: &RefundRequest, others: &[RefundRequest], now: DateTime<
     if let Some(history) = r.charge.as_ref().and_then(history_text) {
         blocks.push(SlackSectionBlock::new().with_text(md!("{}", history)).into());
     }
-    if let Some(text) = others_text(others) {
+    if let Some(text) = others_text(others, more) {
         blocks.push(SlackSectionBlock::new().with_text(md!("{}", text)).into());
     }
     if let Some(note) = &r.note {
@@ -590,7 +601,7 @@ mod tests {
 
     #[test]
     fn a_waiting_card_shows_the_facts_and_both_buttons() {
-        let card = json(&approval_card(&request(), &[], Utc::now()));
+        let card = json(&approval_card(&request(), (&[], 0), Utc::now()));
         for expected in [
             "R-1001",
             "$25.00",
@@ -613,7 +624,7 @@ mod tests {
         let mut r = request();
         let approver = UserId::parse("UFIN").unwrap();
         r.approve(&approver, &Approvers::new([approver.clone()]), Utc::now()).unwrap();
-        let card = json(&approval_card(&r, &[], Utc::now()));
+        let card = json(&approval_card(&r, (&[], 0), Utc::now()));
         assert!(!card.contains("refund_approve") && !card.contains("\"actions\""), "{card}");
         assert!(card.contains("Approved by <@UFIN>"), "{card}");
     }

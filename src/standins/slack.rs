@@ -202,6 +202,62 @@ fn button_values(blocks: &Value) -> Vec<String> {
         .collect()
 }
 
+/// What breaks Block Kit's documented limits in `blocks` (a JSON string, as slack-morphism's
+/// form encoding sends it, or an array).
+fn block_kit_problems(blocks: &Value, max_blocks: usize) -> Vec<String> {
+    let parsed;
+    let blocks = match blocks {
+        Value::String(s) => {
+            parsed = serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+            &parsed
+        }
+        other => other,
+    };
+    let Some(blocks) = blocks.as_array() else { return vec![] };
+    let mut problems = vec![];
+    let too_long = |problems: &mut Vec<String>, what: &str, text: &Value, max: usize| {
+        let len = text.as_str().map(|t| t.chars().count()).unwrap_or(0);
+        if len > max {
+            problems.push(format!("{what} must be at most {max} characters (it is {len})"));
+        }
+    };
+    if blocks.len() > max_blocks {
+        problems.push(format!("no more than {max_blocks} items allowed [json-pointer:/blocks]"));
+    }
+    for block in blocks {
+        too_long(&mut problems, "block_id", &block["block_id"], 255);
+        match block["type"].as_str() {
+            Some("header") => too_long(&mut problems, "header text", &block["text"]["text"], 150),
+            Some("section") => {
+                too_long(&mut problems, "section text", &block["text"]["text"], 3000);
+                let fields = block["fields"].as_array().map(Vec::as_slice).unwrap_or_default();
+                if fields.len() > 10 {
+                    problems.push("a section has at most 10 fields".into());
+                }
+                for field in fields {
+                    too_long(&mut problems, "section field", &field["text"], 2000);
+                }
+            }
+            Some("context") if block["elements"].as_array().is_some_and(|e| e.len() > 10) => {
+                problems.push("a context block has at most 10 elements".into());
+            }
+            Some("actions") => {
+                let elements = block["elements"].as_array().map(Vec::as_slice).unwrap_or_default();
+                if elements.len() > 25 {
+                    problems.push("an actions block has at most 25 elements".into());
+                }
+                for element in elements {
+                    too_long(&mut problems, "button text", &element["text"]["text"], 75);
+                    too_long(&mut problems, "button value", &element["value"], 2000);
+                    too_long(&mut problems, "action_id", &element["action_id"], 255);
+                }
+            }
+            _ => {}
+        }
+    }
+    problems
+}
+
 fn text_of(body: &Value) -> String {
     body["text"].as_str().unwrap_or_default().to_string()
 }
@@ -237,6 +293,19 @@ async fn handle(
         }
         let status = axum::http::StatusCode::from_u16(status).unwrap_or(ok);
         return (status, out_headers, Json(fault));
+    }
+    // Block Kit's limits, as Slack enforces them: a message or view breaking one is refused
+    // whole with `invalid_blocks` (views: `invalid_arguments`).
+    let (blocks, max_blocks, refusal) = match method.as_str() {
+        "chat.postMessage" | "chat.update" => (&body["blocks"], 50, "invalid_blocks"),
+        "views.open" | "views.publish" => (&body["view"]["blocks"], 100, "invalid_arguments"),
+        _ => (&Value::Null, 0, ""),
+    };
+    let problems = block_kit_problems(blocks, max_blocks);
+    if !problems.is_empty() {
+        let mut error = slack_error(refusal);
+        error["errors"] = json!(problems);
+        return (ok, out_headers, Json(error));
     }
     let answer = match method.as_str() {
         "auth.test" => {
@@ -342,4 +411,23 @@ async fn handle(
         _ => slack_error("unknown_method"),
     };
     (ok, out_headers, Json(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_kit_limits_are_enforced_as_slack_does() {
+        let section = |n: usize| json!({ "type": "section", "text": { "type": "mrkdwn", "text": "x".repeat(n) } });
+        assert!(block_kit_problems(&json!([section(3000)]), 50).is_empty());
+        assert_eq!(block_kit_problems(&json!([section(3001)]), 50).len(), 1);
+        // slack-morphism sends blocks as a JSON string in form posts.
+        assert_eq!(block_kit_problems(&Value::String(json!([section(3001)]).to_string()), 50).len(), 1);
+        let many: Vec<Value> = (0..51).map(|_| section(1)).collect();
+        assert_eq!(block_kit_problems(&json!(many), 50).len(), 1);
+        assert!(block_kit_problems(&json!(many), 100).is_empty(), "views take 100");
+        let header = json!([{ "type": "header", "text": { "type": "plain_text", "text": "h".repeat(151) } }]);
+        assert_eq!(block_kit_problems(&header, 50).len(), 1);
+    }
 }

@@ -670,8 +670,13 @@ impl Store {
 
     /// The other requests on the same payment as `request` (by the id it named, its charge or
     /// its payment intent), open or done, oldest first: two people asking to refund one charge
-    /// must see each other.
-    pub fn others_on_payment(&self, request: &RefundRequest) -> Result<Vec<RefundRequest>, StoreError> {
+    /// must see each other. At most the `limit` newest are read; the second value says how many
+    /// older ones there are besides (a card has room for only so much).
+    pub fn others_on_payment(
+        &self,
+        request: &RefundRequest,
+        limit: usize,
+    ) -> Result<(Vec<RefundRequest>, usize), StoreError> {
         let mut ids = std::collections::BTreeSet::new();
         for payment in payments_of(request) {
             let prefix = payment_prefix(&payment);
@@ -680,11 +685,12 @@ impl Store {
                 ids.extend(RequestId::from_key(&key[prefix.len()..]).filter(|id| *id != request.id));
             }
         }
+        let more = ids.len().saturating_sub(limit);
         let mut others = vec![];
-        for id in ids {
+        for id in ids.into_iter().skip(more) {
             others.extend(self.get_request(id)?);
         }
-        Ok(others)
+        Ok((others, more))
     }
 
     /// The day's totals: requests made, and amounts refunded by currency.

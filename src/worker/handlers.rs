@@ -364,10 +364,11 @@ fn described(what: &str, permission: Option<String>) -> String {
 }
 
 async fn post_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
-    let others = ctx.store.others_on_payment(request)?;
+    let (others, more) = ctx.store.others_on_payment(request, views::OTHERS_SHOWN)?;
     if request.card.is_none() {
         let channel = ctx.settings.slack.finance_channel.clone();
-        let ts = ctx.slack.post_message(&channel, views::approval_card(request, &others, ctx.now()), None).await?;
+        let card = views::approval_card(request, (&others, more), ctx.now());
+        let ts = ctx.slack.post_message(&channel, card, None).await?;
         let card = MessageRef { channel, ts };
         ctx.store.update_request(request.id, |r| r.card = Some(card.clone())).await?;
     }
@@ -386,8 +387,9 @@ fn card_of(request: &RefundRequest) -> Result<&MessageRef, JobError> {
 
 async fn refresh_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
     let card = card_of(request)?;
-    let others = ctx.store.others_on_payment(request)?;
-    ctx.slack.update_message(&card.channel, &card.ts, views::approval_card(request, &others, ctx.now())).await?;
+    let others = ctx.store.others_on_payment(request, views::OTHERS_SHOWN)?;
+    let content = views::approval_card(request, (&others.0, others.1), ctx.now());
+    ctx.slack.update_message(&card.channel, &card.ts, content).await?;
     Ok(())
 }
 

@@ -70,3 +70,20 @@ async fn requests_on_different_charges_are_not_listed_together() {
     app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
     assert!(!content(&app.card(id).await).contains("Other requests on this payment"));
 }
+
+#[tokio::test]
+async fn a_card_lists_only_the_newest_others_and_counts_the_rest_so_it_stays_within_slacks_limits() {
+    let app = TestApp::spawn().await;
+    let charge = app.add_charge(ChargeSpec { amount: 100_000, ..Default::default() });
+    let shown = refund_desk::slack::views::OTHERS_SHOWN;
+    let mut ids = vec![];
+    for _ in 0..shown + 3 {
+        ids.push(app.request_refund(&format!("{charge} 1.00 duplicate asked again")).await);
+    }
+    let last = *ids.last().unwrap();
+    app.wait_for_status(last, RequestStatus::AwaitingApproval).await;
+    let text = content(&app.card(last).await);
+    assert!(text.contains("and 2 older"), "{text}");
+    assert!(!text.contains(&format!("{} ·", ids[0])) && !text.contains(&format!("{} ·", ids[1])), "{text}");
+    assert!(text.contains(&format!("{} ·", ids[2])), "{text}");
+}
