@@ -165,11 +165,15 @@ impl AppContext {
 /// The HTTP surface, as the contract lists it.
 pub fn router(ctx: Arc<AppContext>) -> Router {
     use crate::slack::inbound::{http_command, http_events, http_interaction};
-    Router::new()
+    let mut router = Router::new()
         .route("/slack/commands", post(http_command))
         .route("/slack/interactions", post(http_interaction))
-        .route("/slack/events", post(http_events))
-        .route("/stripe/webhook", post(crate::stripe::inbound::http_stripe_webhook))
+        .route("/slack/events", post(http_events));
+    // Without a webhook secret there is no webhook: Stripe's events are read from its API.
+    if !ctx.settings.stripe.webhook_secrets.is_empty() {
+        router = router.route("/stripe/webhook", post(crate::stripe::inbound::http_stripe_webhook));
+    }
+    router
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { metrics_handle().render() }))
@@ -254,6 +258,7 @@ impl Application {
             worker_ctx.workers_running.store(false, Ordering::Relaxed);
         });
         tokio::spawn(prune_seen_events_until_stopped(ctx.clone(), stop_rx.clone()));
+        tokio::spawn(crate::stripe::events::read_events_until_stopped(ctx.clone(), stop_rx.clone()));
         tokio::spawn(run_metrics_upkeep_until_stopped(stop_rx.clone()));
         if ctx.settings.slack.approver_group.is_some() {
             tokio::spawn(refresh_approvers_until_stopped(ctx.clone(), stop_rx.clone()));

@@ -13,7 +13,9 @@ use std::time::Duration;
 use url::Url;
 
 /// Every setting refund-desk reads, by its environment name.
-pub const KNOWN_SETTINGS: [&str; 24] = [
+pub const KNOWN_SETTINGS: [&str; 26] = [
+    "STRIPE_EVENTS_POLL_SECS",
+    "STRIPE_EVENTS_SWEEP_SECS",
     "REFUND_DESK_CACHE_MB",
     "REFUND_DESK_JOB_CONCURRENCY",
     "STRIPE_TIMEOUT_SECS",
@@ -77,8 +79,12 @@ pub struct SlackSettings {
 #[derive(Debug, Clone)]
 pub struct StripeSettings {
     pub secret_key: SecretString,
-    /// Several during rotation; any may sign an event.
+    /// Several during rotation; any may sign an event. Empty: no webhook endpoint, and Stripe's
+    /// events are read from `GET /v1/events` instead.
     pub webhook_secrets: Vec<SecretString>,
+    /// How often Stripe's events are read (`STRIPE_EVENTS_POLL_SECS`, default 10, without a
+    /// webhook; `STRIPE_EVENTS_SWEEP_SECS`, default 3600, with one, to recover what it missed).
+    pub events_every: Duration,
     pub api_url: Url,
     /// Per-call deadline (`STRIPE_TIMEOUT_SECS`, default 30).
     pub timeout: Duration,
@@ -281,7 +287,8 @@ impl Settings {
             return Err(invalid("STRIPE_SECRET_KEY", "must start with sk_ or rk_"));
         }
         let webhook_secrets: Vec<SecretString> = src
-            .require("STRIPE_WEBHOOK_SECRET")?
+            .get("STRIPE_WEBHOOK_SECRET")
+            .unwrap_or_default()
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
@@ -292,6 +299,11 @@ impl Settings {
         }
         let stripe = StripeSettings {
             secret_key: SecretString::from(secret_key.to_string()),
+            events_every: if webhook_secrets.is_empty() {
+                Duration::from_secs(number(src, "STRIPE_EVENTS_POLL_SECS", 10)?.max(1))
+            } else {
+                Duration::from_secs(number(src, "STRIPE_EVENTS_SWEEP_SECS", 3600)?.max(1))
+            },
             webhook_secrets,
             api_url: base_url("STRIPE_API_URL", src.get("STRIPE_API_URL").unwrap_or("https://api.stripe.com"))?,
             timeout: Duration::from_secs(number(src, "STRIPE_TIMEOUT_SECS", 30)?),
@@ -513,13 +525,7 @@ mod tests {
 
     #[test]
     fn each_missing_required_setting_is_named() {
-        for name in [
-            "SLACK_BOT_TOKEN",
-            "SLACK_FINANCE_CHANNEL",
-            "STRIPE_SECRET_KEY",
-            "STRIPE_WEBHOOK_SECRET",
-            "SLACK_SIGNING_SECRET",
-        ] {
+        for name in ["SLACK_BOT_TOKEN", "SLACK_FINANCE_CHANNEL", "STRIPE_SECRET_KEY", "SLACK_SIGNING_SECRET"] {
             let mut vars = base();
             vars.remove(name);
             let err = load(&vars).unwrap_err().to_string();
@@ -528,6 +534,18 @@ mod tests {
         let mut vars = base();
         vars.insert("SMTP_URL", "smtp://127.0.0.1:2525".into());
         assert!(load(&vars).unwrap_err().to_string().contains("EMAIL_FROM"));
+    }
+
+    #[test]
+    fn without_a_webhook_secret_stripe_events_are_read_every_10_s_and_with_one_swept_hourly() {
+        let mut vars = base();
+        vars.remove("STRIPE_WEBHOOK_SECRET");
+        let s = load(&vars).unwrap();
+        assert!(s.stripe.webhook_secrets.is_empty());
+        assert_eq!(s.stripe.events_every, Duration::from_secs(10));
+        vars.insert("STRIPE_EVENTS_POLL_SECS", "3".into());
+        assert_eq!(load(&vars).unwrap().stripe.events_every, Duration::from_secs(3));
+        assert_eq!(load(&base()).unwrap().stripe.events_every, Duration::from_secs(3600));
     }
 
     #[test]

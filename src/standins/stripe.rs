@@ -128,6 +128,8 @@ struct StripeState {
     rate_limited: u64,
     webhook: Option<(String, String)>,
     events_sent: Vec<Value>,
+    /// Every event Stripe made, oldest first (`GET /v1/events` lists them newest first).
+    events: Vec<Value>,
     /// A restricted key's permissions (`rak_charge_read`, ...); `None`: a secret key, which may
     /// do anything.
     permissions: Option<std::collections::HashSet<String>>,
@@ -194,6 +196,7 @@ impl FakeStripe {
             rate_limited: 0,
             webhook: None,
             events_sent: vec![],
+            events: vec![],
             permissions: None,
         }));
         let app = Router::new()
@@ -205,6 +208,7 @@ impl FakeStripe {
             .route("/v1/radar/early_fraud_warnings", get(list_fraud_warnings))
             .route("/v1/balance", get(get_balance))
             .route("/v1/disputes", get(list_disputes))
+            .route("/v1/events", get(list_events))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -395,7 +399,6 @@ impl FakeStripe {
                 *r = refund.clone();
             }
         }
-        s.counter += 1;
         let object = if kind.starts_with("charge.") && kind != "charge.refund.updated" {
             let charge_id = refund["charge"].as_str().unwrap_or_default().to_string();
             // Since API version 2022-11-15 a charge's refunds are only there when expanded, and
@@ -408,13 +411,12 @@ impl FakeStripe {
         } else {
             refund
         };
-        let mut event = template("event");
-        event["id"] = format!("evt_Standin{:08}", s.counter).into();
-        event["type"] = kind.into();
-        event["created"] = chrono::Utc::now().timestamp().into();
-        event["api_version"] = crate::stripe::client::API_VERSION.into();
-        event["data"] = json!({ "object": object });
-        Some(event)
+        Some(new_event(&mut s, kind, object))
+    }
+
+    /// Drops every event Stripe keeps, as after its 30 days.
+    pub fn forget_events(&self) {
+        self.lock().events.clear();
     }
 
     /// Sends `event` to the configured webhook endpoint, signed; returns the HTTP status.
@@ -681,6 +683,62 @@ async fn create_refund(State(st): Shared, headers: HeaderMap, body: String) -> R
     response
 }
 
+/// An event Stripe makes (and keeps, for `GET /v1/events`) about `object`.
+fn new_event(s: &mut StripeState, kind: &str, object: Value) -> Value {
+    s.counter += 1;
+    let mut event = template("event");
+    event["id"] = format!("evt_Standin{:08}", s.counter).into();
+    event["type"] = kind.into();
+    event["created"] = chrono::Utc::now().timestamp().into();
+    event["api_version"] = crate::stripe::client::API_VERSION.into();
+    event["data"] = json!({ "object": object });
+    s.events.push(event.clone());
+    event
+}
+
+/// `GET /v1/events`, as Stripe pages it: newest first, `types[]`, `limit` (at most 100),
+/// `starting_after` (older than) or `ending_before` (the page just newer than) an event id.
+async fn list_events(
+    State(st): Shared,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+    let params = match list_request(&mut s, "/v1/events", query.as_deref(), &headers, "rak_event_read") {
+        Ok(p) => p,
+        Err(r) => return *r,
+    };
+    let param = |k: &str| params.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let types: Vec<&String> = params.iter().filter(|(k, _)| k == "types[]").map(|(_, v)| v).collect();
+    let limit = match param("limit").map(|l| l.parse::<usize>()) {
+        None => 10,
+        Some(Ok(l)) if (1..=100).contains(&l) => l,
+        Some(_) => {
+            let message = "Invalid integer: limit must be between 1 and 100";
+            return error(400, "invalid_request_error", Some("parameter_invalid_integer"), message, Some("limit"));
+        }
+    };
+    let newest_first: Vec<&Value> =
+        s.events.iter().rev().filter(|e| types.is_empty() || types.iter().any(|t| e["type"] == t.as_str())).collect();
+    let position = |id: &str| newest_first.iter().position(|e| e["id"] == id);
+    let (page, has_more): (Vec<&Value>, bool) = match (param("starting_after"), param("ending_before")) {
+        (Some(after), _) => {
+            let Some(i) = position(&after) else { return no_such("event", &after) };
+            let rest = &newest_first[i + 1..];
+            (rest.iter().take(limit).copied().collect(), rest.len() > limit)
+        }
+        (None, Some(before)) => {
+            let Some(i) = position(&before) else { return no_such("event", &before) };
+            let newer = &newest_first[..i];
+            let from = newer.len().saturating_sub(limit);
+            (newer[from..].to_vec(), from > 0)
+        }
+        (None, None) => (newest_first.iter().take(limit).copied().collect(), newest_first.len() > limit),
+    };
+    let data: Vec<Value> = page.into_iter().cloned().collect();
+    axum::Json(json!({ "object": "list", "data": data, "has_more": has_more, "url": "/v1/events" })).into_response()
+}
+
 /// Stripe's answer to `POST /v1/refunds`, honouring the idempotency key.
 fn answer_refund(s: &mut StripeState, headers: &HeaderMap, form: Vec<(String, String)>) -> Response {
     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -835,6 +893,7 @@ fn apply_refund(s: &mut StripeState, form: &[(String, String)]) -> (u16, Value) 
     refund["reason"] = param("reason").map(Value::from).unwrap_or(Value::Null);
     refund["status"] = s.initial_refund_status.clone().into();
     s.refunds.insert(id, refund.clone());
+    new_event(s, "refund.created", refund.clone());
     if let Some(c) = s.charges.get_mut(&charge_id) {
         c["amount_refunded"] = (refunded + amount).into();
         c["refunded"] = (refunded + amount >= captured).into();

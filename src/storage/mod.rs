@@ -45,6 +45,7 @@ const FIRST_REQUEST_NUMBER: u64 = 1001;
 pub const DEFAULT_CACHE_MB: u64 = 32;
 const NEXT_REQUEST_KEY: &[u8] = b"next_request_number";
 const INSTALL_ID_KEY: &[u8] = b"install_id";
+const EVENTS_CURSOR_KEY: &[u8] = b"stripe_events_cursor";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -909,6 +910,49 @@ impl Store {
             count_transition(request.status);
         }
         Ok(out)
+    }
+
+    /// When the oldest request still open was made: Stripe's news older than that matters to
+    /// no request.
+    pub fn oldest_open_since(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let mut oldest: Option<RequestId> = None;
+        for status in [
+            RequestStatus::Requested,
+            RequestStatus::AwaitingApproval,
+            RequestStatus::Approved,
+            RequestStatus::Submitted,
+            RequestStatus::Pending,
+        ] {
+            // Ids grow with time, and the status index is ordered by id.
+            if let Some(kv) = self.index.scan_prefix([b's', status.code()]).next() {
+                let (key, _) = kv?;
+                let id = RequestId::from_key(&key[2..]);
+                oldest = match (oldest, id) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        Ok(match oldest {
+            Some(id) => self.get_request(id)?.map(|r| r.created_at),
+            None => None,
+        })
+    }
+
+    /// The id of the newest Stripe event read from `GET /v1/events` (see `stripe::events`).
+    pub fn events_cursor(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.meta.get(EVENTS_CURSOR_KEY)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Moves the events cursor; durable on return. `None` starts over from the newest events.
+    pub async fn set_events_cursor(&self, event_id: Option<&str>) -> Result<(), StoreError> {
+        let permit = self.commit.write_permit().await;
+        match event_id {
+            Some(id) => self.meta.insert(EVENTS_CURSOR_KEY, id.as_bytes())?,
+            None => self.meta.remove(EVENTS_CURSOR_KEY)?,
+        };
+        drop(permit);
+        self.flush().await
     }
 
     /// Refunds Stripe reported that belong to none of this installation's requests.

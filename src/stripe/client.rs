@@ -46,6 +46,16 @@ impl StripeError {
     }
 }
 
+/// Which page of Stripe's event list (newest first) to read.
+#[derive(Debug, Clone, Copy)]
+pub enum EventPage<'a> {
+    Newest,
+    /// The page just newer than this event (`ending_before`).
+    NewerThan(&'a str),
+    /// The page just older than this event (`starting_after`).
+    OlderThan(&'a str),
+}
+
 /// What the desk does at Stripe, as a restricted key's permissions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permission {
@@ -55,16 +65,18 @@ pub enum Permission {
     ReadCustomers,
     ReadDisputes,
     ReadEarlyFraudWarnings,
+    ReadEvents,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Permission::ReadCharges,
         Permission::ReadPaymentIntents,
         Permission::WriteRefunds,
         Permission::ReadCustomers,
         Permission::ReadDisputes,
         Permission::ReadEarlyFraudWarnings,
+        Permission::ReadEvents,
     ];
 
     /// Stripe's name for it.
@@ -76,6 +88,7 @@ impl Permission {
             Permission::ReadCustomers => "rak_customer_read",
             Permission::ReadDisputes => "rak_dispute_read",
             Permission::ReadEarlyFraudWarnings => "rak_radar_early_fraud_warning_read",
+            Permission::ReadEvents => "rak_event_read",
         }
     }
 
@@ -88,13 +101,18 @@ impl Permission {
             Permission::ReadCustomers => "read customers (the email address, when the charge has none)",
             Permission::ReadDisputes => "read disputes (on a disputed charge)",
             Permission::ReadEarlyFraudWarnings => "read Radar's early fraud warnings (card payments)",
+            Permission::ReadEvents => "read Stripe's events (without a webhook; with one, the sweep)",
         }
     }
 
-    /// Whether the desk cannot work without it; without the others it goes on and says on the
-    /// card what it could not read.
-    pub fn required(self) -> bool {
-        matches!(self, Permission::ReadCharges | Permission::ReadPaymentIntents | Permission::WriteRefunds)
+    /// Whether the desk cannot work without it (events: only when there is no webhook); without
+    /// the others it goes on and says on the card what it could not read.
+    pub fn required(self, has_webhook: bool) -> bool {
+        match self {
+            Permission::ReadCharges | Permission::ReadPaymentIntents | Permission::WriteRefunds => true,
+            Permission::ReadEvents => !has_webhook,
+            _ => false,
+        }
     }
 }
 
@@ -256,6 +274,36 @@ impl StripeClient {
         Ok(list.data)
     }
 
+    /// Events of the given types, as Stripe lists them: newest first, 100 at most. With
+    /// `ending_before`, the page of events just newer than that one (still newest first);
+    /// `has_more` then says there are newer ones still. Kept raw: one Stripe cannot be read
+    /// must not hide the others.
+    #[tracing::instrument(skip(self, types))]
+    pub async fn list_events(
+        &self,
+        types: &[&str],
+        page: EventPage<'_>,
+    ) -> Result<List<serde_json::Value>, StripeError> {
+        let mut url = self.url("/v1/events")?;
+        {
+            let mut query = url.query_pairs_mut();
+            query.append_pair("limit", "100");
+            for kind in types {
+                query.append_pair("types[]", kind);
+            }
+            match page {
+                EventPage::Newest => {}
+                EventPage::NewerThan(id) => {
+                    query.append_pair("ending_before", id);
+                }
+                EventPage::OlderThan(id) => {
+                    query.append_pair("starting_after", id);
+                }
+            }
+        }
+        self.send(self.http.get(url)).await
+    }
+
     #[tracing::instrument(skip(self))]
     pub async fn get_refund(&self, id: &str) -> Result<Refund, StripeError> {
         let url = self.url(&format!("/v1/refunds/{id}"))?;
@@ -286,6 +334,7 @@ impl StripeClient {
                 Permission::ReadEarlyFraudWarnings => {
                     self.url(&format!("/v1/radar/early_fraud_warnings?charge=ch_{missing}")).map(|u| self.http.get(u))
                 }
+                Permission::ReadEvents => self.url("/v1/events?limit=1").map(|u| self.http.get(u)),
             };
             let result = match request {
                 Ok(request) => match self.send::<serde_json::Value>(request).await {

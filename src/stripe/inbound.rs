@@ -24,15 +24,31 @@ pub async fn http_stripe_webhook(State(ctx): State<Arc<AppContext>>, headers: He
         metrics::counter!("refund_desk_stripe_events_total", "outcome" => "bad_signature").increment(1);
         return (StatusCode::BAD_REQUEST, format!("signature: {e}")).into_response();
     }
+    let value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    match apply_event(&ctx, value, now).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        // Not recorded: Stripe sends it again.
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Applies one event Stripe sent (a webhook) or listed (`GET /v1/events`): the one path both
+/// take, recorded once by event id. `Ok` when it was applied, was seen before, or is not one
+/// the desk acts on; `Err` only when it could not be recorded, so it must come again.
+pub async fn apply_event(
+    ctx: &AppContext,
+    value: serde_json::Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), crate::storage::StoreError> {
     // Signed by Stripe but unreadable (a shape this version does not know): a 4xx or 5xx would
-    // have Stripe send it again for three days, to no avail. Say so, count it, and answer 2xx;
-    // a refund it was about is still read back from Stripe by the pending-refund check.
+    // have Stripe send it again for three days, to no avail. Say so, count it, and go on; a
+    // refund it was about is still read back from Stripe by the pending-refund check.
     let unreadable = |what: String| {
-        tracing::warn!(error = %what, "a signed Stripe event could not be read; acknowledged and dropped");
+        tracing::warn!(error = %what, "a Stripe event could not be read; acknowledged and dropped");
         metrics::counter!("refund_desk_stripe_events_total", "outcome" => "unreadable").increment(1);
-        StatusCode::OK.into_response()
+        Ok(())
     };
-    let event: Event = match serde_json::from_slice(&body) {
+    let event: Event = match serde_json::from_value(value) {
         Ok(e) => e,
         Err(e) => return unreadable(format!("unreadable event: {e}")),
     };
@@ -40,7 +56,7 @@ pub async fn http_stripe_webhook(State(ctx): State<Arc<AppContext>>, headers: He
     if !REFUND_EVENTS.contains(&event.kind.as_str()) {
         tracing::debug!(event_id = %event.id, kind = %event.kind, "a Stripe event the desk does not act on");
         metrics::counter!("refund_desk_stripe_events_total", "outcome" => "ignored").increment(1);
-        return StatusCode::OK.into_response();
+        return Ok(());
     }
     let updates = match refund_updates(&event) {
         Ok(u) => u,
@@ -51,11 +67,11 @@ pub async fn http_stripe_webhook(State(ctx): State<Arc<AppContext>>, headers: He
             let label = if outcome == crate::storage::EventOutcome::Duplicate { "duplicate" } else { "recorded" };
             metrics::counter!("refund_desk_stripe_events_total", "outcome" => label).increment(1);
             tracing::info!(event_id = %event.id, kind = %event.kind, ?outcome, "stripe event recorded");
-            StatusCode::OK.into_response()
+            Ok(())
         }
         Err(e) => {
             tracing::error!(event_id = %event.id, error = %e, "could not record a Stripe event");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            Err(e)
         }
     }
 }

@@ -7,6 +7,7 @@ mod decisions;
 mod desk;
 mod durability;
 mod emails;
+mod events;
 mod faults;
 mod happy_path;
 mod helpers;

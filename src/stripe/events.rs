@@ -1,0 +1,115 @@
+//! Stripe's events read from `GET /v1/events`: the desk's only source of Stripe's news when it
+//! has no public address (no webhook secret), and otherwise a sweep that recovers what a webhook
+//! missed (an outage longer than Stripe's retries, an event Stripe failed to send).
+//!
+//! Stripe lists events newest first and keeps them 30 days. The reader keeps a durable cursor:
+//! the newest event it has applied. Each read asks for the page just newer than the cursor
+//! (`ending_before`), applies that page oldest first through the same path as a webhook (each
+//! event recorded once by id), then moves the cursor to the page's newest; while Stripe says
+//! there are newer ones still, it reads on. With no cursor (the first read, or a cursor event
+//! Stripe no longer keeps), it reads back to when the oldest open request was made.
+
+use super::webhook::REFUND_EVENTS;
+use super::{EventPage, StripeError};
+use crate::app::AppContext;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Why a read stopped; the next read starts again from the cursor.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Stripe(#[from] StripeError),
+    #[error(transparent)]
+    Store(#[from] crate::storage::StoreError),
+}
+
+/// Reads and applies every event newer than the cursor; returns how many were listed.
+pub async fn read_new_events(ctx: &AppContext) -> Result<usize, ReadError> {
+    let Some(mut cursor) = ctx.store.events_cursor()? else { return read_without_cursor(ctx).await };
+    let mut listed = 0;
+    loop {
+        let page = match ctx.stripe.list_events(&REFUND_EVENTS, EventPage::NewerThan(&cursor)).await {
+            Ok(page) => page,
+            Err(StripeError::NotFound(_)) => {
+                // Older than Stripe keeps events (30 days).
+                tracing::warn!(%cursor, "Stripe no longer has the last event read; reading back from the oldest open request");
+                ctx.store.set_events_cursor(None).await?;
+                return Ok(listed + read_without_cursor(ctx).await?);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(newest) = page.data.first().and_then(|e| e["id"].as_str()).map(str::to_string) else {
+            return Ok(listed);
+        };
+        listed += page.data.len();
+        for event in page.data.into_iter().rev() {
+            super::inbound::apply_event(ctx, event, ctx.now()).await?;
+        }
+        ctx.store.set_events_cursor(Some(&newest)).await?;
+        if !page.has_more {
+            return Ok(listed);
+        }
+        cursor = newest;
+    }
+}
+
+/// With no cursor (the first read, or after Stripe dropped the cursor's event): every event
+/// back to when the oldest open request was made (an hour back when none is open, never more
+/// than Stripe's 30 days), applied oldest first; the newest becomes the cursor.
+async fn read_without_cursor(ctx: &AppContext) -> Result<usize, ReadError> {
+    let now = ctx.now();
+    let since =
+        ctx.store.oldest_open_since()?.unwrap_or(now - chrono::Duration::hours(1)) - chrono::Duration::minutes(5);
+    let since = since.max(now - chrono::Duration::days(30)).timestamp();
+    let mut events: Vec<serde_json::Value> = vec![];
+    loop {
+        let page = match events.last().and_then(|e| e["id"].as_str()) {
+            Some(last) => ctx.stripe.list_events(&REFUND_EVENTS, EventPage::OlderThan(last)).await?,
+            None => ctx.stripe.list_events(&REFUND_EVENTS, EventPage::Newest).await?,
+        };
+        let (before, on_page) = (events.len(), page.data.len());
+        events.extend(page.data.into_iter().take_while(|e| e["created"].as_i64().unwrap_or(i64::MAX) >= since));
+        let reached_since = events.len() - before < on_page;
+        if !page.has_more || reached_since {
+            break;
+        }
+    }
+    let listed = events.len();
+    let newest = events.first().and_then(|e| e["id"].as_str()).map(str::to_string);
+    for event in events.into_iter().rev() {
+        super::inbound::apply_event(ctx, event, ctx.now()).await?;
+    }
+    if let Some(newest) = newest {
+        ctx.store.set_events_cursor(Some(&newest)).await?;
+    }
+    Ok(listed)
+}
+
+/// Reads Stripe's events every `STRIPE_EVENTS_POLL_SECS` (no webhook) or
+/// `STRIPE_EVENTS_SWEEP_SECS` (with one) until shutdown.
+pub async fn read_events_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    // With a webhook, events arrive by it; the first sweep comes one interval after start.
+    if !ctx.settings.stripe.webhook_secrets.is_empty() {
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.settings.stripe.events_every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+    loop {
+        tokio::select! {
+            result = read_new_events(&ctx) => match result {
+                Ok(n) => tracing::debug!(listed = n, "Stripe events read"),
+                Err(e) => {
+                    metrics::counter!("refund_desk_stripe_event_reads_failed_total").increment(1);
+                    tracing::warn!(error = %e, "could not read Stripe's events; trying again at the next read");
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.settings.stripe.events_every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Stripe's events read from `GET /v1/events`: with no webhook at all, and as a sweep that
+//! recovers what a webhook missed.
+
+use crate::helpers::*;
+use refund_desk::domain::RequestStatus;
+use refund_desk::standins::{ChargeSpec, wait_for};
+use std::time::Duration;
+
+/// No webhook secret: no webhook route, and Stripe's events read every 200 ms.
+fn without_webhook(settings: &mut refund_desk::config::Settings) {
+    settings.stripe.webhook_secrets.clear();
+    settings.stripe.events_every = Duration::from_millis(200);
+}
+
+/// A webhook, and a sweep every 300 ms.
+fn with_fast_sweep(settings: &mut refund_desk::config::Settings) {
+    settings.stripe.events_every = Duration::from_millis(300);
+}
+
+#[tokio::test]
+async fn without_a_webhook_a_refunds_success_reaches_the_thread_the_requester_and_the_customer_once() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(without_webhook).await;
+    let response =
+        reqwest::Client::new().post(format!("{}/stripe/webhook", app.driver.base)).body("{}").send().await.unwrap();
+    assert_eq!(response.status(), 404, "no webhook endpoint without a secret");
+    let (id, card) = app.waiting_request().await;
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let refund = app.request(id).refund.unwrap().id;
+    // Stripe makes the event; nobody delivers it.
+    app.stripe.refund_event(refund.as_str(), "refund.updated", "succeeded", None).unwrap();
+    app.wait_for_status(id, RequestStatus::Succeeded).await;
+    wait_for(DEADLINE, || Some(()).filter(|_| !app.smtp.messages().is_empty())).await.expect("the customer's email");
+    app.wait_until_idle().await;
+    assert_eq!(app.smtp.messages().len(), 1);
+    assert!(app.thread_texts(&card).iter().any(|t| t.contains("succeeded")));
+    assert!(app.direct_messages(REQUESTER).iter().any(|m| m.contains(&id.to_string()) && m.contains("succeeded")));
+    assert!(app.stripe.events_sent().is_empty(), "nothing came by webhook");
+}
+
+#[tokio::test]
+async fn a_webhook_that_never_arrives_is_recovered_by_the_sweep_and_applied_once() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(with_fast_sweep).await;
+    let (id, card) = app.waiting_request().await;
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let refund = app.request(id).refund.unwrap().id;
+    let event = app.stripe.refund_event(refund.as_str(), "refund.updated", "succeeded", None).unwrap();
+    app.wait_for_status(id, RequestStatus::Succeeded).await;
+    // The webhook arrives after all, late: it is the same event, applied once.
+    assert_eq!(app.deliver_stripe_event(&event).await, 200);
+    app.wait_until_idle().await;
+    assert_eq!(app.smtp.messages().len(), 1);
+    assert_eq!(app.thread_texts(&card).iter().filter(|t| t.contains("succeeded")).count(), 1);
+}
+
+#[tokio::test]
+async fn more_than_100_events_between_two_reads_are_all_applied() {
+    let mut app = TestApp::spawn().await;
+    // Reads only when the test asks.
+    app.reconfigure(|s| {
+        s.stripe.webhook_secrets.clear();
+        s.stripe.events_every = Duration::from_secs(3600);
+    })
+    .await;
+    let ctx = app.app.as_ref().unwrap().context();
+    let charge = app.add_charge(ChargeSpec { amount: 100_000, ..Default::default() });
+    let made = |n: usize| {
+        let (url, charge) = (app.stripe.url.clone(), charge.clone());
+        async move {
+            let http = reqwest::Client::new();
+            for _ in 0..n {
+                let response = http
+                    .post(format!("{url}/v1/refunds"))
+                    .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
+                    .form(&[("charge", charge.as_str()), ("amount", "1")])
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+            }
+        }
+    };
+    // One refund made in the Dashboard, read: the cursor now stands on its event.
+    app.stripe.set_rate_limit(None);
+    made(1).await;
+    assert_eq!(refund_desk::stripe::events::read_new_events(&ctx).await.unwrap(), 1);
+    assert_eq!(app.store().outside_refunds().unwrap().len(), 1);
+    // 150 more before the next read: two pages.
+    made(150).await;
+    let listed = refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
+    assert_eq!(listed, 150);
+    assert_eq!(app.store().outside_refunds().unwrap().len(), 151, "every refund made outside was seen");
+    assert_eq!(refund_desk::stripe::events::read_new_events(&ctx).await.unwrap(), 0, "nothing is read twice");
+}
+
+#[tokio::test]
+async fn a_cursor_stripe_no_longer_keeps_starts_again_from_the_oldest_open_request() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(|s| {
+        s.stripe.webhook_secrets.clear();
+        s.stripe.events_every = Duration::from_secs(3600);
+    })
+    .await;
+    let ctx = app.app.as_ref().unwrap().context();
+    let (id, card) = app.waiting_request().await;
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
+    assert!(app.store().events_cursor().unwrap().is_some());
+    // Thirty days pass for Stripe's list: the cursor's event is gone; a new one comes.
+    app.stripe.forget_events();
+    let refund = app.request(id).refund.unwrap().id;
+    app.stripe.refund_event(refund.as_str(), "refund.updated", "succeeded", None).unwrap();
+    refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
+    app.wait_for_status(id, RequestStatus::Succeeded).await;
+}
