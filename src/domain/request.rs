@@ -205,6 +205,8 @@ pub struct RefundUpdate {
     /// The charge and payment intent the refund is on, as Stripe gives them.
     pub charge: Option<ChargeId>,
     pub payment_intent: Option<PaymentIntentId>,
+    /// How much it refunds, when Stripe says (for announcing a refund made outside the desk).
+    pub amount: Option<Money>,
 }
 
 /// Which request a refund Stripe reports belongs to, the one rule every store applies:
@@ -352,6 +354,12 @@ pub enum Notice {
         why: String,
     },
     Withdrawn,
+    /// A refund was made on the request's payment outside the desk.
+    OutsideRefund {
+        refund: RefundId,
+        amount: Option<Money>,
+        status: String,
+    },
     /// Approvers are reminded that the request still waits.
     Reminder {
         approvers: Vec<UserId>,
@@ -398,6 +406,8 @@ pub enum Effect {
     Deadline,
     /// Republish App Home for the people this request shows to.
     RefreshHomes,
+    /// Read the charge again (a refund was made on it outside the desk) and show what remains.
+    RecheckCharge,
     /// Tell finance that the Stripe key lacks a permission the desk cannot work without
     /// (`what` it could not do, in words).
     AlertKeyPermission {
@@ -438,7 +448,7 @@ impl Lane {
 impl Effect {
     pub fn lane(&self) -> Lane {
         match self {
-            Effect::CheckPayment | Effect::CreateRefund | Effect::CheckRefund => Lane::Stripe,
+            Effect::CheckPayment | Effect::CreateRefund | Effect::CheckRefund | Effect::RecheckCharge => Lane::Stripe,
             Effect::PostCard | Effect::RefreshCard | Effect::ThreadReply(_) => Lane::Slack,
             Effect::NotifyRequester(_) => Lane::Requester,
             Effect::EmailCustomer(_) => Lane::Email,
@@ -1042,6 +1052,7 @@ mod tests {
             install: install.map(str::to_string),
             charge: ChargeId::parse(charge).ok(),
             payment_intent: None,
+            amount: None,
         }
     }
 

@@ -143,7 +143,7 @@ pub fn approval_card(
             c.customer_email.as_deref().map(escape).unwrap_or_else(|| "no email on file".into())
         ));
         fields.push(md!("*Charged*\n{} ({} days ago)", slack_time(c.created), age_days));
-        fields.push(md!("*Refundable when asked*\n{} of {}", c.remaining(), c.amount));
+        fields.push(md!("*Refundable*\n{} of {}", c.remaining(), c.amount));
         if let Some(card) = &c.card {
             fields.push(md!("*Card*\n{} •••• {}", escape(&capitalised(&card.brand)), escape(&card.last4)));
         }
@@ -166,6 +166,20 @@ pub fn approval_card(
             text.push_str(&format!("\n:warning: {}", escape(warning)));
         }
         blocks.push(SlackSectionBlock::new().with_text(md!("{}", text)).into());
+    }
+    // What Stripe now says remains, when a refund made outside the desk took some of it.
+    if let (Some(c), Some(amount)) = (&r.charge, r.amount)
+        && r.status.is_open()
+        && amount.minor() > c.remaining().minor()
+    {
+        blocks.push(
+            SlackSectionBlock::new()
+                .with_text(md!(
+                    ":warning: {amount} is more than the {} that remains on this charge now: Stripe would refuse it.",
+                    c.remaining()
+                ))
+                .into(),
+        );
     }
     if let Some(history) = r.charge.as_ref().and_then(history_text) {
         blocks.push(SlackSectionBlock::new().with_text(md!("{}", history)).into());
@@ -298,6 +312,11 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
             let when = at.map(|t| format!(" {}", slack_time(t))).unwrap_or_default();
             format!(":email: {what} emailed to the customer ({}){when}.", escape(to))
         }
+        (Notice::OutsideRefund { refund, amount, status }, _) => format!(
+            ":information_source: A refund{} (`{refund}`, Stripe says `{}`) was made on this payment outside refund-desk: in the Stripe Dashboard or by another tool. What remains refundable is read again; the card shows it.",
+            amount.map(|a| format!(" of {a}")).unwrap_or_default(),
+            escape(status)
+        ),
         (Notice::Withdrawn, _) => format!(
             ":leftwards_arrow_with_hook: Withdrawn by {} before a decision. Nothing was refunded.",
             mention(&r.requester)

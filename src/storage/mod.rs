@@ -367,12 +367,12 @@ fn write_transition<E>(
     enqueue_in(jobs, tx.queue, request.id, &effects, now)
 }
 
-/// Records (or refreshes) a refund that is not ours.
-fn record_outside<E>(outside: &TransactionalTree, u: &RefundUpdate, now: DateTime<Utc>) -> TxResult<(), E> {
+/// Records (or refreshes) a refund that is not ours; `true` the first time it is seen.
+fn record_outside<E>(outside: &TransactionalTree, u: &RefundUpdate, now: DateTime<Utc>) -> TxResult<bool, E> {
     let key = u.refund.as_str().as_bytes();
-    let first_seen = match outside.get(key)? {
-        Some(bytes) => serde_json::from_slice::<OutsideRefund>(&bytes).map_err(corrupt)?.first_seen,
-        None => now,
+    let (first_seen, new) = match outside.get(key)? {
+        Some(bytes) => (serde_json::from_slice::<OutsideRefund>(&bytes).map_err(corrupt)?.first_seen, false),
+        None => (now, true),
     };
     let record = OutsideRefund {
         refund: u.refund.clone(),
@@ -384,7 +384,7 @@ fn record_outside<E>(outside: &TransactionalTree, u: &RefundUpdate, now: DateTim
         last_seen: now,
     };
     outside.insert(key, encode(&record).map_err(corrupt)?)?;
-    Ok(())
+    Ok(new)
 }
 
 fn read_request_if_any<E>(requests: &TransactionalTree, id: RequestId) -> TxResult<Option<RefundRequest>, E> {
@@ -841,7 +841,31 @@ impl Store {
                         Some(id) => read_request_if_any(requests, id)?,
                     };
                     let Some(mut request) = request else {
-                        record_outside(outside, u, now)?;
+                        let new = record_outside(outside, u, now)?;
+                        // The open requests holding money on that charge hear of it, once, in
+                        // their audit trail and thread, and read what remains again.
+                        if let Some(charge) = u.charge.as_ref().filter(|_| new) {
+                            for hold in read_holds::<()>(holds, charge.as_str())? {
+                                let held = read_request(requests, hold.request)?;
+                                let notice = crate::domain::Notice::OutsideRefund {
+                                    refund: u.refund.clone(),
+                                    amount: u.amount,
+                                    status: u.status.clone(),
+                                };
+                                let transition = Transition {
+                                    actor: Actor::Stripe,
+                                    from: held.status,
+                                    effects: vec![Effect::ThreadReply(notice), Effect::RecheckCharge],
+                                    detail: Some(format!(
+                                        "refund {}{} made on this charge outside refund-desk",
+                                        u.refund,
+                                        u.amount.map(|a| format!(" of {a}")).unwrap_or_default()
+                                    )),
+                                };
+                                write_transition(&tx, &held, &transition, now)?;
+                                added = true;
+                            }
+                        }
                         outcomes.push(RefundOutcome::NotOurs(u.refund.clone()));
                         continue;
                     };
@@ -1153,6 +1177,7 @@ mod tests {
             install: None,
             charge: None,
             payment_intent: None,
+            amount: None,
         };
         let first = store.apply_stripe_event("evt_1", std::slice::from_ref(&update), Utc::now()).await.unwrap();
         assert_eq!(first, EventOutcome::Applied(vec![RefundOutcome::NotOurs(update.refund.clone())]));
@@ -1203,6 +1228,7 @@ mod tests {
             install: Some(store.install_id().to_string()),
             charge: Some(ChargeId::parse("ch_1").unwrap()),
             payment_intent: None,
+            amount: None,
         };
         let outcome = store.apply_stripe_event("evt_1", &[update], now).await.unwrap();
         assert_eq!(outcome, EventOutcome::Applied(vec![RefundOutcome::Moved(id, RequestStatus::Succeeded)]));

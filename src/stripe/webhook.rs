@@ -100,6 +100,9 @@ pub fn update_from(refund: &Refund) -> Option<RefundUpdate> {
         install: refund.metadata.get(INSTALL_METADATA).cloned(),
         charge: refund.charge.as_ref().and_then(|c| ChargeId::parse(c.id()).ok()),
         payment_intent: refund.payment_intent.as_ref().and_then(|p| PaymentIntentId::parse(p.id()).ok()),
+        amount: crate::domain::Currency::parse(&refund.currency)
+            .ok()
+            .map(|c| crate::domain::Money::new(refund.amount, c)),
     })
 }
 

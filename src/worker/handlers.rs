@@ -88,6 +88,7 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
         Effect::CheckRefund => check_refund(ctx, &request, job).await,
         Effect::Deadline => deadline(ctx, &request).await,
         Effect::RefreshHomes => refresh_homes(ctx, &request).await,
+        Effect::RecheckCharge => recheck_charge(ctx, &request).await,
         Effect::ReportParked { job_id, what, error } => report_parked(ctx, &request, *job_id, what, error, job).await,
         Effect::AlertKeyPermission { permission, what } => {
             alert_key_permission(ctx, &request, permission.as_deref(), what, job).await
@@ -385,6 +386,29 @@ fn card_of(request: &RefundRequest) -> Result<&MessageRef, JobError> {
     request.card.as_ref().ok_or_else(|| JobError::retry("the approval card is not posted yet"))
 }
 
+/// Reads the charge again after a refund made outside the desk, keeps what remains on the
+/// request, and has the card show it.
+async fn recheck_charge(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    let Some(known) = request.charge.clone() else { return Ok(()) };
+    if !request.status.is_open() {
+        return Ok(());
+    }
+    let charge = ctx.stripe.get_charge(known.charge.as_str()).await.map_err(stripe_retry)?;
+    let fresh = facts_of(&charge).map_err(JobError::Permanent)?;
+    ctx.store
+        .update_request(request.id, |r| {
+            if let Some(facts) = r.charge.as_mut() {
+                facts.amount_refunded = fresh.amount_refunded;
+                facts.refunds = fresh.refunds.clone();
+            }
+        })
+        .await?;
+    if request.card.is_some() {
+        ctx.store.enqueue(request.id, &[Effect::RefreshCard], ctx.now()).await?;
+    }
+    Ok(())
+}
+
 async fn refresh_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
     let card = card_of(request)?;
     let others = ctx.store.others_on_payment(request, views::OTHERS_SHOWN)?;
@@ -542,6 +566,7 @@ async fn check_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> R
         install: None,
         charge: None,
         payment_intent: None,
+        amount: None,
     };
     let still_pending = matches!(update.status.as_str(), "pending" | "requires_action");
     ctx.store.apply_refund_updates(None, std::slice::from_ref(&update), now).await?;

@@ -117,3 +117,42 @@ async fn a_cursor_stripe_no_longer_keeps_starts_again_from_the_oldest_open_reque
     refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
     app.wait_for_status(id, RequestStatus::Succeeded).await;
 }
+
+#[tokio::test]
+async fn a_refund_made_in_the_dashboard_on_a_charge_with_an_open_request_is_announced_and_what_remains_read_again() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    let charge = app.request(id).charge.unwrap().charge.to_string();
+    // $10.00 of the $25.00 refunded in the Stripe Dashboard; Stripe makes `refund.created`.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/refunds", app.stripe.url))
+        .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
+        .form(&[("charge", charge.as_str()), ("amount", "1000")])
+        .send()
+        .await
+        .unwrap();
+    let refund: serde_json::Value = response.json().await.unwrap();
+    let refund = refund["id"].as_str().unwrap().to_string();
+    let created = app.stripe.refund_event(&refund, "refund.created", "succeeded", None).unwrap();
+    assert_eq!(app.deliver_stripe_event(&created).await, 200);
+    // Announced in the card's thread, and in the audit trail.
+    let announced = wait_for(DEADLINE, || {
+        app.thread_texts(&card).into_iter().find(|t| t.contains("outside refund-desk") && t.contains("$10.00"))
+    })
+    .await;
+    assert!(announced.is_some_and(|t| t.contains(&refund)), "{:?}", app.thread_texts(&card));
+    let audit = app.store().audit_of(id).unwrap();
+    assert!(audit.iter().any(|e| e.detail.as_deref().is_some_and(|d| d.contains(&refund))), "{audit:?}");
+    // Read again: the card says the $25.00 asked is more than the $15.00 left.
+    let edited = wait_for(DEADLINE, || {
+        app.slack.message(&card.ts).filter(|m| m.blocks.to_string().contains("more than the $15.00 that remains"))
+    })
+    .await;
+    assert!(edited.is_some(), "{:?}", app.slack.message(&card.ts).map(|m| m.blocks.to_string()));
+    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    // Stripe's later news about that refund is not announced again.
+    let updated = app.stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
+    assert_eq!(app.deliver_stripe_event(&updated).await, 200);
+    app.wait_until_idle().await;
+    assert_eq!(app.thread_texts(&card).iter().filter(|t| t.contains("outside refund-desk")).count(), 1);
+}
