@@ -206,6 +206,8 @@ pub struct Application {
     stop_tx: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     worker: JoinHandle<()>,
+    /// Slack's traffic over Socket Mode, when `SLACK_APP_TOKEN` is set.
+    socket: Option<crate::slack::socket::SocketListener>,
 }
 
 impl Application {
@@ -226,11 +228,6 @@ impl Application {
         let mailer = settings.email.as_ref().map(Mailer::new).transpose()?;
         if mailer.is_none() {
             tracing::warn!("SMTP_URL is not set: customers will get no email");
-        }
-        if settings.slack.app_token.is_some() {
-            tracing::warn!(
-                "SLACK_APP_TOKEN is set, but Socket Mode is not supported yet: Slack must reach the HTTP routes"
-            );
         }
 
         let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -272,8 +269,12 @@ impl Application {
                 })
                 .await
         });
+        let socket = match &ctx.settings.slack.app_token {
+            Some(token) => Some(crate::slack::socket::start(ctx.clone(), token).await?),
+            None => None,
+        };
         tracing::info!(%addr, "refund-desk is listening");
-        Ok(Application { addr, ctx, stop_tx, server, worker })
+        Ok(Application { addr, ctx, stop_tx, server, worker, socket })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -294,6 +295,11 @@ impl Application {
     /// Stops taking requests, finishes or parks running jobs, flushes and closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop_tx.send(true);
+        if let Some(socket) = &self.socket {
+            // Slack sends whatever is not acknowledged again, to another connection.
+            socket.shutdown().await;
+        }
+        drop(self.socket);
         match tokio::time::timeout(Duration::from_secs(15), self.server).await {
             Ok(joined) => joined.context("the HTTP server panicked")?.context("the HTTP server failed")?,
             Err(_) => tracing::warn!("open connections did not close in time"),

@@ -60,8 +60,10 @@ fn invalid(name: &'static str, why: impl std::fmt::Display) -> ConfigError {
 
 #[derive(Debug, Clone)]
 pub struct SlackSettings {
-    pub signing_secret: SecretString,
+    /// Checks requests Slack sends over HTTP; not needed over Socket Mode.
+    pub signing_secret: Option<SecretString>,
     pub bot_token: SecretString,
+    /// An app-level token (`xapp-...`): Slack's traffic then comes over Socket Mode.
     pub app_token: Option<SecretString>,
     /// Web API base, without a trailing slash.
     pub api_url: String,
@@ -253,9 +255,18 @@ impl Settings {
             .map_err(|e| invalid("REFUND_DESK_LISTEN", e))?;
         let data_dir = PathBuf::from(src.get("REFUND_DESK_DATA_DIR").unwrap_or("./data"));
 
-        let app_token = src.get("SLACK_APP_TOKEN").map(|s| SecretString::from(s.to_string()));
-        // Socket Mode is not built yet, so every request comes over HTTP and must be signed.
-        let signing_secret = SecretString::from(src.require("SLACK_SIGNING_SECRET")?.to_string());
+        let app_token = match src.get("SLACK_APP_TOKEN") {
+            Some(t) if !t.starts_with("xapp-") => {
+                return Err(invalid("SLACK_APP_TOKEN", "must be an app-level token starting with xapp-"));
+            }
+            t => t.map(|s| SecretString::from(s.to_string())),
+        };
+        // Over Socket Mode, Slack's traffic needs no signature; over HTTP it must be signed.
+        let signing_secret = match (src.get("SLACK_SIGNING_SECRET"), &app_token) {
+            (Some(secret), _) => Some(SecretString::from(secret.to_string())),
+            (None, Some(_)) => None,
+            (None, None) => Some(SecretString::from(src.require("SLACK_SIGNING_SECRET")?.to_string())),
+        };
         let bot_token = src.require("SLACK_BOT_TOKEN")?;
         if !bot_token.starts_with("xoxb-") {
             return Err(invalid("SLACK_BOT_TOKEN", "must be a bot token starting with xoxb-"));

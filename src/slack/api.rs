@@ -83,6 +83,11 @@ impl SlackApi {
         })
     }
 
+    /// slack-morphism's client, for the Socket Mode listener.
+    pub fn client(&self) -> Arc<SlackHyperClient> {
+        self.client.clone()
+    }
+
     async fn call<T, F>(&self, what: &'static str, f: F) -> Result<T, SlackCallError>
     where
         F: AsyncFnOnce(SlackClientSession<'_, SlackClientHyperHttpsConnector>) -> Result<T, SlackClientError>,

@@ -31,7 +31,10 @@ impl FromRequest<Arc<AppContext>> for SlackSigned {
         // Over the limit, this answers 413 before any check.
         let body = Bytes::from_request(req, ctx).await.map_err(IntoResponse::into_response)?;
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let secret = &ctx.settings.slack.signing_secret;
+        // Over Socket Mode there is no signing secret, and nothing may come over HTTP.
+        let Some(secret) = &ctx.settings.slack.signing_secret else {
+            return Err((StatusCode::NOT_FOUND, "Slack's traffic comes over Socket Mode").into_response());
+        };
         // Real time, not the desk's clock: Slack signs with the real one.
         match verify_signature(
             secret,
@@ -522,36 +525,46 @@ pub async fn http_events(State(ctx): State<Arc<AppContext>>, SlackSigned(body): 
     };
     match event["type"].as_str() {
         Some("url_verification") => Json(json!({ "challenge": event["challenge"] })).into_response(),
-        Some("event_callback") => {
-            let Some(event_id) = event["event_id"].as_str().filter(|id| !id.is_empty()) else {
-                return (StatusCode::BAD_REQUEST, "event without an event_id").into_response();
-            };
-            // Slack retries (X-Slack-Retry-Num) carry the same event_id.
-            match ctx.store.remember_slack_event(event_id, ctx.now()).await {
-                // A retry of an event already handled: acknowledge, change nothing.
-                Ok(false) => StatusCode::OK.into_response(),
-                Ok(true) => {
-                    let inner = &event["event"];
-                    let home = inner["type"] == "app_home_opened" && inner["tab"].as_str().is_none_or(|t| t == "home");
-                    if let (true, Some(Ok(user))) = (home, inner["user"].as_str().map(UserId::parse)) {
-                        if let Err(e) = ctx.store.remember_home_user(user.as_str(), ctx.now()).await {
-                            tracing::warn!(error = %e, "could not remember an App Home user");
-                        }
-                        let ctx = ctx.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = crate::worker::handlers::publish_home(&ctx, &user).await {
-                                tracing::warn!(error = ?e, slack_user = %user, "could not publish App Home");
-                            }
-                        });
-                    }
-                    StatusCode::OK.into_response()
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "could not record a Slack event");
-                    StatusCode::INTERNAL_SERVER_ERROR.into_response()
-                }
-            }
-        }
+        Some("event_callback") => match handle_event_callback(&ctx, &event).await {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(None) => (StatusCode::BAD_REQUEST, "event without an event_id").into_response(),
+            Err(Some(_)) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        },
         _ => StatusCode::OK.into_response(),
+    }
+}
+
+/// An Events API `event_callback` (over HTTP or Socket Mode): recorded once by `event_id`, so a
+/// retry changes nothing. `Err(None)`: it has no event id; `Err(Some(_))`: it could not be
+/// recorded, so Slack must send it again.
+pub async fn handle_event_callback(
+    ctx: &Arc<AppContext>,
+    event: &serde_json::Value,
+) -> Result<(), Option<crate::storage::StoreError>> {
+    let Some(event_id) = event["event_id"].as_str().filter(|id| !id.is_empty()) else { return Err(None) };
+    // Slack retries (X-Slack-Retry-Num, or an envelope's retry_attempt) carry the same event_id.
+    match ctx.store.remember_slack_event(event_id, ctx.now()).await {
+        // A retry of an event already handled: acknowledge, change nothing.
+        Ok(false) => Ok(()),
+        Ok(true) => {
+            let inner = &event["event"];
+            let home = inner["type"] == "app_home_opened" && inner["tab"].as_str().is_none_or(|t| t == "home");
+            if let (true, Some(Ok(user))) = (home, inner["user"].as_str().map(UserId::parse)) {
+                if let Err(e) = ctx.store.remember_home_user(user.as_str(), ctx.now()).await {
+                    tracing::warn!(error = %e, "could not remember an App Home user");
+                }
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::worker::handlers::publish_home(&ctx, &user).await {
+                        tracing::warn!(error = ?e, slack_user = %user, "could not publish App Home");
+                    }
+                });
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not record a Slack event");
+            Err(Some(e))
+        }
     }
 }

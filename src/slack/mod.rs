@@ -3,6 +3,7 @@
 pub mod api;
 pub mod inbound;
 pub mod payloads;
+pub mod socket;
 pub mod verify;
 pub mod views;
 

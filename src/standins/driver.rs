@@ -205,9 +205,10 @@ impl SlackDriver {
     }
 
     /// `user` submits the deny form for `request_id` with `reason`; returns status and body.
-    pub async fn submit_deny(&self, user: &str, request_id: &str, reason: &str) -> (u16, String) {
+    /// The `view_submission` of the deny form for `request_id` with `reason`.
+    pub fn deny_payload(user: &str, request_id: &str, reason: &str) -> Value {
         use crate::slack::views::{DENY_CALLBACK, DENY_REASON_ACTION, DENY_REASON_BLOCK};
-        let payload = json!({
+        json!({
             "type": "view_submission",
             "team": { "id": "T00000001", "domain": "acme" },
             "user": { "id": user, "username": "someone", "name": "someone", "team_id": "T00000001" },
@@ -215,11 +216,20 @@ impl SlackDriver {
             "token": "gIkuvaNzQIHg97ATvDxqgjtO",
             "trigger_id": "12466734323.1395872398.abc",
             "view": {
-                "id": "V0000001", "team_id": "T00000001", "type": "modal",
+                "id": "V0000001", "team_id": "T00000001", "type": "modal", "app_id": "A00000001", "bot_id": "B00000001",
+                "title": { "type": "plain_text", "text": "Deny refund", "emoji": true },
+                "submit": { "type": "plain_text", "text": "Deny", "emoji": true },
+                "close": { "type": "plain_text", "text": "Cancel", "emoji": true },
+                "blocks": [], "root_view_id": "V0000001", "previous_view_id": null, "external_id": "",
+                "clear_on_close": false, "notify_on_close": false,
                 "callback_id": DENY_CALLBACK, "private_metadata": request_id, "hash": "1700000000.abc",
                 "state": { "values": { DENY_REASON_BLOCK: { DENY_REASON_ACTION: { "type": "plain_text_input", "value": reason } } } }
             }
-        });
+        })
+    }
+
+    pub async fn submit_deny(&self, user: &str, request_id: &str, reason: &str) -> (u16, String) {
+        let payload = Self::deny_payload(user, request_id, reason);
         let response = self.interaction(&payload).await;
         (response.status().as_u16(), response.text().await.unwrap_or_default())
     }
@@ -251,7 +261,12 @@ impl SlackDriver {
             "api_app_id": "A00000001",
             "trigger_id": "12466734323.1395872398.form",
             "view": {
-                "id": "V0000002", "team_id": "T00000001", "type": "modal",
+                "id": "V0000002", "team_id": "T00000001", "type": "modal", "app_id": "A00000001", "bot_id": "B00000001",
+                "title": { "type": "plain_text", "text": "Refund request", "emoji": true },
+                "submit": { "type": "plain_text", "text": "Send", "emoji": true },
+                "close": { "type": "plain_text", "text": "Cancel", "emoji": true },
+                "blocks": [], "root_view_id": "V0000002", "previous_view_id": null, "external_id": "",
+                "clear_on_close": false, "notify_on_close": false,
                 "callback_id": callback_id, "private_metadata": private_metadata, "hash": "1700000000.form",
                 "state": { "values": state }
             }

@@ -9,6 +9,7 @@ pub mod load;
 pub mod render;
 pub mod slack;
 pub mod smtp;
+pub mod socket;
 pub mod stripe;
 
 pub use slack::FakeSlack;

@@ -51,6 +51,8 @@ struct SlackState {
     home_publishes: std::collections::HashMap<String, usize>,
     /// Channels the bot may not post in (`not_in_channel`).
     closed_channels: std::collections::HashSet<String>,
+    /// Socket Mode: the app-level token `apps.connections.open` takes, and where it sends the app.
+    socket_mode: Option<(String, crate::standins::socket::SocketModeStandIn)>,
     /// Posts to `response_url`s: (the URL's path, the body).
     responses: Vec<(String, Value)>,
     responses_expired: bool,
@@ -124,6 +126,17 @@ impl FakeSlack {
     /// What was posted to each `response_url` (its path), in order.
     pub fn responses(&self) -> Vec<(String, Value)> {
         self.lock().responses.clone()
+    }
+
+    /// Serves Socket Mode to an app holding `app_token` (`xapp-...`); returns the WebSocket
+    /// side, which sends envelopes and records acknowledgements.
+    pub async fn enable_socket_mode(
+        &self,
+        app_token: &str,
+    ) -> std::io::Result<crate::standins::socket::SocketModeStandIn> {
+        let socket = crate::standins::socket::SocketModeStandIn::start().await?;
+        self.lock().socket_mode = Some((app_token.to_string(), socket.clone()));
+        Ok(socket)
     }
 
     /// From now on the bot may not post in `channel`: Slack answers `not_in_channel`, as it does
@@ -283,6 +296,15 @@ async fn handle(
     let mut out_headers = HeaderMap::new();
     let ok = axum::http::StatusCode::OK;
     let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    // Socket Mode's one Web API method takes the app-level token, and nothing else does.
+    if method == "apps.connections.open" {
+        let answer = match &s.socket_mode {
+            None => slack_error("not_allowed_token_type"),
+            Some((token, _)) if bearer != format!("Bearer {token}") => slack_error("invalid_auth"),
+            Some((_, socket)) => json!({ "ok": true, "url": socket.url }),
+        };
+        return (ok, out_headers, Json(answer));
+    }
     if bearer != format!("Bearer {}", s.token) {
         return (ok, out_headers, Json(slack_error(if bearer.is_empty() { "not_authed" } else { "invalid_auth" })));
     }

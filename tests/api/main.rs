@@ -20,5 +20,6 @@ mod randomized;
 mod restart;
 mod same_payment;
 mod signatures;
+mod socket_mode;
 mod validation;
 mod webhooks;

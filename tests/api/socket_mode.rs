@@ -1,0 +1,154 @@
+//! Slack over Socket Mode: the same flows as over HTTP, with no public address; every envelope
+//! acknowledged within Slack's 3 s, after the same durable write.
+
+use crate::helpers::*;
+use refund_desk::domain::RequestStatus;
+use refund_desk::standins::driver::SlackDriver;
+use refund_desk::standins::socket::SocketModeStandIn;
+use refund_desk::standins::{ChargeSpec, wait_for};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const APP_TOKEN: &str = "xapp-1-A00000001-1700000000-standin";
+/// Slack waits 3 s for an acknowledgement.
+const ACK: Duration = Duration::from_secs(3);
+
+/// A desk with an app-level token and no signing secret, against a Slack stand-in serving
+/// Socket Mode; returns the WebSocket side once the desk has connected.
+async fn socket_desk() -> (TestApp, SocketModeStandIn) {
+    let mut app = TestApp::spawn().await;
+    let socket = app.slack.enable_socket_mode(APP_TOKEN).await.unwrap();
+    app.reconfigure(|s| {
+        s.slack.app_token = Some(secrecy::SecretString::from(APP_TOKEN.to_string()));
+        s.slack.signing_secret = None;
+    })
+    .await;
+    assert!(socket.wait_until(DEADLINE, |s| s.connections_open() > 0).await, "the desk never connected");
+    (app, socket)
+}
+
+fn command(user: &str, text: &str) -> Value {
+    let form = SlackDriver::command_body(user, text);
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&form).unwrap();
+    Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+}
+
+/// Sends `/refund <text>` as `user` over the socket; the acknowledgement's payload.
+async fn slash(socket: &SocketModeStandIn, user: &str, text: &str) -> Value {
+    let id = socket.send("slash_commands", command(user, text), 0).expect("an open connection");
+    socket.ack(&id, ACK).await.unwrap_or_else(|| panic!("no acknowledgement within 3 s for /refund {text}"))
+}
+
+fn request_id(answer: &Value) -> refund_desk::domain::RequestId {
+    let text = answer["text"].as_str().unwrap_or_default();
+    text.split(|c: char| c == '*' || c.is_whitespace())
+        .find_map(|w| refund_desk::domain::RequestId::parse(w).ok())
+        .unwrap_or_else(|| panic!("no request id in {answer}"))
+}
+
+fn home_opened(user: &str, event_id: &str) -> Value {
+    json!({ "token": "x", "team_id": "T00000001", "api_app_id": "A00000001", "type": "event_callback",
+        "event_id": event_id, "event_time": 1700000000,
+        "event": { "type": "app_home_opened", "user": user, "channel": "D0APPHOME", "tab": "home", "event_ts": "1700000000.000100" } })
+}
+
+#[tokio::test]
+async fn a_refund_goes_from_command_to_stripe_over_socket_mode_and_http_slack_routes_are_closed() {
+    let (app, socket) = socket_desk().await;
+    let charge = app.add_charge(ChargeSpec::default());
+    let answer = slash(&socket, REQUESTER, &format!("{charge} 25.00 duplicate charged twice")).await;
+    assert!(answer["text"].as_str().unwrap_or_default().starts_with("Got it"), "{answer}");
+    assert_eq!(answer["response_type"], "ephemeral");
+    let id = request_id(&answer);
+    assert!(app.store().get_request(id).unwrap().is_some(), "acknowledged means stored");
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let card = app.card(id).await;
+    let click = SlackDriver::click_payload(APPROVER, "refund_approve", &id.to_string(), &card.ts);
+    let envelope = socket.send("interactive", click, 0).unwrap();
+    assert!(socket.ack(&envelope, ACK).await.is_some(), "the click is acknowledged");
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    assert_eq!(app.stripe.refund_posts().len(), 1);
+    // Nothing comes over HTTP without a signing secret.
+    let (status, _) = app.driver.slash(REQUESTER, &format!("{charge} 1.00 duplicate")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn app_home_opens_over_socket_mode_and_a_retried_envelope_changes_nothing() {
+    let (app, socket) = socket_desk().await;
+    let envelope = socket.send("events_api", home_opened(APPROVER, "Ev0SOCKET01"), 0).unwrap();
+    assert!(socket.ack(&envelope, ACK).await.is_some());
+    let published = wait_for(DEADLINE, || app.slack.home_of(APPROVER)).await;
+    assert!(published.is_some_and(|(_, n)| n == 1));
+    // Slack sends it again (retry_attempt 1): acknowledged, and nothing is done twice.
+    let again = socket.send("events_api", home_opened(APPROVER, "Ev0SOCKET01"), 1).unwrap();
+    assert!(socket.ack(&again, ACK).await.is_some());
+    let fresh = socket.send("events_api", home_opened(APPROVER, "Ev0SOCKET02"), 0).unwrap();
+    assert!(socket.ack(&fresh, ACK).await.is_some());
+    let twice = wait_for(DEADLINE, || app.slack.home_of(APPROVER).filter(|(_, n)| *n >= 2)).await;
+    assert_eq!(twice.map(|(_, n)| n), Some(2), "the retry published nothing; the new event did");
+}
+
+#[tokio::test]
+async fn an_envelope_is_acknowledged_within_3_s_while_stripe_is_slow() {
+    let (app, socket) = socket_desk().await;
+    app.stripe.set_read_delay(Duration::from_secs(5));
+    let charge = app.add_charge(ChargeSpec::default());
+    let started = std::time::Instant::now();
+    let answer = slash(&socket, REQUESTER, &format!("{charge} 25.00 duplicate charged twice")).await;
+    assert!(started.elapsed() < ACK, "acknowledged after {:?}", started.elapsed());
+    assert!(app.store().get_request(request_id(&answer)).unwrap().is_some());
+    app.stripe.set_read_delay(Duration::ZERO);
+}
+
+#[tokio::test]
+async fn a_disconnect_in_the_middle_of_a_flow_loses_nothing_and_a_dropped_socket_is_reconnected() {
+    let (app, socket) = socket_desk().await;
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = request_id(&slash(&socket, REQUESTER, &format!("{charge} 25.00 duplicate charged twice")).await);
+    // Slack asks the app to reconnect while the request is being checked.
+    let before = socket.connections_opened();
+    socket.disconnect("refresh_requested");
+    assert!(socket.wait_until(DEADLINE, |s| s.connections_opened() > before).await, "no new connection");
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let card = app.card(id).await;
+    // The network drops every socket: the desk dials again, and the flow goes on.
+    let before = socket.connections_opened();
+    socket.drop_connections();
+    assert!(
+        socket
+            .wait_until(Duration::from_secs(30), |s| s.connections_opened() > before && s.connections_open() > 0)
+            .await
+    );
+    let click = SlackDriver::click_payload(APPROVER, "refund_approve", &id.to_string(), &card.ts);
+    let envelope = socket.send("interactive", click, 0).unwrap();
+    assert!(socket.ack(&envelope, ACK).await.is_some());
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    assert_eq!(app.stripe.refund_posts().len(), 1);
+}
+
+#[tokio::test]
+async fn the_deny_form_opens_and_answers_over_socket_mode() {
+    let (app, socket) = socket_desk().await;
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = request_id(&slash(&socket, REQUESTER, &format!("{charge} 25.00 duplicate charged twice")).await);
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let card = app.card(id).await;
+    let click = SlackDriver::click_payload(APPROVER, "refund_deny", &id.to_string(), &card.ts);
+    let envelope = socket.send("interactive", click, 0).unwrap();
+    assert!(socket.ack(&envelope, ACK).await.is_some());
+    let opened = wait_for(DEADLINE, || app.slack.views_opened().pop()).await.expect("the deny form opened");
+    assert_eq!(opened["view"]["private_metadata"], id.to_string());
+    // No reason: the form's field says why, inside the acknowledgement.
+    let blank = socket.send("interactive", SlackDriver::deny_payload(APPROVER, &id.to_string(), "  "), 0).unwrap();
+    let answer = socket.ack(&blank, ACK).await.expect("acknowledged");
+    assert_eq!(answer["response_action"], "errors", "{answer}");
+    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    let reason = "Outside the 30-day window";
+    let submitted =
+        socket.send("interactive", SlackDriver::deny_payload(APPROVER, &id.to_string(), reason), 0).unwrap();
+    let answer = socket.ack(&submitted, ACK).await.expect("acknowledged");
+    assert!(answer.get("response_action").is_none(), "a bare acknowledgement closes the form: {answer}");
+    app.wait_for_status(id, RequestStatus::Denied).await;
+    assert!(app.stripe.refund_posts().is_empty());
+}
