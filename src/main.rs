@@ -30,11 +30,14 @@ enum Cmd {
         #[command(subcommand)]
         action: AuditCmd,
     },
-    /// Print the Slack app manifest for a public base URL.
+    /// Print the Slack app manifest: for Socket Mode (no public address), or for a public URL.
     Manifest {
-        /// Where Slack reaches this desk, e.g. https://refunds.acme.com
+        /// Where Slack reaches this desk over HTTPS, e.g. https://refunds.acme.com
+        #[arg(long, required_unless_present = "socket_mode", conflicts_with = "socket_mode")]
+        url: Option<String>,
+        /// Slack's traffic over Socket Mode: no request URLs.
         #[arg(long)]
-        url: String,
+        socket_mode: bool,
     },
 }
 
@@ -94,6 +97,15 @@ fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// The manifest the command line asked for.
+fn manifest(url: Option<&str>, socket_mode: bool) -> Result<String, String> {
+    match url {
+        _ if socket_mode => Ok(refund_desk::manifest::for_socket_mode()),
+        Some(url) => refund_desk::manifest::for_url(url),
+        None => Err("give --url or --socket-mode".to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -167,7 +179,7 @@ fn main() -> ExitCode {
             eprintln!("refund-desk: {e:#}");
             ExitCode::FAILURE
         }),
-        Cmd::Manifest { url } => match refund_desk::manifest::for_url(&url) {
+        Cmd::Manifest { url, socket_mode } => match manifest(url.as_deref(), socket_mode) {
             Ok(m) => {
                 println!("{m}");
                 ExitCode::SUCCESS

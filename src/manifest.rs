@@ -13,6 +13,28 @@ pub fn for_url(base_url: &str) -> Result<String, String> {
     Ok(MANIFEST.replace(PLACEHOLDER, base_url.trim_end_matches('/')))
 }
 
+/// The manifest for Socket Mode: `socket_mode_enabled`, and no request URLs (Slack's traffic
+/// comes over the connection the desk opens with its app-level token).
+pub fn for_socket_mode() -> String {
+    let mut manifest: serde_json::Value = serde_json::from_str(MANIFEST).expect("the checked-in manifest is JSON");
+    if let Some(commands) = manifest["features"]["slash_commands"].as_array_mut() {
+        for command in commands {
+            if let Some(fields) = command.as_object_mut() {
+                fields.remove("url");
+            }
+        }
+    }
+    let settings = &mut manifest["settings"];
+    if let Some(fields) = settings["interactivity"].as_object_mut() {
+        fields.remove("request_url");
+    }
+    if let Some(fields) = settings["event_subscriptions"].as_object_mut() {
+        fields.remove("request_url");
+    }
+    settings["socket_mode_enabled"] = true.into();
+    serde_json::to_string_pretty(&manifest).expect("JSON serializes")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -31,5 +53,17 @@ mod tests {
             assert!(scopes.contains(scope), "{scope}");
         }
         assert!(for_url("http://insecure.example").is_err());
+    }
+
+    #[test]
+    fn the_socket_mode_manifest_has_no_request_urls_and_the_same_command_events_and_scopes() {
+        let m: Value = serde_json::from_str(&for_socket_mode()).unwrap();
+        assert_eq!(m["settings"]["socket_mode_enabled"], true);
+        assert!(!for_socket_mode().contains("https://"), "no URL at all: {m}");
+        assert_eq!(m["features"]["slash_commands"][0]["command"], "/refund");
+        assert_eq!(m["settings"]["interactivity"]["is_enabled"], true);
+        assert_eq!(m["settings"]["event_subscriptions"]["bot_events"][0], "app_home_opened");
+        let http: Value = serde_json::from_str(&for_url("https://refunds.acme.com").unwrap()).unwrap();
+        assert_eq!(m["oauth_config"], http["oauth_config"]);
     }
 }

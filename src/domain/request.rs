@@ -831,6 +831,21 @@ impl RefundRequest {
         }
     }
 
+    /// Whether a refund found on the request's own charge, before making one, is the one an
+    /// earlier try made: one it [may claim](RefundRequest::may_claim), or one as versions before
+    /// `refund_desk_install` made them: naming this request, no installation, and exactly the
+    /// request's amount. Missing such a refund would refund twice.
+    pub fn may_recover(&self, update: &RefundUpdate, install_id: &str) -> bool {
+        if self.may_claim(update, install_id) {
+            return true;
+        }
+        let legacy = RefundUpdate { install: Some(install_id.to_string()), ..update.clone() };
+        update.install.is_none()
+            && update.amount.is_some()
+            && update.amount == self.amount
+            && self.may_claim(&legacy, install_id)
+    }
+
     /// What Stripe reports about this request's refund (from a webhook). Moves only forward;
     /// returns `None` when it changes nothing.
     pub fn record_stripe_refund(
@@ -1087,5 +1102,20 @@ mod tests {
             owner_of_refund(None, Some(&r), &update("re_9", "ch_1", Some("inst"), Some(r.id)), "inst"),
             Some(r.id)
         );
+    }
+
+    #[test]
+    fn a_refund_an_older_version_made_without_an_installation_is_recovered_but_never_another_installations() {
+        let r = waiting();
+        let legacy = RefundUpdate { amount: r.amount, ..update("re_1", "ch_1", None, Some(r.id)) };
+        assert!(r.may_recover(&legacy, "inst"), "made before refund_desk_install, for the amount asked");
+        let other_amount =
+            RefundUpdate { amount: Some(Money::new(100, r.amount.unwrap().currency())), ..legacy.clone() };
+        assert!(!r.may_recover(&other_amount, "inst"), "a hand-made refund that only names the request");
+        assert!(r.may_recover(&update("re_1", "ch_1", Some("inst"), Some(r.id)), "inst"));
+        assert!(!r.may_recover(&update("re_1", "ch_1", Some("other"), Some(r.id)), "inst"));
+        let elsewhere = RefundUpdate { amount: r.amount, ..update("re_1", "ch_2", None, Some(r.id)) };
+        assert!(!r.may_recover(&elsewhere, "inst"), "another charge");
+        assert!(!r.may_claim(&update("re_1", "ch_1", None, Some(r.id)), "inst"), "settling still needs the install id");
     }
 }

@@ -10,8 +10,8 @@
 //! (a transition, a Stripe event) keep their own transaction: one refused must not undo another.
 //!
 //! Each queued write is taken out of the queue by exactly one writer, so it is written once;
-//! and between taking a batch and the end of its transaction there is no `.await`, so a caller
-//! that is cancelled cannot leave a batch taken and unwritten.
+//! between taking a batch and the end of its transaction there is no `.await`; and each write
+//! waits on a task of its own, so a caller that is cancelled leaves nothing queued or taken.
 
 use super::jobs::Job;
 use super::jobs::{JobKey, complete_in, rewrite_in};
@@ -64,6 +64,16 @@ impl Store {
     /// Queues `write`, and writes the queue if no one else is; returns once `write` is in
     /// sled (the caller then waits for the sync).
     pub(super) async fn write_batched(&self, write: Write) -> Result<Written, StoreError> {
+        // On a task of its own: a caller dropped while waiting (an HTTP client that gave up)
+        // must neither leave its write queued for whoever writes next, minutes later, nor take
+        // a batch and stop. The write is made now, as it would have been without the wait.
+        let store = self.clone();
+        tokio::spawn(async move { store.write_batched_now(write).await })
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("a batched write failed: {e}")))?
+    }
+
+    async fn write_batched_now(&self, write: Write) -> Result<Written, StoreError> {
         let (done, result) = oneshot::channel();
         self.batch.pending.lock().unwrap_or_else(|p| p.into_inner()).push(Pending { write, done });
         {

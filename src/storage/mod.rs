@@ -367,6 +367,34 @@ fn write_transition<E>(
     enqueue_in(jobs, tx.queue, request.id, &effects, now)
 }
 
+/// Tells the open requests holding money on the refund's charge of a refund made outside the
+/// desk, in their audit trail and thread, and has them read what remains; `true` if any.
+fn announce_outside<E>(tx: &TxTrees<'_>, u: &RefundUpdate, now: DateTime<Utc>) -> TxResult<bool, E> {
+    let Some(charge) = u.charge.as_ref() else { return Ok(false) };
+    let mut any = false;
+    for hold in read_holds(tx.holds, charge.as_str())? {
+        let held = read_request(tx.requests, hold.request)?;
+        let notice = crate::domain::Notice::OutsideRefund {
+            refund: u.refund.clone(),
+            amount: u.amount,
+            status: u.status.clone(),
+        };
+        let transition = Transition {
+            actor: Actor::Stripe,
+            from: held.status,
+            effects: vec![Effect::ThreadReply(notice), Effect::RecheckCharge],
+            detail: Some(format!(
+                "refund {}{} made on this charge outside refund-desk",
+                u.refund,
+                u.amount.map(|a| format!(" of {a}")).unwrap_or_default()
+            )),
+        };
+        write_transition(tx, &held, &transition, now)?;
+        any = true;
+    }
+    Ok(any)
+}
+
 /// Records (or refreshes) a refund that is not ours; `true` the first time it is seen.
 fn record_outside<E>(outside: &TransactionalTree, u: &RefundUpdate, now: DateTime<Utc>) -> TxResult<bool, E> {
     let key = u.refund.as_str().as_bytes();
@@ -408,7 +436,9 @@ impl Store {
 
     /// Opens (or creates) the database in `dir`, with a page cache of `cache_mb` MiB.
     pub fn open_with(dir: &Path, cache_mb: u64) -> Result<Store, StoreError> {
-        let db = sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).open()?;
+        // No background flusher: it would take sled's global lock every 500 ms, blocking
+        // transactions on tokio's threads; the committer flushes whenever a write waits.
+        let db = sled::Config::new().path(dir).cache_capacity(cache_mb * 1024 * 1024).flush_every_ms(None).open()?;
         let meta = db.open_tree("meta")?;
         let install_id = match meta.get(INSTALL_ID_KEY)? {
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
@@ -718,6 +748,11 @@ impl Store {
         self.requests.insert(request.id.to_key(), encode_plain(request)?)?;
         self.index.insert(status_key(request.status, request.id), &[])?;
         self.index.insert(user_key(request.requester.as_str(), request.id), &[])?;
+        for payment in payments_of(request) {
+            let mut key = payment_prefix(&payment);
+            key.extend_from_slice(&request.id.to_key());
+            self.index.insert(key, &[])?;
+        }
         Ok(())
     }
 
@@ -840,53 +875,50 @@ impl Store {
                         Some(id) if hinted.as_ref().is_some_and(|h| h.id == id) => hinted,
                         Some(id) => read_request_if_any(requests, id)?,
                     };
-                    let Some(mut request) = request else {
-                        let new = record_outside(outside, u, now)?;
-                        // The open requests holding money on that charge hear of it, once, in
-                        // their audit trail and thread, and read what remains again.
-                        if let Some(charge) = u.charge.as_ref().filter(|_| new) {
-                            for hold in read_holds::<()>(holds, charge.as_str())? {
-                                let held = read_request(requests, hold.request)?;
-                                let notice = crate::domain::Notice::OutsideRefund {
-                                    refund: u.refund.clone(),
-                                    amount: u.amount,
-                                    status: u.status.clone(),
-                                };
-                                let transition = Transition {
-                                    actor: Actor::Stripe,
-                                    from: held.status,
-                                    effects: vec![Effect::ThreadReply(notice), Effect::RecheckCharge],
-                                    detail: Some(format!(
-                                        "refund {}{} made on this charge outside refund-desk",
-                                        u.refund,
-                                        u.amount.map(|a| format!(" of {a}")).unwrap_or_default()
-                                    )),
-                                };
-                                write_transition(&tx, &held, &transition, now)?;
-                                added = true;
+                    let placed = match request {
+                        None => None,
+                        Some(mut request) => {
+                            let id = request.id;
+                            let before = request.clone();
+                            let t = request.record_stripe_refund(u.refund.clone(), &u.status, u.failure_reason.clone(), now);
+                            match t {
+                                Some(t) => {
+                                    write_transition(&tx, &request, &t, now)?;
+                                    added = true; // at least App Home's refresh
+                                    outcomes.push(RefundOutcome::Moved(id, request.status));
+                                    Some(request)
+                                }
+                                None if request.refund.as_ref().is_some_and(|r| r.id == u.refund) => {
+                                    if request != before {
+                                        requests.insert(&id.to_key(), encode(&request).map_err(corrupt)?)?;
+                                        sync_hold(holds, &request)?;
+                                    }
+                                    outcomes.push(RefundOutcome::Unchanged(id));
+                                    Some(request)
+                                }
+                                // Named by its metadata, but the request cannot take a refund
+                                // now (not approved yet, or ended): for it, too, this is a
+                                // refund made outside the desk, and it must not go unseen.
+                                None if recorded.is_none() => None,
+                                None => {
+                                    outcomes.push(RefundOutcome::Unchanged(id));
+                                    Some(request)
+                                }
                             }
                         }
-                        outcomes.push(RefundOutcome::NotOurs(u.refund.clone()));
-                        continue;
                     };
-                    let id = request.id;
-                    let before = request.clone();
-                    match request.record_stripe_refund(u.refund.clone(), &u.status, u.failure_reason.clone(), now) {
-                        Some(t) => {
-                            write_transition(&tx, &request, &t, now)?;
-                            added = true; // at least App Home's refresh
-                            outcomes.push(RefundOutcome::Moved(id, request.status));
+                    match placed {
+                        Some(request) => {
+                            if request.refund.as_ref().is_some_and(|r| r.id == u.refund) {
+                                refund_ids.insert(u.refund.as_str().as_bytes(), &request.id.to_key())?;
+                            }
                         }
                         None => {
-                            if request != before {
-                                requests.insert(&id.to_key(), encode(&request).map_err(corrupt)?)?;
-                                sync_hold(holds, &request)?;
+                            if record_outside(outside, u, now)? {
+                                added |= announce_outside(&tx, u, now)?;
                             }
-                            outcomes.push(RefundOutcome::Unchanged(id));
+                            outcomes.push(RefundOutcome::NotOurs(u.refund.clone()));
                         }
-                    }
-                    if request.refund.as_ref().is_some_and(|r| r.id == u.refund) {
-                        refund_ids.insert(u.refund.as_str().as_bytes(), &id.to_key())?;
                     }
                 }
                 Ok((EventOutcome::Applied(outcomes), added))

@@ -31,7 +31,8 @@ pub async fn read_new_events(ctx: &AppContext) -> Result<usize, ReadError> {
     loop {
         let page = match ctx.stripe.list_events(&REFUND_EVENTS, EventPage::NewerThan(&cursor)).await {
             Ok(page) => page,
-            Err(StripeError::NotFound(_)) => {
+            // Stripe no longer has the event (404, or 400 `resource_missing`).
+            Err(e) if is_missing(&e) => {
                 // Older than Stripe keeps events (30 days).
                 tracing::warn!(%cursor, "Stripe no longer has the last event read; reading back from the oldest open request");
                 ctx.store.set_events_cursor(None).await?;
@@ -51,6 +52,14 @@ pub async fn read_new_events(ctx: &AppContext) -> Result<usize, ReadError> {
             return Ok(listed);
         }
         cursor = newest;
+    }
+}
+
+fn is_missing(e: &StripeError) -> bool {
+    match e {
+        StripeError::NotFound(_) => true,
+        StripeError::Refused { code, .. } => code.as_deref() == Some("resource_missing"),
+        _ => false,
     }
 }
 

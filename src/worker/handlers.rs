@@ -509,6 +509,22 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> 
         // gives the key that permission.
         Err(StripeError::Forbidden { permission, message }) => {
             tracing::error!(permission = ?permission, error = %message, "the Stripe key may not create refunds");
+            // An earlier try may have made the refund before the key lost the permission. A key
+            // that may not read refunds either cannot say: the request fails, as it must.
+            let existing = match find_existing_refund(ctx, request).await {
+                Ok(found) => found,
+                Err(JobError::Permanent(why)) => {
+                    tracing::warn!(error = %why, "could not look for an earlier try's refund");
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(existing) = existing {
+                let refund_id = RefundId::parse(&existing.id).map_err(|e| JobError::Permanent(e.to_string()))?;
+                let status = existing.status.unwrap_or_else(|| "pending".into());
+                ctx.store.submit_refund(request.id, refund_id, &status, now).await?.ok();
+                return Ok(());
+            }
             let why = format!(
                 "refund-desk's Stripe key may not make refunds{}; nothing was refunded, and an admin has been told",
                 permission.as_ref().map(|p| format!(" (it lacks `{p}`)")).unwrap_or_default()
@@ -539,7 +555,7 @@ async fn find_existing_refund(
     let install = ctx.store.install_id();
     Ok(refunds
         .into_iter()
-        .find(|r| crate::stripe::webhook::update_from(r).is_some_and(|u| request.may_claim(&u, install))))
+        .find(|r| crate::stripe::webhook::update_from(r).is_some_and(|u| request.may_recover(&u, install))))
 }
 
 /// A refund still pending with no webhook is read back from Stripe, so a lost webhook cannot

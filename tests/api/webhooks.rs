@@ -75,7 +75,7 @@ async fn a_refund_that_fails_at_stripe_is_reported_and_nobody_is_emailed() {
 }
 
 #[tokio::test]
-async fn events_for_refunds_made_elsewhere_get_2xx_and_change_no_request_on_the_charge() {
+async fn events_for_refunds_made_elsewhere_get_2xx_and_settle_no_request_on_the_charge() {
     let app = TestApp::spawn().await;
     let (id, _card) = app.waiting_request().await;
     app.wait_until_idle().await;
@@ -85,8 +85,10 @@ async fn events_for_refunds_made_elsewhere_get_2xx_and_change_no_request_on_the_
     let refund = refund_made_elsewhere(&app, &charge, &[]).await;
     let event = app.stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
-    assert_eq!(app.request(id), before, "the waiting request is untouched");
-    assert!(app.store().all_jobs().unwrap().is_empty(), "nothing to do for a refund not ours");
+    // Not settled by it: still waiting, with no refund of its own (it is told, and reads what
+    // remains: see events.rs).
+    let after = app.request(id);
+    assert_eq!((after.status, &after.refund, after.amount), (before.status, &before.refund, before.amount));
     let outside = app.store().outside_refunds().unwrap();
     assert_eq!(outside.len(), 1);
     assert_eq!((outside[0].refund.as_str(), outside[0].charge.as_deref()), (refund.as_str(), Some(charge.as_str())));
@@ -246,4 +248,25 @@ async fn a_signed_event_that_cannot_be_read_gets_2xx_and_is_counted_so_stripe_st
     assert_eq!(app.deliver_stripe_event(&serde_json::json!({ "not": "an event" })).await, 200);
     assert!(count(&metrics().await) >= before + 2);
     assert!(app.store().all_requests().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_refund_naming_a_request_not_yet_approved_is_not_lost_but_announced_on_it() {
+    let app = TestApp::spawn().await;
+    let (id, card) = app.waiting_request().await;
+    let charge = app.request(id).charge.unwrap().charge.to_string();
+    // Ours by its metadata (a store restored from a backup made before the approval), but the
+    // request cannot take a refund yet.
+    let metadata =
+        [("refund_request_id", id.to_string()), ("refund_desk_install", app.store().install_id().to_string())];
+    let refund = refund_made_elsewhere(&app, &charge, &pairs(&metadata)).await;
+    let event = app.stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
+    assert_eq!(app.deliver_stripe_event(&event).await, 200);
+    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert!(app.store().outside_refunds().unwrap().iter().any(|o| o.refund.as_str() == refund));
+    let announced = wait_for(DEADLINE, || {
+        app.thread_texts(&card).into_iter().find(|t| t.contains(&refund) && t.contains("outside refund-desk"))
+    })
+    .await;
+    assert!(announced.is_some(), "{:?}", app.thread_texts(&card));
 }
