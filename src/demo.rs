@@ -28,27 +28,94 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
-pub async fn run() -> anyhow::Result<()> {
+/// The app-level token the demo's Socket Mode uses.
+const APP_TOKEN: &str = "xapp-1-A00000001-1700000000-demo";
+
+/// How Slack and Stripe reach the desk in the demo.
+enum Transport {
+    /// Signed HTTP requests and webhooks, as with a public address.
+    Http(SlackDriver),
+    /// Socket Mode for Slack, and Stripe's events read from its API: no public address.
+    Outbound(crate::standins::socket::SocketModeStandIn),
+}
+
+impl Transport {
+    /// `/refund <text>` as `user`: the private answer's text.
+    async fn slash(&self, user: &str, text: &str) -> anyhow::Result<String> {
+        let answer = match self {
+            Transport::Http(driver) => {
+                let (status, answer) = driver.slash(user, text).await;
+                anyhow::ensure!(status == 200, "/refund answered HTTP {status}");
+                answer
+            }
+            Transport::Outbound(socket) => {
+                let id = socket
+                    .send("slash_commands", SlackDriver::command_payload(user, text), 0)
+                    .context("no Socket Mode connection")?;
+                socket.ack(&id, Duration::from_secs(3)).await.context("the envelope was not acknowledged in 3 s")?
+            }
+        };
+        Ok(answer["text"].as_str().unwrap_or_default().to_string())
+    }
+
+    async fn click(&self, user: &str, action: &str, id: &str, card_ts: &str) -> anyhow::Result<()> {
+        match self {
+            Transport::Http(driver) => {
+                let status = driver.click(user, action, id, card_ts).await;
+                anyhow::ensure!(status == 200, "the click answered HTTP {status}");
+            }
+            Transport::Outbound(socket) => {
+                let envelope = socket
+                    .send("interactive", SlackDriver::click_payload(user, action, id, card_ts), 0)
+                    .context("no Socket Mode connection")?;
+                socket.ack(&envelope, Duration::from_secs(3)).await.context("the click was not acknowledged in 3 s")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(socket_mode: bool) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!(
         "refund-desk-demo-{}-{}",
         std::process::id(),
         chrono::Utc::now().timestamp_micros()
     ));
-    let result = run_in(&dir).await;
+    let result = run_in(&dir, socket_mode).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
+async fn run_in(dir: &std::path::Path, socket_mode: bool) -> anyhow::Result<()> {
     let slack = FakeSlack::start(driver::BOT_TOKEN).await?;
     let stripe = FakeStripe::start(driver::STRIPE_KEY).await?;
     let smtp = SmtpSink::start().await?;
     let jobs = JobSettings { first_retry: Duration::from_millis(100), ..JobSettings::default() };
-    let settings = driver::desk_settings(&slack.url, &stripe.url, Some(&smtp.url()), dir, APPROVER, jobs);
+    let mut settings = driver::desk_settings(&slack.url, &stripe.url, Some(&smtp.url()), dir, APPROVER, jobs);
+    let socket = if socket_mode {
+        settings.slack.app_token = Some(secrecy::SecretString::from(APP_TOKEN.to_string()));
+        settings.slack.signing_secret = None;
+        settings.stripe.webhook_secrets.clear();
+        settings.stripe.events_every = Duration::from_millis(500);
+        Some(slack.enable_socket_mode(APP_TOKEN).await?)
+    } else {
+        None
+    };
     let app = Application::build(settings).await?;
     let base = format!("http://{}", app.local_addr());
-    stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
-    let slack_side = SlackDriver::new(base.clone()).with_response_urls(slack.response_url_base());
+    let slack_side = match socket {
+        Some(socket) => {
+            anyhow::ensure!(
+                socket.wait_until(DEADLINE, |s| s.connections_open() > 0).await,
+                "the desk never opened a Socket Mode connection"
+            );
+            Transport::Outbound(socket)
+        }
+        None => {
+            stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
+            Transport::Http(SlackDriver::new(base.clone()).with_response_urls(slack.response_url_base()))
+        }
+    };
     let store = app.context().store.clone();
 
     let (charge, _) = stripe.add_charge(ChargeSpec { amount: 4999, created_days_ago: 3, ..ChargeSpec::default() });
@@ -63,10 +130,8 @@ async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     section("In #support, sam types");
     let text = format!("{charge} 25.00 duplicate customer charged twice");
     say(&format!("/refund {text}"));
-    let (status, answer) = slack_side.slash(AGENT, &text).await;
-    anyhow::ensure!(status == 200, "/refund answered HTTP {status}");
-    let answer = answer["text"].as_str().unwrap_or_default();
-    say(&format!("refund-desk, privately to sam:\n{}", indent(answer)));
+    let answer = slack_side.slash(AGENT, &text).await?;
+    say(&format!("refund-desk, privately to sam:\n{}", indent(&answer)));
     let id = answer
         .split(|c: char| c == '*' || c.is_whitespace())
         .find_map(|w| RequestId::parse(w).ok())
@@ -79,8 +144,7 @@ async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     say(&indent(&blocks_to_text(&card.blocks)));
 
     section("fatima clicks Approve, then confirms");
-    let status = slack_side.click(APPROVER, "refund_approve", &id.to_string(), &card.ts).await;
-    anyhow::ensure!(status == 200, "the click answered HTTP {status}");
+    slack_side.click(APPROVER, "refund_approve", &id.to_string(), &card.ts).await?;
     let request =
         wait_for(DEADLINE, || store.get_request(id).ok().flatten().filter(|r| r.status == RequestStatus::Submitted))
             .await
@@ -90,12 +154,20 @@ async fn run_in(dir: &std::path::Path) -> anyhow::Result<()> {
     println!("Stripe received: POST /v1/refunds {}", form.join(" "));
     println!("                 Idempotency-Key: {}", post.idempotency_key.unwrap_or_default());
 
-    section("Stripe confirms through webhooks");
     let refund = request.refund.context("no refund recorded")?.id;
+    if socket_mode {
+        section("Stripe confirms; refund-desk reads Stripe's events itself");
+    } else {
+        section("Stripe confirms through webhooks");
+    }
     for (kind, status) in [("refund.created", "pending"), ("refund.updated", "succeeded")] {
         let event = stripe.refund_event(refund.as_str(), kind, status, None).context("the stand-in lost the refund")?;
-        let code = stripe.deliver(&event).await.map_err(|e| anyhow!(e))?;
-        println!("{kind} ({status}) → refund-desk answered {code}");
+        if socket_mode {
+            println!("{kind} ({status}) → listed at GET /v1/events");
+        } else {
+            let code = stripe.deliver(&event).await.map_err(|e| anyhow!(e))?;
+            println!("{kind} ({status}) → refund-desk answered {code}");
+        }
     }
     wait_for(DEADLINE, || (!smtp.messages().is_empty()).then_some(()))
         .await

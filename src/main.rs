@@ -17,7 +17,11 @@ enum Cmd {
     /// Run the service (the default).
     Serve,
     /// Run the whole flow offline, against local stand-ins, and print what people would see.
-    Demo,
+    Demo {
+        /// Slack over Socket Mode and Stripe's events read from its API: no public address.
+        #[arg(long)]
+        socket_mode: bool,
+    },
     /// Validate the configuration and reach Slack, Stripe and the mail server.
     Check,
     /// List or retry the jobs that ran out of attempts (with the service stopped).
@@ -141,9 +145,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Demo => {
+        Cmd::Demo { socket_mode } => {
             init_tracing("warn");
-            match runtime.block_on(refund_desk::demo::run()) {
+            match runtime.block_on(refund_desk::demo::run(socket_mode)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("refund-desk demo failed: {e:#}");

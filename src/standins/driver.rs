@@ -125,6 +125,13 @@ impl SlackDriver {
         Self::command_body_answering_at(user, text, "https://hooks.slack.com/commands/T00000001/1/abc")
     }
 
+    /// `/refund <text>` typed by `user`, as a Socket Mode envelope's payload carries it.
+    pub fn command_payload(user: &str, text: &str) -> Value {
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(&Self::command_body(user, text)).expect("our own form");
+        Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+    }
+
     /// Like [`SlackDriver::command_body`], with the given `response_url`.
     pub fn command_body_answering_at(user: &str, text: &str, response_url: &str) -> String {
         serde_urlencoded::to_string([

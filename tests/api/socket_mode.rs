@@ -27,15 +27,9 @@ async fn socket_desk() -> (TestApp, SocketModeStandIn) {
     (app, socket)
 }
 
-fn command(user: &str, text: &str) -> Value {
-    let form = SlackDriver::command_body(user, text);
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&form).unwrap();
-    Value::Object(pairs.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
-}
-
 /// Sends `/refund <text>` as `user` over the socket; the acknowledgement's payload.
 async fn slash(socket: &SocketModeStandIn, user: &str, text: &str) -> Value {
-    let id = socket.send("slash_commands", command(user, text), 0).expect("an open connection");
+    let id = socket.send("slash_commands", SlackDriver::command_payload(user, text), 0).expect("an open connection");
     socket.ack(&id, ACK).await.unwrap_or_else(|| panic!("no acknowledgement within 3 s for /refund {text}"))
 }
 
