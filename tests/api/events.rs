@@ -12,6 +12,12 @@ fn without_webhook(settings: &mut refund_desk::config::Settings) {
     settings.stripe.events_every = Duration::from_millis(200);
 }
 
+/// No webhook, and reads only when the test asks (the desk's own read comes hourly).
+fn reading_on_demand(settings: &mut refund_desk::config::Settings) {
+    settings.stripe.webhook_secrets.clear();
+    settings.stripe.events_every = Duration::from_secs(3600);
+}
+
 /// A webhook, and a sweep every 300 ms.
 fn with_fast_sweep(settings: &mut refund_desk::config::Settings) {
     settings.stripe.events_every = Duration::from_millis(300);
@@ -59,12 +65,7 @@ async fn a_webhook_that_never_arrives_is_recovered_by_the_sweep_and_applied_once
 #[tokio::test]
 async fn more_than_100_events_between_two_reads_are_all_applied() {
     let mut app = TestApp::spawn().await;
-    // Reads only when the test asks.
-    app.reconfigure(|s| {
-        s.stripe.webhook_secrets.clear();
-        s.stripe.events_every = Duration::from_secs(3600);
-    })
-    .await;
+    app.reconfigure(reading_on_demand).await;
     let ctx = app.app.as_ref().unwrap().context();
     let charge = app.add_charge(ChargeSpec { amount: 100_000, ..Default::default() });
     let made = |n: usize| {
@@ -99,11 +100,7 @@ async fn more_than_100_events_between_two_reads_are_all_applied() {
 #[tokio::test]
 async fn a_cursor_stripe_no_longer_keeps_starts_again_from_the_oldest_open_request() {
     let mut app = TestApp::spawn().await;
-    app.reconfigure(|s| {
-        s.stripe.webhook_secrets.clear();
-        s.stripe.events_every = Duration::from_secs(3600);
-    })
-    .await;
+    app.reconfigure(reading_on_demand).await;
     let ctx = app.app.as_ref().unwrap().context();
     let (id, card) = app.waiting_request().await;
     app.approve(APPROVER, id, &card).await;
