@@ -995,6 +995,26 @@ impl Store {
         })
     }
 
+    /// Whether an alert about `what` went out since `since`; if not, records that one goes out
+    /// at `now` (durable on return). Keeps one cause from flooding the finance channel.
+    pub async fn first_alert_since(
+        &self,
+        what: &str,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let key = format!("alert/{what}");
+        let last: Option<DateTime<Utc>> = self.meta.get(key.as_bytes())?.map(|v| decode(&v)).transpose()?;
+        if last.is_some_and(|at| at >= since) {
+            return Ok(false);
+        }
+        let permit = self.commit.write_permit().await;
+        self.meta.insert(key.as_bytes(), encode_plain(&now)?)?;
+        drop(permit);
+        self.flush().await?;
+        Ok(true)
+    }
+
     /// The id of the newest Stripe event read from `GET /v1/events` (see `stripe::events`).
     pub fn events_cursor(&self) -> Result<Option<String>, StoreError> {
         Ok(self.meta.get(EVENTS_CURSOR_KEY)?.map(|v| String::from_utf8_lossy(&v).into_owned()))

@@ -676,6 +676,14 @@ async fn alert_key_permission(
     if job.posted_ts.is_some() {
         return Ok(());
     }
+    // One alert an hour per missing permission: every request fails the same way until an
+    // admin fixes the key, and each requester is told already.
+    let now = ctx.now();
+    let cause = format!("stripe-permission/{}", permission.unwrap_or(what));
+    if !ctx.store.first_alert_since(&cause, now - chrono::Duration::hours(1), now).await? {
+        ctx.store.record_job_posted(job, "suppressed: alerted within the hour").await?;
+        return Ok(());
+    }
     let lacks = permission.map(|p| format!(": it lacks `{p}`")).unwrap_or_default();
     let text = format!(
         ":no_entry: refund-desk's Stripe key may not {what}{lacks}. {} failed because of it, and every request will until the key has that permission (the README lists what a restricted key needs; `refund-desk check` names every missing one).",

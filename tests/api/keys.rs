@@ -154,3 +154,17 @@ async fn a_key_that_lost_refund_write_after_an_earlier_try_made_the_refund_recor
     assert_eq!(request.refund.unwrap().id.as_str(), made["id"].as_str().unwrap(), "the refund already made");
     assert_eq!(app.stripe.refunds().len(), 1);
 }
+
+#[tokio::test]
+async fn a_missing_permission_alerts_finance_once_an_hour_not_once_per_request() {
+    let app = TestApp::spawn().await;
+    app.stripe.restrict_key(Some(&all_but("rak_charge_read")));
+    for _ in 0..3 {
+        let charge = app.add_charge(ChargeSpec::default());
+        let id = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
+        app.wait_for_status(id, RequestStatus::Rejected).await;
+    }
+    app.wait_until_idle().await;
+    let alerts = app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).count();
+    assert_eq!(alerts, 1, "three requests, one alert");
+}
