@@ -87,3 +87,18 @@ async fn a_card_lists_only_the_newest_others_and_counts_the_rest_so_it_stays_wit
     assert!(!text.contains(&format!("{} ·", ids[0])) && !text.contains(&format!("{} ·", ids[1])), "{text}");
     assert!(text.contains(&format!("{} ·", ids[2])), "{text}");
 }
+
+#[tokio::test]
+async fn a_request_by_payment_intent_and_one_by_its_charge_see_each_other() {
+    let app = TestApp::spawn().await;
+    let (charge, intent) = app.stripe.add_charge(ChargeSpec { with_payment_intent: true, ..Default::default() });
+    let intent = intent.expect("a payment intent");
+    let by_intent = app.request_refund(&format!("{intent} 10.00 duplicate charged twice")).await;
+    app.wait_for_status(by_intent, RequestStatus::AwaitingApproval).await;
+    // The second names the charge: found through the first one's checked charge.
+    let answer = app.slash_refund(APPROVER_2, &format!("{charge} 5.00 duplicate asked again")).await;
+    assert!(answer.contains(&format!("{by_intent} for $10.00")), "{answer}");
+    let by_charge = app.store().all_requests().unwrap().into_iter().map(|r| r.id).max().unwrap();
+    app.wait_for_status(by_charge, RequestStatus::AwaitingApproval).await;
+    assert!(content(&app.card(by_charge).await).contains(&by_intent.to_string()));
+}
