@@ -414,6 +414,17 @@ impl FakeStripe {
         Some(new_event(&mut s, kind, object))
     }
 
+    /// Makes an event about `refund` that shows up in the list late: placed `behind` events back
+    /// from the newest, as an event Stripe lists after newer ones already were.
+    pub fn late_refund_event(&self, refund_id: &str, kind: &str, status: &str, behind: usize) -> Option<Value> {
+        let event = self.refund_event(refund_id, kind, status, None)?;
+        let mut s = self.lock();
+        let late = s.events.pop()?;
+        let at = s.events.len().saturating_sub(behind);
+        s.events.insert(at, late);
+        Some(event)
+    }
+
     /// Drops every event Stripe keeps, as after its 30 days.
     pub fn forget_events(&self) {
         self.lock().events.clear();
@@ -718,8 +729,14 @@ async fn list_events(
             return error(400, "invalid_request_error", Some("parameter_invalid_integer"), message, Some("limit"));
         }
     };
-    let newest_first: Vec<&Value> =
-        s.events.iter().rev().filter(|e| types.is_empty() || types.iter().any(|t| e["type"] == t.as_str())).collect();
+    let since = param("created[gte]").and_then(|t| t.parse::<i64>().ok());
+    let newest_first: Vec<&Value> = s
+        .events
+        .iter()
+        .rev()
+        .filter(|e| types.is_empty() || types.iter().any(|t| e["type"] == t.as_str()))
+        .filter(|e| since.is_none_or(|t| e["created"].as_i64().unwrap_or(0) >= t))
+        .collect();
     let position = |id: &str| newest_first.iter().position(|e| e["id"] == id);
     let (page, has_more): (Vec<&Value>, bool) = match (param("starting_after"), param("ending_before")) {
         (Some(after), _) => {

@@ -1094,6 +1094,11 @@ impl Store {
         Ok(self.home_users.contains_key(user.as_bytes())?)
     }
 
+    /// Whether a Stripe event id was recorded (applied, or seen and found not ours).
+    pub fn stripe_event_seen(&self, event_id: &str) -> Result<bool, StoreError> {
+        Ok(self.stripe_events.contains_key(event_id.as_bytes())?)
+    }
+
     /// Remembers a Slack event id; `false` if it was seen before (a retry).
     pub async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
         let permit = self.commit.write_permit().await;

@@ -54,6 +54,8 @@ pub enum EventPage<'a> {
     NewerThan(&'a str),
     /// The page just older than this event (`starting_after`).
     OlderThan(&'a str),
+    /// The newest page of events created at or after this Unix time (`created[gte]`).
+    CreatedSince(i64),
 }
 
 /// What the desk does at Stripe, as a restricted key's permissions.
@@ -298,6 +300,9 @@ impl StripeClient {
                 }
                 EventPage::OlderThan(id) => {
                     query.append_pair("starting_after", id);
+                }
+                EventPage::CreatedSince(at) => {
+                    query.append_pair("created[gte]", &at.to_string());
                 }
             }
         }

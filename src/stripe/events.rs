@@ -24,8 +24,27 @@ pub enum ReadError {
     Store(#[from] crate::storage::StoreError),
 }
 
-/// Reads and applies every event newer than the cursor; returns how many were listed.
+/// How far back every read looks again, for events Stripe lists after newer ones.
+const LOOK_BACK_SECS: i64 = 5 * 60;
+
+/// Reads and applies every event newer than the cursor, then the last minutes' events again
+/// (any not applied yet: Stripe may list an event after newer ones); returns how many events
+/// were listed after the cursor.
 pub async fn read_new_events(ctx: &AppContext) -> Result<usize, ReadError> {
+    let listed = read_after_cursor(ctx).await?;
+    let since = ctx.now().timestamp() - LOOK_BACK_SECS;
+    let recent = ctx.stripe.list_events(&REFUND_EVENTS, EventPage::CreatedSince(since)).await?;
+    for event in recent.data.into_iter().rev() {
+        let seen = event["id"].as_str().map(|id| ctx.store.stripe_event_seen(id)).transpose()?.unwrap_or(true);
+        if !seen {
+            tracing::info!(event_id = ?event["id"], "a Stripe event listed late");
+            super::inbound::apply_event(ctx, event, ctx.now()).await?;
+        }
+    }
+    Ok(listed)
+}
+
+async fn read_after_cursor(ctx: &AppContext) -> Result<usize, ReadError> {
     let Some(mut cursor) = ctx.store.events_cursor()? else { return read_without_cursor(ctx).await };
     let mut listed = 0;
     loop {

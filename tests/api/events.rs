@@ -153,3 +153,29 @@ async fn a_refund_made_in_the_dashboard_on_a_charge_with_an_open_request_is_anno
     app.wait_until_idle().await;
     assert_eq!(app.thread_texts(&card).iter().filter(|t| t.contains("outside refund-desk")).count(), 1);
 }
+
+#[tokio::test]
+async fn an_event_stripe_lists_after_newer_ones_is_still_applied() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(reading_on_demand).await;
+    let ctx = app.app.as_ref().unwrap().context();
+    let (id, card) = app.waiting_request().await;
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
+    // A newer event is read, and the cursor moves past where the next one will be listed.
+    let other = app.add_charge(ChargeSpec::default());
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/refunds", app.stripe.url))
+        .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
+        .form(&[("charge", other.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
+    let refund = app.request(id).refund.unwrap().id;
+    app.stripe.late_refund_event(refund.as_str(), "refund.updated", "succeeded", 1).unwrap();
+    refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
+    app.wait_for_status(id, RequestStatus::Succeeded).await;
+}
