@@ -111,7 +111,11 @@ fn on_error(
         tracing::error!(error = %error, "a Socket Mode envelope could not be recorded; Slack will send it again");
         axum::http::StatusCode::INTERNAL_SERVER_ERROR
     } else {
-        tracing::warn!(error = %error, "a Socket Mode envelope could not be handled; acknowledged");
+        // slack-morphism's protocol errors quote the envelope, whose payload holds a
+        // response_url and Slack's verification token: log only what went wrong.
+        let message = error.to_string();
+        let what = message.split(" Body:").next().unwrap_or_default();
+        tracing::warn!(error = %what, "a Socket Mode envelope could not be handled; acknowledged");
         axum::http::StatusCode::OK
     }
 }
