@@ -995,24 +995,29 @@ impl Store {
         })
     }
 
-    /// Whether an alert about `what` went out since `since`; if not, records that one goes out
-    /// at `now` (durable on return). Keeps one cause from flooding the finance channel.
-    pub async fn first_alert_since(
+    /// Whether job `job_id` is the one to send the alert about `what`: no other job claimed it
+    /// since `since`. The claim (made durable on return) is the job's own, so the job's retry
+    /// after a failed post still sends it. Keeps one cause from flooding the finance channel.
+    pub async fn claim_alert(
         &self,
         what: &str,
+        job_id: u64,
         since: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let key = format!("alert/{what}");
-        let last: Option<DateTime<Utc>> = self.meta.get(key.as_bytes())?.map(|v| decode(&v)).transpose()?;
-        if last.is_some_and(|at| at >= since) {
-            return Ok(false);
-        }
         let permit = self.commit.write_permit().await;
-        self.meta.insert(key.as_bytes(), encode_plain(&now)?)?;
+        let claimed = self.meta.fetch_and_update(key.as_bytes(), |old| {
+            let last: Option<(DateTime<Utc>, u64)> = old.and_then(|v| serde_json::from_slice(v).ok());
+            match last {
+                Some((at, owner)) if at >= since && owner != job_id => old.map(|v| v.to_vec()),
+                _ => serde_json::to_vec(&(now, job_id)).ok(),
+            }
+        })?;
         drop(permit);
         self.flush().await?;
-        Ok(true)
+        let before: Option<(DateTime<Utc>, u64)> = claimed.and_then(|v| serde_json::from_slice(&v).ok());
+        Ok(!before.is_some_and(|(at, owner)| at >= since && owner != job_id))
     }
 
     /// The id of the newest Stripe event read from `GET /v1/events` (see `stripe::events`).

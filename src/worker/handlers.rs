@@ -680,7 +680,7 @@ async fn alert_key_permission(
     // admin fixes the key, and each requester is told already.
     let now = ctx.now();
     let cause = format!("stripe-permission/{}", permission.unwrap_or(what));
-    if !ctx.store.first_alert_since(&cause, now - chrono::Duration::hours(1), now).await? {
+    if !ctx.store.claim_alert(&cause, job.id, now - chrono::Duration::hours(1), now).await? {
         ctx.store.record_job_posted(job, "suppressed: alerted within the hour").await?;
         return Ok(());
     }

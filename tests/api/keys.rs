@@ -168,3 +168,18 @@ async fn a_missing_permission_alerts_finance_once_an_hour_not_once_per_request()
     let alerts = app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).count();
     assert_eq!(alerts, 1, "three requests, one alert");
 }
+
+#[tokio::test]
+async fn an_alert_whose_post_failed_is_sent_by_its_retry_not_suppressed_as_already_sent() {
+    let app = TestApp::spawn().await;
+    app.stripe.restrict_key(Some(&all_but("rak_charge_read")));
+    // The alert is the first message posted; Slack fails it once.
+    app.slack.fail_next("chat.postMessage", 200, serde_json::json!({ "ok": false, "error": "internal_error" }));
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
+    app.wait_for_status(id, RequestStatus::Rejected).await;
+    app.wait_until_idle().await;
+    let alerts = app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).count();
+    assert_eq!(alerts, 1);
+    assert!(app.slack.calls("chat.postMessage").len() >= 2, "the first post failed, the retry posted");
+}
