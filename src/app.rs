@@ -207,7 +207,7 @@ pub struct Application {
     server: JoinHandle<std::io::Result<()>>,
     worker: JoinHandle<()>,
     /// Slack's traffic over Socket Mode, when `SLACK_APP_TOKEN` is set.
-    socket: Option<crate::slack::socket::SocketListener>,
+    socket: Option<crate::slack::socket::SocketMode>,
 }
 
 impl Application {
@@ -295,11 +295,10 @@ impl Application {
     /// Stops taking requests, finishes or parks running jobs, flushes and closes the store.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop_tx.send(true);
-        if let Some(socket) = &self.socket {
-            // Slack sends whatever is not acknowledged again, to another connection.
-            socket.shutdown().await;
+        if let Some(socket) = self.socket {
+            // Envelopes being handled finish and are acknowledged; then the sockets close.
+            socket.stop(Duration::from_secs(10)).await;
         }
-        drop(self.socket);
         match tokio::time::timeout(Duration::from_secs(15), self.server).await {
             Ok(joined) => joined.context("the HTTP server panicked")?.context("the HTTP server failed")?,
             Err(_) => tracing::warn!("open connections did not close in time"),

@@ -98,6 +98,8 @@ fn run_jobs_command(runtime: &tokio::runtime::Runtime, action: JobsCmd) -> anyho
 }
 
 fn init_tracing(default: &str) {
+    // slack-morphism's Socket Mode logs its connection URL, whose ticket is a credential.
+    let default = format!("{default},slack_morphism::hyper_tokio::socket_mode=off");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

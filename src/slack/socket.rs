@@ -10,14 +10,65 @@ use crate::app::AppContext;
 use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::prelude::*;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-pub type SocketListener = SlackClientSocketModeListener<SlackClientHyperHttpsConnector>;
+/// The Socket Mode side of a running desk: the listener, and the count of envelopes being
+/// handled, so a stop can let them finish (and acknowledge) before the sockets close.
+pub struct SocketMode {
+    listener: SlackClientSocketModeListener<SlackClientHyperHttpsConnector>,
+    gate: Arc<Gate>,
+}
+
+/// What the callbacks share, kept in the listener's user state. The desk is held weakly: the
+/// listener's tasks may outlive a stop (a half-open socket, a reconnect under way), and must
+/// not keep the store open.
+struct Gate {
+    ctx: std::sync::Weak<AppContext>,
+    in_flight: AtomicUsize,
+    stopping: AtomicBool,
+}
+
+/// An envelope refused because the desk is stopping: not acknowledged, so Slack sends an event
+/// again to the next connection (commands and clicks Slack does not resend: the person tries
+/// again).
+#[derive(Debug, thiserror::Error)]
+#[error("the desk is stopping")]
+struct Stopping;
+
+/// Acknowledge with nothing in it (the form opened instead of a message), as an empty HTTP 200.
+#[derive(Debug, thiserror::Error)]
+#[error("acknowledged without a message")]
+struct BareAck;
+
+/// Counts an envelope being handled, for as long as it lives.
+struct InFlight(Arc<Gate>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl SocketMode {
+    /// Stops taking envelopes, lets those being handled finish and be acknowledged (up to
+    /// `grace`), then closes the sockets.
+    pub async fn stop(self, grace: std::time::Duration) {
+        self.gate.stopping.store(true, Ordering::SeqCst);
+        let until = tokio::time::Instant::now() + grace;
+        while self.gate.in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < until {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        self.listener.shutdown().await;
+    }
+}
 
 /// Opens the Socket Mode connections for `app_token` and starts listening.
-pub async fn start(ctx: Arc<AppContext>, app_token: &SecretString) -> anyhow::Result<SocketListener> {
+pub async fn start(ctx: Arc<AppContext>, app_token: &SecretString) -> anyhow::Result<SocketMode> {
     let client = ctx.slack.client();
+    let gate =
+        Arc::new(Gate { ctx: Arc::downgrade(&ctx), in_flight: AtomicUsize::new(0), stopping: AtomicBool::new(false) });
     let env = Arc::new(
-        SlackClientEventsListenerEnvironment::new(client).with_error_handler(on_error).with_user_state(ctx.clone()),
+        SlackClientEventsListenerEnvironment::new(client).with_error_handler(on_error).with_user_state(gate.clone()),
     );
     let callbacks = SlackSocketModeListenerCallbacks::new()
         .with_command_events(on_command)
@@ -29,18 +80,21 @@ pub async fn start(ctx: Arc<AppContext>, app_token: &SecretString) -> anyhow::Re
     listener.listen_for(&token).await.map_err(|e| anyhow::anyhow!("Socket Mode could not connect: {e}"))?;
     listener.start().await;
     tracing::info!("listening to Slack over Socket Mode");
-    Ok(listener)
+    Ok(SocketMode { listener, gate })
 }
 
-async fn context(
-    states: &SlackClientEventsUserState,
-) -> Result<Arc<AppContext>, Box<dyn std::error::Error + Send + Sync>> {
-    states
-        .read()
-        .await
-        .get_user_state::<Arc<AppContext>>()
-        .cloned()
-        .ok_or_else(|| "no desk in the listener's state".into())
+type CallbackError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The desk, and a count of this envelope as being handled; an error once the desk stops.
+async fn enter(states: &SlackClientEventsUserState) -> Result<(Arc<AppContext>, InFlight), CallbackError> {
+    let gate = states.read().await.get_user_state::<Arc<Gate>>().cloned().ok_or("no desk in the listener's state")?;
+    gate.in_flight.fetch_add(1, Ordering::SeqCst);
+    let guard = InFlight(gate.clone());
+    if gate.stopping.load(Ordering::SeqCst) {
+        return Err(Box::new(Stopping));
+    }
+    let ctx = gate.ctx.upgrade().ok_or(Stopping)?;
+    Ok((ctx, guard))
 }
 
 /// Our payload models read Slack's JSON, the same JSON slack-morphism's typed events write.
@@ -55,14 +109,14 @@ async fn on_command(
     _client: Arc<SlackHyperClient>,
     states: SlackClientEventsUserState,
 ) -> UserCallbackResult<SlackCommandEventResponse> {
-    let ctx = context(&states).await?;
+    let (ctx, _in_flight) = enter(&states).await?;
     let command: SlashCommand = as_model(&event)?;
-    let content = match handle_command(&ctx, command).await {
-        Some(text) => SlackMessageContent::new().with_text(text),
-        // The form opens instead of a message.
-        None => SlackMessageContent::new(),
-    };
-    Ok(SlackCommandEventResponse::new(content).with_response_type(SlackMessageResponseType::Ephemeral))
+    match handle_command(&ctx, command).await {
+        Some(text) => Ok(SlackCommandEventResponse::new(SlackMessageContent::new().with_text(text))
+            .with_response_type(SlackMessageResponseType::Ephemeral)),
+        // The form opens instead of a message: a bare acknowledgement, as an empty HTTP 200.
+        None => Err(Box::new(BareAck)),
+    }
 }
 
 async fn on_interaction(
@@ -70,7 +124,7 @@ async fn on_interaction(
     _client: Arc<SlackHyperClient>,
     states: SlackClientEventsUserState,
 ) -> UserCallbackResult<SlackInteractionResponse> {
-    let ctx = context(&states).await?;
+    let (ctx, _in_flight) = enter(&states).await?;
     let interaction: Interaction = as_model(&event)?;
     let response = handle_interaction(&ctx, interaction).await;
     // The HTTP answer's body is the view-submission response (errors, update), or empty.
@@ -90,7 +144,7 @@ async fn on_push(
     _client: Arc<SlackHyperClient>,
     states: SlackClientEventsUserState,
 ) -> UserCallbackResult<()> {
-    let ctx = context(&states).await?;
+    let (ctx, _in_flight) = enter(&states).await?;
     let mut value = serde_json::to_value(&event)?;
     value["type"] = "event_callback".into();
     match handle_event_callback(&ctx, &value).await {
@@ -100,15 +154,20 @@ async fn on_push(
     }
 }
 
-/// A callback that failed: acknowledged (2xx) when retrying cannot help, not acknowledged
-/// (so Slack sends the envelope again) when the desk could not record it.
+/// A callback that failed. Not acknowledged (so Slack sends an event again, to another
+/// connection) when the desk could not record it or is stopping; acknowledged otherwise, since
+/// trying again cannot help.
 fn on_error(
-    error: Box<dyn std::error::Error + Send + Sync>,
+    error: CallbackError,
     _client: Arc<SlackHyperClient>,
     _states: SlackClientEventsUserState,
 ) -> axum::http::StatusCode {
-    if error.downcast_ref::<crate::storage::StoreError>().is_some() {
-        tracing::error!(error = %error, "a Socket Mode envelope could not be recorded; Slack will send it again");
+    if error.is::<BareAck>() {
+        axum::http::StatusCode::OK
+    } else if error.is::<Stopping>() {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    } else if error.is::<crate::storage::StoreError>() {
+        tracing::error!(error = %error, "a Socket Mode envelope could not be recorded; not acknowledged");
         axum::http::StatusCode::INTERNAL_SERVER_ERROR
     } else {
         // slack-morphism's protocol errors quote the envelope, whose payload holds a

@@ -146,3 +146,24 @@ async fn the_deny_form_opens_and_answers_over_socket_mode() {
     app.wait_for_status(id, RequestStatus::Denied).await;
     assert!(app.stripe.refund_posts().is_empty());
 }
+
+#[tokio::test]
+async fn refund_alone_opens_the_form_and_is_acknowledged_bare_over_socket_mode() {
+    let (app, socket) = socket_desk().await;
+    let answer = slash(&socket, REQUESTER, "").await;
+    assert_eq!(answer, Value::Null, "no message, as an empty HTTP 200: {answer}");
+    let opened = wait_for(DEADLINE, || app.slack.views_opened().pop()).await;
+    assert!(opened.is_some(), "the request form opened");
+}
+
+#[tokio::test]
+async fn stopping_a_desk_on_socket_mode_closes_the_sockets_and_releases_the_store() {
+    let (mut app, socket) = socket_desk().await;
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = request_id(&slash(&socket, REQUESTER, &format!("{charge} 25.00 duplicate charged twice")).await);
+    app.stop().await;
+    assert!(socket.wait_until(DEADLINE, |s| s.connections_open() == 0).await, "the sockets were closed");
+    // The listener's tasks hold no store: it opens again in this process at once.
+    let store = refund_desk::storage::Store::open(app.data_dir.path()).expect("the store was released");
+    assert!(store.get_request(id).unwrap().is_some());
+}
