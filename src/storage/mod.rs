@@ -1020,6 +1020,19 @@ impl Store {
         Ok(!before.is_some_and(|(at, owner)| at >= since && owner != job_id))
     }
 
+    /// Lets go of `job_id`'s claim on the alert about `what` (the job parked without sending
+    /// it), so the next job for the same cause sends it.
+    pub async fn release_alert(&self, what: &str, job_id: u64) -> Result<(), StoreError> {
+        let key = format!("alert/{what}");
+        let permit = self.commit.write_permit().await;
+        self.meta.fetch_and_update(key.as_bytes(), |old| {
+            let owner = old.and_then(|v| serde_json::from_slice::<(DateTime<Utc>, u64)>(v).ok()).map(|(_, o)| o);
+            if owner == Some(job_id) { None } else { old.map(|v| v.to_vec()) }
+        })?;
+        drop(permit);
+        self.flush().await
+    }
+
     /// The id of the newest Stripe event read from `GET /v1/events` (see `stripe::events`).
     pub fn events_cursor(&self) -> Result<Option<String>, StoreError> {
         Ok(self.meta.get(EVENTS_CURSOR_KEY)?.map(|v| String::from_utf8_lossy(&v).into_owned()))

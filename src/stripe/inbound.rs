@@ -60,7 +60,14 @@ pub async fn apply_event(
     }
     let updates = match refund_updates(&event) {
         Ok(u) => u,
-        Err(e) => return unreadable(format!("unreadable {} {}: {e}", event.kind, event.id)),
+        Err(e) => {
+            // Recorded by its id, with nothing to apply: seen once, not warned about again by
+            // every read of Stripe's events.
+            if ctx.store.apply_stripe_event(&event.id, &[], now).await? == crate::storage::EventOutcome::Duplicate {
+                return Ok(());
+            }
+            return unreadable(format!("unreadable {} {}: {e}", event.kind, event.id));
+        }
     };
     match ctx.store.apply_stripe_event(&event.id, &updates, now).await {
         Ok(outcome) => {

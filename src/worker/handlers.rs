@@ -679,7 +679,7 @@ async fn alert_key_permission(
     // One alert an hour per missing permission: every request fails the same way until an
     // admin fixes the key, and each requester is told already.
     let now = ctx.now();
-    let cause = format!("stripe-permission/{}", permission.unwrap_or(what));
+    let cause = alert_cause(permission, what);
     if !ctx.store.claim_alert(&cause, job.id, now - chrono::Duration::hours(1), now).await? {
         ctx.store.record_job_posted(job, "suppressed: alerted within the hour").await?;
         return Ok(());
@@ -692,6 +692,11 @@ async fn alert_key_permission(
     let ts = post_alert(ctx, request, text).await?;
     ctx.store.record_job_posted(job, &ts).await?;
     Ok(())
+}
+
+/// What an alert about a missing Stripe permission is about, for its once-an-hour claim.
+pub fn alert_cause(permission: Option<&str>, what: &str) -> String {
+    format!("stripe-permission/{}", permission.unwrap_or(what))
 }
 
 /// Slack's answers when the bot cannot post in a channel at all.

@@ -222,8 +222,17 @@ async fn run_and_record(ctx: &Arc<AppContext>, mut job: Job) {
             if permanent || job.attempts >= ctx.settings.jobs.max_attempts {
                 job.parked = true;
                 tracing::error!(%reason, attempts = job.attempts, "job parked; it needs a person");
+                // A permission alert that could not be sent must not keep others from it.
+                if let Effect::AlertKeyPermission { permission, what } = &job.effect {
+                    let cause = handlers::alert_cause(permission.as_deref(), what);
+                    if let Err(e) = ctx.store.release_alert(&cause, job.id).await {
+                        tracing::error!(error = %e, "could not release a parked alert's claim");
+                    }
+                }
                 // Finance hears of it in Slack; an alert that itself fails is only logged.
-                if !matches!(job.effect, Effect::ReportParked { .. }) {
+                // Not for an alert that itself failed: its report would queue behind it in the
+                // same alerts lane and never run (the log above is what is left).
+                if job.effect.lane() != crate::domain::Lane::Alerts {
                     let alert =
                         Effect::ReportParked { job_id: job.id, what: describe(&job.effect), error: reason.clone() };
                     if let Err(e) = ctx.store.enqueue(job.request_id, &[alert], ctx.now()).await {

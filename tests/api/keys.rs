@@ -183,3 +183,23 @@ async fn an_alert_whose_post_failed_is_sent_by_its_retry_not_suppressed_as_alrea
     assert_eq!(alerts, 1);
     assert!(app.slack.calls("chat.postMessage").len() >= 2, "the first post failed, the retry posted");
 }
+
+#[tokio::test]
+async fn a_permission_alert_that_parked_does_not_keep_the_next_one_from_being_sent() {
+    let app = TestApp::spawn().await;
+    app.stripe.restrict_key(Some(&all_but("rak_charge_read")));
+    // Slack refuses the first alert for good: its job parks.
+    app.slack.fail_next("chat.postMessage", 200, serde_json::json!({ "ok": false, "error": "msg_too_long" }));
+    let charge = app.add_charge(ChargeSpec::default());
+    let first = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
+    app.wait_for_status(first, RequestStatus::Rejected).await;
+    app.wait_until_idle().await;
+    let charge = app.add_charge(ChargeSpec::default());
+    let second = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
+    app.wait_for_status(second, RequestStatus::Rejected).await;
+    app.wait_until_idle().await;
+    let alerts: Vec<_> =
+        app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(alerts[0].text.contains(&second.to_string()));
+}

@@ -270,3 +270,12 @@ async fn a_refund_naming_a_request_not_yet_approved_is_not_lost_but_announced_on
     .await;
     assert!(announced.is_some(), "{:?}", app.thread_texts(&card));
 }
+
+#[tokio::test]
+async fn a_signed_refund_event_that_cannot_be_read_is_recorded_so_it_is_not_read_again() {
+    let app = TestApp::spawn().await;
+    let event = serde_json::json!({ "id": "evt_odd_2", "object": "event", "type": "refund.updated", "created": 1,
+        "api_version": "2024-10-28.acacia", "data": { "object": { "id": 42 } } });
+    assert_eq!(app.deliver_stripe_event(&event).await, 200);
+    assert!(app.store().stripe_event_seen("evt_odd_2").unwrap());
+}
