@@ -191,7 +191,7 @@ mod tests {
         assert_eq!(store.all_jobs().unwrap().len(), 400, "a check and a Home refresh per request");
         // The next request follows on, after a reopening too.
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::storage::tests::reopen(dir.path());
         assert_eq!(store.insert_request(new_request(), Utc::now()).await.unwrap().id.number(), 1201);
     }
 

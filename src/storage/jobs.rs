@@ -463,7 +463,7 @@ mod tests {
             store.meta.remove(QUEUE_VERSION_KEY).unwrap();
             store.flush().await.unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::storage::tests::reopen(dir.path());
         let found = due(&store, Utc::now(), &HashSet::new()).await;
         assert_eq!(effects(&found), vec![Effect::CheckPayment, Effect::RefreshHomes]);
         let check = found.iter().find(|j| j.effect == Effect::CheckPayment).unwrap();
@@ -506,7 +506,7 @@ mod tests {
             store.db.flush().unwrap();
             (id, old_key)
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::storage::tests::reopen(dir.path());
         assert!(store.jobs.get(old_key.0).unwrap().is_none(), "moved off the old key");
         let due = store.due_jobs(&[(Lane::Requester, 10)], now, &HashSet::new()).unwrap().jobs;
         assert_eq!(due.len(), 1);

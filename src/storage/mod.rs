@@ -1152,6 +1152,24 @@ mod tests {
         assert_eq!(store.requests.get(b"second").unwrap(), None, "never stored empty");
     }
 
+    /// Opens the store in `dir` again in this process. sled's I/O threads can hold the file's
+    /// lock a moment after the last handle is dropped (the service waits the same way, in
+    /// `app::open_store`); polled, with a deadline.
+    pub(crate) fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(StoreError::Sled(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("the store did not open again: {e}"),
+            }
+        }
+    }
+
     pub(super) fn new_request() -> NewRequest {
         NewRequest::full_refund(
             UserId::parse("UREQ").unwrap(),
@@ -1168,7 +1186,7 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             store.insert_request(new_request(), Utc::now()).await.unwrap().id
         };
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         assert_eq!(id.to_string(), "R-1001");
         assert_eq!(store.get_request(id).unwrap().unwrap().status, RequestStatus::Requested);
         let effects: Vec<_> = store.all_jobs().unwrap().into_iter().map(|j| j.effect).collect();
