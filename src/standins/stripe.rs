@@ -418,11 +418,17 @@ impl FakeStripe {
     /// from the newest, as an event Stripe lists after newer ones already were.
     pub fn late_refund_event(&self, refund_id: &str, kind: &str, status: &str, behind: usize) -> Option<Value> {
         let event = self.refund_event(refund_id, kind, status, None)?;
-        let mut s = self.lock();
-        let late = s.events.pop()?;
-        let at = s.events.len().saturating_sub(behind);
-        s.events.insert(at, late);
+        self.list_newest_event_late(behind);
         Some(event)
+    }
+
+    /// Moves the newest event `behind` places back in the list, as if Stripe listed it late.
+    pub fn list_newest_event_late(&self, behind: usize) {
+        let mut s = self.lock();
+        if let Some(late) = s.events.pop() {
+            let at = s.events.len().saturating_sub(behind);
+            s.events.insert(at, late);
+        }
     }
 
     /// Drops every event Stripe keeps, as after its 30 days.

@@ -46,6 +46,7 @@ pub const DEFAULT_CACHE_MB: u64 = 32;
 const NEXT_REQUEST_KEY: &[u8] = b"next_request_number";
 const INSTALL_ID_KEY: &[u8] = b"install_id";
 const EVENTS_CURSOR_KEY: &[u8] = b"stripe_events_cursor";
+const EVENTS_LOOKED_BACK_KEY: &[u8] = b"stripe_events_looked_back_at";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -1029,6 +1030,19 @@ impl Store {
             let owner = old.and_then(|v| serde_json::from_slice::<(DateTime<Utc>, u64)>(v).ok()).map(|(_, o)| o);
             if owner == Some(job_id) { None } else { old.map(|v| v.to_vec()) }
         })?;
+        drop(permit);
+        self.flush().await
+    }
+
+    /// When the last read of Stripe's events went through (Unix seconds).
+    pub fn events_looked_back_at(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.meta.get(EVENTS_LOOKED_BACK_KEY)?.and_then(|v| v.as_ref().try_into().ok()).map(i64::from_be_bytes))
+    }
+
+    /// Records when a read of Stripe's events went through; durable on return.
+    pub async fn set_events_looked_back_at(&self, at: i64) -> Result<(), StoreError> {
+        let permit = self.commit.write_permit().await;
+        self.meta.insert(EVENTS_LOOKED_BACK_KEY, &at.to_be_bytes())?;
         drop(permit);
         self.flush().await
     }

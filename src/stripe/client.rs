@@ -54,8 +54,9 @@ pub enum EventPage<'a> {
     NewerThan(&'a str),
     /// The page just older than this event (`starting_after`).
     OlderThan(&'a str),
-    /// The newest page of events created at or after this Unix time (`created[gte]`).
-    CreatedSince(i64),
+    /// Events created at or after this Unix time (`created[gte]`): the newest page, or the
+    /// page just older than the given event.
+    CreatedSince(i64, Option<&'a str>),
 }
 
 /// What the desk does at Stripe, as a restricted key's permissions.
@@ -301,8 +302,11 @@ impl StripeClient {
                 EventPage::OlderThan(id) => {
                     query.append_pair("starting_after", id);
                 }
-                EventPage::CreatedSince(at) => {
+                EventPage::CreatedSince(at, after) => {
                     query.append_pair("created[gte]", &at.to_string());
+                    if let Some(id) = after {
+                        query.append_pair("starting_after", id);
+                    }
                 }
             }
         }

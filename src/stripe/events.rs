@@ -31,16 +31,29 @@ const LOOK_BACK_SECS: i64 = 5 * 60;
 /// (any not applied yet: Stripe may list an event after newer ones); returns how many events
 /// were listed after the cursor.
 pub async fn read_new_events(ctx: &AppContext) -> Result<usize, ReadError> {
+    let started = ctx.now().timestamp();
     let listed = read_after_cursor(ctx).await?;
-    let since = ctx.now().timestamp() - LOOK_BACK_SECS;
-    let recent = ctx.stripe.list_events(&REFUND_EVENTS, EventPage::CreatedSince(since)).await?;
-    for event in recent.data.into_iter().rev() {
+    // From five minutes before the last read that went through (reads may have failed for a
+    // while), never further back than Stripe keeps events.
+    let last = ctx.store.events_looked_back_at()?.unwrap_or(started);
+    let since = (last.min(started) - LOOK_BACK_SECS).max(started - 30 * 24 * 3600);
+    let mut recent: Vec<serde_json::Value> = vec![];
+    loop {
+        let after = recent.last().and_then(|e| e["id"].as_str());
+        let page = ctx.stripe.list_events(&REFUND_EVENTS, EventPage::CreatedSince(since, after)).await?;
+        recent.extend(page.data);
+        if !page.has_more {
+            break;
+        }
+    }
+    for event in recent.into_iter().rev() {
         let seen = event["id"].as_str().map(|id| ctx.store.stripe_event_seen(id)).transpose()?.unwrap_or(true);
         if !seen {
             tracing::info!(event_id = ?event["id"], "a Stripe event listed late");
             super::inbound::apply_event(ctx, event, ctx.now()).await?;
         }
     }
+    ctx.store.set_events_looked_back_at(started).await?;
     Ok(listed)
 }
 

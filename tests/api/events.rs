@@ -179,3 +179,32 @@ async fn an_event_stripe_lists_after_newer_ones_is_still_applied() {
     refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
     app.wait_for_status(id, RequestStatus::Succeeded).await;
 }
+
+#[tokio::test]
+async fn an_event_listed_late_while_reads_were_failing_is_applied_by_the_next_read() {
+    let mut app = TestApp::spawn().await;
+    app.reconfigure(reading_on_demand).await;
+    let ctx = app.app.as_ref().unwrap().context();
+    let refund_on_a_new_charge = || async {
+        let charge = app.add_charge(ChargeSpec::default());
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/refunds", app.stripe.url))
+            .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
+            .form(&[("charge", charge.as_str())])
+            .send()
+            .await
+            .unwrap();
+        response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()
+    };
+    refund_on_a_new_charge().await;
+    refund_on_a_new_charge().await;
+    refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
+    assert_eq!(app.store().outside_refunds().unwrap().len(), 2);
+    // Its event is listed behind the newest one already read: the cursor will not find it.
+    let late = refund_on_a_new_charge().await;
+    app.stripe.list_newest_event_late(1);
+    // Ten minutes without a read that went through: the next one looks back from the last.
+    ctx.advance_clock(Duration::from_secs(600));
+    refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
+    assert!(app.store().outside_refunds().unwrap().iter().any(|o| o.refund.as_str() == late));
+}
