@@ -414,6 +414,20 @@ impl FakeStripe {
         Some(new_event(&mut s, kind, object))
     }
 
+    /// A refund made at Stripe by someone other than the desk (the Dashboard, another tool or
+    /// installation), on `charge`, for `amount` (all that remains when `None`), with
+    /// `metadata`; Stripe's rules and its `refund.created` event as for any refund. Not one of
+    /// the desk's calls, so not in [`FakeStripe::received`]. Returns the refund's id; panics
+    /// with Stripe's error if Stripe would refuse it.
+    pub fn refund_made_outside(&self, charge: &str, amount: Option<u64>, metadata: &[(&str, &str)]) -> String {
+        let mut form = vec![("charge".to_string(), charge.to_string())];
+        form.extend(amount.map(|a| ("amount".to_string(), a.to_string())));
+        form.extend(metadata.iter().map(|(k, v)| (format!("metadata[{k}]"), v.to_string())));
+        let (status, refund) = apply_refund(&mut self.lock(), &form);
+        assert_eq!(status, 200, "Stripe refused the refund: {refund}");
+        refund["id"].as_str().expect("a refund has an id").to_string()
+    }
+
     /// Makes an event about `refund` that shows up in the list late: placed `behind` events back
     /// from the newest, as an event Stripe lists after newer ones already were.
     pub fn late_refund_event(&self, refund_id: &str, kind: &str, status: &str, behind: usize) -> Option<Value> {

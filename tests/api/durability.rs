@@ -85,15 +85,8 @@ async fn a_webhook_delivered_twice_at_once_is_acknowledged_twice_only_after_its_
     let desk = SlowSyncDesk::start().await;
     let (charge, _) = desk.stripe.add_charge(ChargeSpec::default());
     // A refund made at Stripe, and the event Stripe sends for it.
-    let made = reqwest::Client::new()
-        .post(format!("{}/v1/refunds", desk.stripe.url))
-        .bearer_auth(driver::STRIPE_KEY)
-        .form(&[("charge", charge.as_str()), ("amount", "500")])
-        .send()
-        .await
-        .unwrap();
-    let refund: serde_json::Value = made.json().await.unwrap();
-    let event = desk.stripe.refund_event(refund["id"].as_str().unwrap(), "refund.updated", "succeeded", None).unwrap();
+    let refund = desk.stripe.refund_made_outside(&charge, Some(500), &[]);
+    let event = desk.stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
 
     // The second delivery finds the event recorded by the first, whose sync is still under way.
     let timed = |stripe: FakeStripe, event: serde_json::Value| async move {

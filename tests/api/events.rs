@@ -69,28 +69,16 @@ async fn more_than_100_events_between_two_reads_are_all_applied() {
     let ctx = app.app.as_ref().unwrap().context();
     let charge = app.add_charge(ChargeSpec { amount: 100_000, ..Default::default() });
     let made = |n: usize| {
-        let (url, charge) = (app.stripe.url.clone(), charge.clone());
-        async move {
-            let http = reqwest::Client::new();
-            for _ in 0..n {
-                let response = http
-                    .post(format!("{url}/v1/refunds"))
-                    .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
-                    .form(&[("charge", charge.as_str()), ("amount", "1")])
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), 200);
-            }
+        for _ in 0..n {
+            app.stripe.refund_made_outside(&charge, Some(1), &[]);
         }
     };
     // One refund made in the Dashboard, read: the cursor now stands on its event.
-    app.stripe.set_rate_limit(None);
-    made(1).await;
+    made(1);
     assert_eq!(refund_desk::stripe::events::read_new_events(&ctx).await.unwrap(), 1);
     assert_eq!(app.store().outside_refunds().unwrap().len(), 1);
     // 150 more before the next read: two pages.
-    made(150).await;
+    made(150);
     let listed = refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
     assert_eq!(listed, 150);
     assert_eq!(app.store().outside_refunds().unwrap().len(), 151, "every refund made outside was seen");
@@ -121,15 +109,7 @@ async fn a_refund_made_in_the_dashboard_on_a_charge_with_an_open_request_is_anno
     let (id, card) = app.waiting_request().await;
     let charge = app.request(id).charge.unwrap().charge.to_string();
     // $10.00 of the $25.00 refunded in the Stripe Dashboard; Stripe makes `refund.created`.
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/refunds", app.stripe.url))
-        .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
-        .form(&[("charge", charge.as_str()), ("amount", "1000")])
-        .send()
-        .await
-        .unwrap();
-    let refund: serde_json::Value = response.json().await.unwrap();
-    let refund = refund["id"].as_str().unwrap().to_string();
+    let refund = app.stripe.refund_made_outside(&charge, Some(1000), &[]);
     let created = app.stripe.refund_event(&refund, "refund.created", "succeeded", None).unwrap();
     assert_eq!(app.deliver_stripe_event(&created).await, 200);
     // Announced in the card's thread, and in the audit trail.
@@ -164,15 +144,7 @@ async fn an_event_stripe_lists_after_newer_ones_is_still_applied() {
     app.wait_for_status(id, RequestStatus::Submitted).await;
     refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
     // A newer event is read, and the cursor moves past where the next one will be listed.
-    let other = app.add_charge(ChargeSpec::default());
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/refunds", app.stripe.url))
-        .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
-        .form(&[("charge", other.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    app.stripe.refund_made_outside(&app.add_charge(ChargeSpec::default()), None, &[]);
     refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
     let refund = app.request(id).refund.unwrap().id;
     app.stripe.late_refund_event(refund.as_str(), "refund.updated", "succeeded", 1).unwrap();
@@ -185,23 +157,13 @@ async fn an_event_listed_late_while_reads_were_failing_is_applied_by_the_next_re
     let mut app = TestApp::spawn().await;
     app.reconfigure(reading_on_demand).await;
     let ctx = app.app.as_ref().unwrap().context();
-    let refund_on_a_new_charge = || async {
-        let charge = app.add_charge(ChargeSpec::default());
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/refunds", app.stripe.url))
-            .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
-            .form(&[("charge", charge.as_str())])
-            .send()
-            .await
-            .unwrap();
-        response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()
-    };
-    refund_on_a_new_charge().await;
-    refund_on_a_new_charge().await;
+    let refund_on_a_new_charge = || app.stripe.refund_made_outside(&app.add_charge(ChargeSpec::default()), None, &[]);
+    refund_on_a_new_charge();
+    refund_on_a_new_charge();
     refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
     assert_eq!(app.store().outside_refunds().unwrap().len(), 2);
     // Its event is listed behind the newest one already read: the cursor will not find it.
-    let late = refund_on_a_new_charge().await;
+    let late = refund_on_a_new_charge();
     app.stripe.list_newest_event_late(1);
     // Ten minutes without a read that went through: the next one looks back from the last.
     ctx.advance_clock(Duration::from_secs(600));

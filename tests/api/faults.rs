@@ -36,14 +36,7 @@ async fn stripe_refusing_the_refund_ends_the_request_with_stripes_message() {
     let (id, card) = app.waiting_request().await;
     // Someone refunds the charge in the Stripe dashboard before finance approves.
     let charge = app.request(id).charge.unwrap().charge;
-    let outside = reqwest::Client::new()
-        .post(format!("{}/v1/refunds", app.stripe.url))
-        .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
-        .form(&[("charge", charge.as_str())])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(outside.status(), 200);
+    app.stripe.refund_made_outside(charge.as_str(), None, &[]);
     app.approve(APPROVER, id, &card).await;
     let r = app.wait_for_status(id, RequestStatus::Failed).await;
     assert!(r.problem.as_deref().unwrap().contains("has already been refunded"), "{:?}", r.problem);

@@ -82,7 +82,7 @@ async fn events_for_refunds_made_elsewhere_get_2xx_and_settle_no_request_on_the_
     let before = app.request(id);
     let charge = before.charge.as_ref().unwrap().charge.to_string();
     // A refund made in the Stripe dashboard on the very charge a request waits on: no metadata.
-    let refund = refund_made_elsewhere(&app, &charge, &[]).await;
+    let refund = app.stripe.refund_made_outside(&charge, Some(100), &[]);
     let event = app.stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
     // Not settled by it: still waiting, with no refund of its own (it is told, and reads what
@@ -92,22 +92,6 @@ async fn events_for_refunds_made_elsewhere_get_2xx_and_settle_no_request_on_the_
     let outside = app.store().outside_refunds().unwrap();
     assert_eq!(outside.len(), 1);
     assert_eq!((outside[0].refund.as_str(), outside[0].charge.as_deref()), (refund.as_str(), Some(charge.as_str())));
-}
-
-/// Makes a refund at the Stripe stand-in as another tool or installation would, on `charge`,
-/// with `metadata`; returns its id.
-async fn refund_made_elsewhere(app: &TestApp, charge: &str, metadata: &[(&str, &str)]) -> String {
-    let mut form = vec![("charge".to_string(), charge.to_string()), ("amount".to_string(), "100".to_string())];
-    form.extend(metadata.iter().map(|(k, v)| (format!("metadata[{k}]"), v.to_string())));
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/refunds", app.stripe.url))
-        .bearer_auth(refund_desk::standins::driver::STRIPE_KEY)
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_string()
 }
 
 /// Approves `id`, whose refund call then does not get through: Stripe answers 503 until the
@@ -152,7 +136,7 @@ async fn a_refund_on_another_charge_naming_our_request_does_not_settle_it() {
     // Another installation on the same Stripe account numbers its requests from R-1001 too.
     let other_charge = app.add_charge(Default::default());
     let metadata = [("refund_request_id", id.to_string()), ("refund_desk_install", "another".to_string())];
-    let refund = refund_made_elsewhere(&app, &other_charge, &pairs(&metadata)).await;
+    let refund = app.stripe.refund_made_outside(&other_charge, Some(100), &pairs(&metadata));
     approve_with_refund_on_its_way(&app, id, &card).await;
     assert_not_settled_by(&app, id, &refund).await;
     then_our_own_refund_is_recorded(&app, id, &refund).await;
@@ -165,7 +149,7 @@ async fn a_refund_with_our_install_id_on_another_charge_does_not_settle_our_requ
     let other_charge = app.add_charge(Default::default());
     let metadata =
         [("refund_request_id", id.to_string()), ("refund_desk_install", app.store().install_id().to_string())];
-    let refund = refund_made_elsewhere(&app, &other_charge, &pairs(&metadata)).await;
+    let refund = app.stripe.refund_made_outside(&other_charge, Some(100), &pairs(&metadata));
     approve_with_refund_on_its_way(&app, id, &card).await;
     assert_not_settled_by(&app, id, &refund).await;
     then_our_own_refund_is_recorded(&app, id, &refund).await;
@@ -177,7 +161,7 @@ async fn a_refund_on_our_charge_without_our_install_id_does_not_settle_our_reque
     let (id, card) = app.waiting_request().await;
     let charge = app.request(id).charge.unwrap().charge.to_string();
     // A store restored from a backup, or a refund made by hand with the request's id.
-    let refund = refund_made_elsewhere(&app, &charge, &[("refund_request_id", &id.to_string())]).await;
+    let refund = app.stripe.refund_made_outside(&charge, Some(100), &[("refund_request_id", &id.to_string())]);
     approve_with_refund_on_its_way(&app, id, &card).await;
     assert_not_settled_by(&app, id, &refund).await;
     // That refund took part of the charge, so Stripe refuses ours: the request fails, and says why.
@@ -197,7 +181,7 @@ async fn our_refund_announced_before_stripe_answers_the_call_settles_the_request
     // first. It carries what the desk sends and is on the request's charge: it is ours.
     let install = app.store().install_id().to_string();
     let metadata = [("refund_request_id", id.to_string()), ("refund_desk_install", install.clone())];
-    let refund = refund_made_elsewhere(&app, &charge, &pairs(&metadata)).await;
+    let refund = app.stripe.refund_made_outside(&charge, Some(100), &pairs(&metadata));
     approve_with_refund_on_its_way(&app, id, &card).await;
     let posted = app.stripe.refund_posts().pop().unwrap();
     assert_eq!(posted.param("metadata[refund_desk_install]"), Some(install.as_str()), "the desk sends what it matches");
@@ -259,7 +243,7 @@ async fn a_refund_naming_a_request_not_yet_approved_is_not_lost_but_announced_on
     // request cannot take a refund yet.
     let metadata =
         [("refund_request_id", id.to_string()), ("refund_desk_install", app.store().install_id().to_string())];
-    let refund = refund_made_elsewhere(&app, &charge, &pairs(&metadata)).await;
+    let refund = app.stripe.refund_made_outside(&charge, Some(100), &pairs(&metadata));
     let event = app.stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
     assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
