@@ -49,11 +49,8 @@ impl StripeError {
 /// Which page of Stripe's event list (newest first) to read.
 #[derive(Debug, Clone, Copy)]
 pub enum EventPage<'a> {
-    Newest,
     /// The page just newer than this event (`ending_before`).
     NewerThan(&'a str),
-    /// The page just older than this event (`starting_after`).
-    OlderThan(&'a str),
     /// Events created at or after this Unix time (`created[gte]`): the newest page, or the
     /// page just older than the given event.
     CreatedSince(i64, Option<&'a str>),
@@ -295,12 +292,8 @@ impl StripeClient {
                 query.append_pair("types[]", kind);
             }
             match page {
-                EventPage::Newest => {}
                 EventPage::NewerThan(id) => {
                     query.append_pair("ending_before", id);
-                }
-                EventPage::OlderThan(id) => {
-                    query.append_pair("starting_after", id);
                 }
                 EventPage::CreatedSince(at, after) => {
                     query.append_pair("created[gte]", &at.to_string());

@@ -26,6 +26,8 @@ pub enum ReadError {
 
 /// How far back every read looks again, for events Stripe lists after newer ones.
 const LOOK_BACK_SECS: i64 = 5 * 60;
+/// How long Stripe keeps events.
+const KEPT_SECS: i64 = 30 * 24 * 3600;
 
 /// Reads and applies every event newer than the cursor, then the last minutes' events again
 /// (any not applied yet: Stripe may list an event after newer ones); returns how many events
@@ -36,25 +38,40 @@ pub async fn read_new_events(ctx: &AppContext) -> Result<usize, ReadError> {
     // From five minutes before the last read that went through (reads may have failed for a
     // while), never further back than Stripe keeps events.
     let last = ctx.store.events_looked_back_at()?.unwrap_or(started);
-    let since = (last.min(started) - LOOK_BACK_SECS).max(started - 30 * 24 * 3600);
-    let mut recent: Vec<serde_json::Value> = vec![];
-    loop {
-        let after = recent.last().and_then(|e| e["id"].as_str());
-        let page = ctx.stripe.list_events(&REFUND_EVENTS, EventPage::CreatedSince(since, after)).await?;
-        recent.extend(page.data);
-        if !page.has_more {
-            break;
-        }
-    }
-    for event in recent.into_iter().rev() {
-        let seen = event["id"].as_str().map(|id| ctx.store.stripe_event_seen(id)).transpose()?.unwrap_or(true);
-        if !seen {
-            tracing::info!(event_id = ?event["id"], "a Stripe event listed late");
-            super::inbound::apply_event(ctx, event, ctx.now()).await?;
-        }
+    let since = (last.min(started) - LOOK_BACK_SECS).max(started - KEPT_SECS);
+    let late = apply_unseen(ctx, events_since(ctx, since).await?).await?;
+    if late > 0 {
+        tracing::info!(late, "Stripe events listed after newer ones were applied");
     }
     ctx.store.set_events_looked_back_at(started).await?;
     Ok(listed)
+}
+
+/// Every event of the kinds the desk acts on created at or after `since` (Unix seconds),
+/// newest first, through all of Stripe's pages.
+async fn events_since(ctx: &AppContext, since: i64) -> Result<Vec<serde_json::Value>, ReadError> {
+    let mut events: Vec<serde_json::Value> = vec![];
+    loop {
+        let after = events.last().and_then(|e| e["id"].as_str());
+        let page = ctx.stripe.list_events(&REFUND_EVENTS, EventPage::CreatedSince(since, after)).await?;
+        events.extend(page.data);
+        if !page.has_more {
+            return Ok(events);
+        }
+    }
+}
+
+/// Applies, oldest first, the events of `newest_first` not recorded yet; returns how many.
+async fn apply_unseen(ctx: &AppContext, newest_first: Vec<serde_json::Value>) -> Result<usize, ReadError> {
+    let mut applied = 0;
+    for event in newest_first.into_iter().rev() {
+        let seen = event["id"].as_str().map(|id| ctx.store.stripe_event_seen(id)).transpose()?.unwrap_or(true);
+        if !seen {
+            super::inbound::apply_event(ctx, event, ctx.now()).await?;
+            applied += 1;
+        }
+    }
+    Ok(applied)
 }
 
 async fn read_after_cursor(ctx: &AppContext) -> Result<usize, ReadError> {
@@ -100,27 +117,12 @@ fn is_missing(e: &StripeError) -> bool {
 /// than Stripe's 30 days), applied oldest first; the newest becomes the cursor.
 async fn read_without_cursor(ctx: &AppContext) -> Result<usize, ReadError> {
     let now = ctx.now();
-    let since =
-        ctx.store.oldest_open_since()?.unwrap_or(now - chrono::Duration::hours(1)) - chrono::Duration::minutes(5);
-    let since = since.max(now - chrono::Duration::days(30)).timestamp();
-    let mut events: Vec<serde_json::Value> = vec![];
-    loop {
-        let page = match events.last().and_then(|e| e["id"].as_str()) {
-            Some(last) => ctx.stripe.list_events(&REFUND_EVENTS, EventPage::OlderThan(last)).await?,
-            None => ctx.stripe.list_events(&REFUND_EVENTS, EventPage::Newest).await?,
-        };
-        let (before, on_page) = (events.len(), page.data.len());
-        events.extend(page.data.into_iter().take_while(|e| e["created"].as_i64().unwrap_or(i64::MAX) >= since));
-        let reached_since = events.len() - before < on_page;
-        if !page.has_more || reached_since {
-            break;
-        }
-    }
+    let oldest_open = ctx.store.oldest_open_since()?.unwrap_or(now - chrono::Duration::hours(1));
+    let since = (oldest_open.timestamp() - LOOK_BACK_SECS).max(now.timestamp() - KEPT_SECS);
+    let events = events_since(ctx, since).await?;
     let listed = events.len();
     let newest = events.first().and_then(|e| e["id"].as_str()).map(str::to_string);
-    for event in events.into_iter().rev() {
-        super::inbound::apply_event(ctx, event, ctx.now()).await?;
-    }
+    apply_unseen(ctx, events).await?;
     if let Some(newest) = newest {
         ctx.store.set_events_cursor(Some(&newest)).await?;
     }
