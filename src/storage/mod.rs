@@ -253,6 +253,15 @@ fn payments_of(request: &RefundRequest) -> Vec<String> {
     payments
 }
 
+/// The request's entries in the by-payment index.
+fn payment_keys(request: &RefundRequest) -> impl Iterator<Item = Vec<u8>> + '_ {
+    payments_of(request).into_iter().map(|payment| {
+        let mut key = payment_prefix(&payment);
+        key.extend_from_slice(&request.id.to_key());
+        key
+    })
+}
+
 fn user_key(user: &str, id: RequestId) -> Vec<u8> {
     let mut k = user_prefix(user);
     k.extend_from_slice(&id.to_key());
@@ -280,9 +289,7 @@ fn sync_index<E>(
     index.remove(status_key(from, request.id))?;
     index.insert(status_key(request.status, request.id), &[])?;
     index.insert(user_key(request.requester.as_str(), request.id), &[])?;
-    for payment in payments_of(request) {
-        let mut key = payment_prefix(&payment);
-        key.extend_from_slice(&request.id.to_key());
+    for key in payment_keys(request) {
         index.insert(key, &[])?;
     }
     let day = now.format("%Y-%m-%d").to_string();
@@ -689,9 +696,7 @@ impl Store {
         }
         for kv in self.requests.iter() {
             let request: RefundRequest = decode(&kv?.1)?;
-            for payment in payments_of(&request) {
-                let mut key = payment_prefix(&payment);
-                key.extend_from_slice(&request.id.to_key());
+            for key in payment_keys(&request) {
                 self.index.insert(key, &[])?;
             }
         }
@@ -749,9 +754,7 @@ impl Store {
         self.requests.insert(request.id.to_key(), encode_plain(request)?)?;
         self.index.insert(status_key(request.status, request.id), &[])?;
         self.index.insert(user_key(request.requester.as_str(), request.id), &[])?;
-        for payment in payments_of(request) {
-            let mut key = payment_prefix(&payment);
-            key.extend_from_slice(&request.id.to_key());
+        for key in payment_keys(request) {
             self.index.insert(key, &[])?;
         }
         Ok(())

@@ -472,10 +472,7 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> 
         && let Some(existing) = find_existing_refund(ctx, request).await?
     {
         tracing::warn!(refund = %existing.id, "found the refund an earlier try made; not creating another");
-        let refund_id = RefundId::parse(&existing.id).map_err(|e| JobError::Permanent(e.to_string()))?;
-        let status = existing.status.unwrap_or_else(|| "pending".into());
-        ctx.store.submit_refund(request.id, refund_id, &status, now).await?.ok();
-        return Ok(());
+        return record_refund(ctx, request, existing, now).await;
     }
     let call = CreateRefund {
         target: request.target.clone(),
@@ -486,20 +483,11 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> 
     };
     let key = idempotency_key(ctx.store.install_id(), request.id);
     match ctx.stripe.create_refund(&call, &key).await {
-        Ok(refund) => {
-            let refund_id = RefundId::parse(&refund.id).map_err(|e| JobError::Permanent(e.to_string()))?;
-            let status = refund.status.unwrap_or_else(|| "pending".into());
-            // A refused transition means a webhook already moved the request on; nothing to do.
-            ctx.store.submit_refund(request.id, refund_id, &status, now).await?.ok();
-            Ok(())
-        }
+        Ok(refund) => record_refund(ctx, request, refund, now).await,
         Err(StripeError::Refused { message, .. }) | Err(StripeError::NotFound(message)) => {
             // "Already refunded" may be our own earlier try whose answer was lost.
             if let Some(existing) = find_existing_refund(ctx, request).await? {
-                let refund_id = RefundId::parse(&existing.id).map_err(|e| JobError::Permanent(e.to_string()))?;
-                let status = existing.status.unwrap_or_else(|| "pending".into());
-                ctx.store.submit_refund(request.id, refund_id, &status, now).await?.ok();
-                return Ok(());
+                return record_refund(ctx, request, existing, now).await;
             }
             let why = format!("Stripe refused the refund: {message}");
             ctx.store.transition(request.id, now, |r| r.fail_submission(why.clone(), now).map(Some)).await?.ok();
@@ -520,10 +508,7 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> 
                 Err(e) => return Err(e),
             };
             if let Some(existing) = existing {
-                let refund_id = RefundId::parse(&existing.id).map_err(|e| JobError::Permanent(e.to_string()))?;
-                let status = existing.status.unwrap_or_else(|| "pending".into());
-                ctx.store.submit_refund(request.id, refund_id, &status, now).await?.ok();
-                return Ok(());
+                return record_refund(ctx, request, existing, now).await;
             }
             let why = format!(
                 "refund-desk's Stripe key may not make refunds{}; nothing was refunded, and an admin has been told",
@@ -542,6 +527,20 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> 
         }
         Err(e) => Err(stripe_retry(e)),
     }
+}
+
+/// Records `refund` (made by this call, or found from an earlier try) as the request's.
+async fn record_refund(
+    ctx: &AppContext,
+    request: &RefundRequest,
+    refund: crate::stripe::Refund,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), JobError> {
+    let refund_id = RefundId::parse(&refund.id).map_err(|e| JobError::Permanent(e.to_string()))?;
+    let status = refund.status.unwrap_or_else(|| "pending".into());
+    // A refused transition means a webhook already moved the request on; nothing to do.
+    ctx.store.submit_refund(request.id, refund_id, &status, now).await?.ok();
+    Ok(())
 }
 
 /// A refund on the request's charge that this request [may claim](RefundRequest::may_claim):
