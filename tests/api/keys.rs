@@ -147,18 +147,29 @@ async fn a_key_that_lost_refund_write_after_an_earlier_try_made_the_refund_recor
     assert_eq!(app.stripe.refunds().len(), 1);
 }
 
+/// A request on a fresh charge, refused because the key may not read charges; once its
+/// side effects have run.
+async fn refused_for_the_key(app: &TestApp) -> refund_desk::domain::RequestId {
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
+    app.wait_for_status(id, RequestStatus::Rejected).await;
+    app.wait_until_idle().await;
+    id
+}
+
+/// The alerts in the finance channel about what the Stripe key may not do.
+fn key_alerts(app: &TestApp) -> Vec<refund_desk::standins::slack::Posted> {
+    app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).collect()
+}
+
 #[tokio::test]
 async fn a_missing_permission_alerts_finance_once_an_hour_not_once_per_request() {
     let app = TestApp::spawn().await;
     app.stripe.restrict_key(Some(&all_but("rak_charge_read")));
     for _ in 0..3 {
-        let charge = app.add_charge(ChargeSpec::default());
-        let id = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
-        app.wait_for_status(id, RequestStatus::Rejected).await;
+        refused_for_the_key(&app).await;
     }
-    app.wait_until_idle().await;
-    let alerts = app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).count();
-    assert_eq!(alerts, 1, "three requests, one alert");
+    assert_eq!(key_alerts(&app).len(), 1, "three requests, one alert");
 }
 
 #[tokio::test]
@@ -167,12 +178,8 @@ async fn an_alert_whose_post_failed_is_sent_by_its_retry_not_suppressed_as_alrea
     app.stripe.restrict_key(Some(&all_but("rak_charge_read")));
     // The alert is the first message posted; Slack fails it once.
     app.slack.fail_next("chat.postMessage", 200, serde_json::json!({ "ok": false, "error": "internal_error" }));
-    let charge = app.add_charge(ChargeSpec::default());
-    let id = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
-    app.wait_for_status(id, RequestStatus::Rejected).await;
-    app.wait_until_idle().await;
-    let alerts = app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).count();
-    assert_eq!(alerts, 1);
+    refused_for_the_key(&app).await;
+    assert_eq!(key_alerts(&app).len(), 1);
     assert!(app.slack.calls("chat.postMessage").len() >= 2, "the first post failed, the retry posted");
 }
 
@@ -182,16 +189,9 @@ async fn a_permission_alert_that_parked_does_not_keep_the_next_one_from_being_se
     app.stripe.restrict_key(Some(&all_but("rak_charge_read")));
     // Slack refuses the first alert for good: its job parks.
     app.slack.fail_next("chat.postMessage", 200, serde_json::json!({ "ok": false, "error": "msg_too_long" }));
-    let charge = app.add_charge(ChargeSpec::default());
-    let first = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
-    app.wait_for_status(first, RequestStatus::Rejected).await;
-    app.wait_until_idle().await;
-    let charge = app.add_charge(ChargeSpec::default());
-    let second = app.request_refund(&format!("{charge} 25.00 duplicate charged twice")).await;
-    app.wait_for_status(second, RequestStatus::Rejected).await;
-    app.wait_until_idle().await;
-    let alerts: Vec<_> =
-        app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).collect();
+    refused_for_the_key(&app).await;
+    let second = refused_for_the_key(&app).await;
+    let alerts = key_alerts(&app);
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert!(alerts[0].text.contains(&second.to_string()));
 }
