@@ -93,9 +93,7 @@ async fn two_approvals_at_the_same_moment_refund_once() {
 #[tokio::test]
 async fn a_second_approver_clicking_after_the_first_is_told_it_is_decided_and_nothing_is_refunded_twice() {
     let app = TestApp::spawn().await;
-    let (id, card) = app.waiting_request().await;
-    app.approve(APPROVER, id, &card).await;
-    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let (id, card) = app.submitted_request().await;
     // Another approver, who may approve: only the request's status can refuse them.
     app.approve(APPROVER_2, id, &card).await;
     let told = wait_for(DEADLINE, || {

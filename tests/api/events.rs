@@ -30,9 +30,7 @@ async fn without_a_webhook_a_refunds_success_reaches_the_thread_the_requester_an
     let response =
         reqwest::Client::new().post(format!("{}/stripe/webhook", app.driver.base)).body("{}").send().await.unwrap();
     assert_eq!(response.status(), 404, "no webhook endpoint without a secret");
-    let (id, card) = app.waiting_request().await;
-    app.approve(APPROVER, id, &card).await;
-    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let (id, card) = app.submitted_request().await;
     let refund = app.request(id).refund.unwrap().id;
     // Stripe makes the event; nobody delivers it.
     app.stripe.refund_event(refund.as_str(), "refund.updated", "succeeded", None).unwrap();
@@ -49,9 +47,7 @@ async fn without_a_webhook_a_refunds_success_reaches_the_thread_the_requester_an
 async fn a_webhook_that_never_arrives_is_recovered_by_the_sweep_and_applied_once() {
     let mut app = TestApp::spawn().await;
     app.reconfigure(with_fast_sweep).await;
-    let (id, card) = app.waiting_request().await;
-    app.approve(APPROVER, id, &card).await;
-    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let (id, card) = app.submitted_request().await;
     let refund = app.request(id).refund.unwrap().id;
     let event = app.stripe.refund_event(refund.as_str(), "refund.updated", "succeeded", None).unwrap();
     app.wait_for_status(id, RequestStatus::Succeeded).await;
@@ -90,9 +86,7 @@ async fn a_cursor_stripe_no_longer_keeps_starts_again_from_the_oldest_open_reque
     let mut app = TestApp::spawn().await;
     app.reconfigure(reading_on_demand).await;
     let ctx = app.app.as_ref().unwrap().context();
-    let (id, card) = app.waiting_request().await;
-    app.approve(APPROVER, id, &card).await;
-    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let (id, _card) = app.submitted_request().await;
     refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
     assert!(app.store().events_cursor().unwrap().is_some());
     // Thirty days pass for Stripe's list: the cursor's event is gone; a new one comes.
@@ -139,9 +133,7 @@ async fn an_event_stripe_lists_after_newer_ones_is_still_applied() {
     let mut app = TestApp::spawn().await;
     app.reconfigure(reading_on_demand).await;
     let ctx = app.app.as_ref().unwrap().context();
-    let (id, card) = app.waiting_request().await;
-    app.approve(APPROVER, id, &card).await;
-    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let (id, _card) = app.submitted_request().await;
     refund_desk::stripe::events::read_new_events(&ctx).await.unwrap();
     // A newer event is read, and the cursor moves past where the next one will be listed.
     app.stripe.refund_made_outside(&app.add_charge(ChargeSpec::default()), None, &[]);

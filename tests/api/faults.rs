@@ -53,9 +53,7 @@ fn short_stripe_timeout(settings: &mut refund_desk::config::Settings) {
 
 /// Approves a fresh request and waits for it to reach Stripe and be recorded.
 async fn approve_through(app: &TestApp) -> refund_desk::domain::RequestId {
-    let (id, card) = app.waiting_request().await;
-    app.approve(APPROVER, id, &card).await;
-    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let (id, _card) = app.submitted_request().await;
     app.wait_until_idle().await;
     id
 }
@@ -120,9 +118,7 @@ async fn after_stripe_forgets_the_key_a_retry_finds_the_refund_instead_of_making
 async fn a_lost_webhook_is_made_good_by_reading_the_refund_back() {
     let mut app = TestApp::spawn().await;
     app.reconfigure(|s| s.stripe.pending_check_after = std::time::Duration::from_millis(300)).await;
-    let (id, card) = app.waiting_request().await;
-    app.approve(APPROVER, id, &card).await;
-    app.wait_for_status(id, RequestStatus::Submitted).await;
+    let (id, _card) = app.submitted_request().await;
     // Stripe settles the refund, but its webhook never arrives.
     let refund = app.request(id).refund.unwrap().id;
     app.stripe.refund_event(refund.as_str(), "refund.updated", "succeeded", None).unwrap();

@@ -162,6 +162,14 @@ impl TestApp {
         (id, self.card(id).await)
     }
 
+    /// A request approved and submitted to Stripe; returns it and its card.
+    pub async fn submitted_request(&self) -> (RequestId, Posted) {
+        let (id, card) = self.waiting_request().await;
+        self.approve(APPROVER, id, &card).await;
+        self.wait_for_status(id, RequestStatus::Submitted).await;
+        (id, card)
+    }
+
     pub async fn click(&self, user: &str, action: &str, id: RequestId, card: &Posted) -> u16 {
         self.driver.click(user, action, &id.to_string(), &card.ts).await
     }

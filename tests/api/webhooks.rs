@@ -4,18 +4,10 @@ use refund_desk::domain::RequestStatus;
 use refund_desk::standins::slack::Posted;
 use refund_desk::standins::wait_for;
 
-/// A request approved and submitted to Stripe.
-async fn submitted(app: &TestApp) -> (refund_desk::domain::RequestId, refund_desk::standins::slack::Posted) {
-    let (id, card) = app.waiting_request().await;
-    app.approve(APPROVER, id, &card).await;
-    app.wait_for_status(id, RequestStatus::Submitted).await;
-    (id, card)
-}
-
 #[tokio::test]
 async fn the_same_stripe_event_twice_sends_one_email() {
     let app = TestApp::spawn().await;
-    let (id, card) = submitted(&app).await;
+    let (id, card) = app.submitted_request().await;
     let event = app.refund_event(id, "refund.updated", "succeeded");
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
     assert_eq!(app.deliver_stripe_event(&event).await, 200, "a repeat is acknowledged");
@@ -30,7 +22,7 @@ async fn the_same_stripe_event_twice_sends_one_email() {
 #[tokio::test]
 async fn an_event_id_seen_before_is_ignored_even_when_its_content_would_move_the_request() {
     let app = TestApp::spawn().await;
-    let (id, _card) = submitted(&app).await;
+    let (id, _card) = app.submitted_request().await;
     let mut event = app.refund_event(id, "refund.updated", "pending");
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
     app.wait_for_status(id, RequestStatus::Pending).await;
@@ -46,7 +38,7 @@ async fn an_event_id_seen_before_is_ignored_even_when_its_content_would_move_the
 #[tokio::test]
 async fn succeeded_before_created_ends_succeeded_with_one_email() {
     let app = TestApp::spawn().await;
-    let (id, _card) = submitted(&app).await;
+    let (id, _card) = app.submitted_request().await;
     let created = app.refund_event(id, "refund.created", "pending");
     let succeeded = app.refund_event(id, "refund.updated", "succeeded");
     let charge_refunded = app.refund_event(id, "charge.refunded", "succeeded");
@@ -62,7 +54,7 @@ async fn succeeded_before_created_ends_succeeded_with_one_email() {
 #[tokio::test]
 async fn a_refund_that_fails_at_stripe_is_reported_and_nobody_is_emailed() {
     let app = TestApp::spawn().await;
-    let (id, card) = submitted(&app).await;
+    let (id, card) = app.submitted_request().await;
     let refund = app.request(id).refund.unwrap().id;
     let failed =
         app.stripe.refund_event(refund.as_str(), "refund.failed", "failed", Some("expired_or_canceled_card")).unwrap();
