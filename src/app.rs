@@ -127,10 +127,10 @@ impl AppContext {
     /// Reads the approver group again; on failure keeps the last members read.
     pub async fn refresh_approvers(&self) {
         let Some(group) = &self.settings.slack.approver_group else { return };
-        match self.slack.usergroup_members(group).await {
+        match self.slack.usergroup_members(&group.as_str().into()).await {
             Ok(members) => {
                 let named = self.settings.slack.approvers.iter().cloned();
-                let members = members.iter().filter_map(|m| UserId::parse(m).ok());
+                let members = members.iter().filter_map(|m| UserId::parse(&m.0).ok());
                 let all = crate::domain::Approvers::new(named.chain(members));
                 tracing::info!(approvers = all.iter().count(), "approver group read");
                 if let Ok(mut a) = self.approvers.write() {
@@ -144,14 +144,19 @@ impl AppContext {
     /// Tells `user` something privately: an ephemeral message in `channel`, or a direct
     /// message when there is no channel (a click in App Home). It does not hold up the caller
     /// and is not durable: these are answers to a click, worthless minutes later.
-    pub fn tell_privately(self: &Arc<Self>, channel: Option<String>, user: UserId, text: String) {
+    pub fn tell_privately(
+        self: &Arc<Self>,
+        channel: Option<slack_morphism::SlackChannelId>,
+        user: UserId,
+        text: String,
+    ) {
         let ctx = self.clone();
         tokio::spawn(async move {
             let sent = match &channel {
-                Some(channel) => ctx.slack.post_ephemeral(channel, user.as_str(), text).await,
+                Some(channel) => ctx.slack.post_ephemeral(channel, &(&user).into(), text).await,
                 None => ctx
                     .slack
-                    .post_message(user.as_str(), crate::slack::views::text_message(text), None)
+                    .post_message(&crate::slack::direct_message(&user), crate::slack::views::text_message(text), None)
                     .await
                     .map(|_| ()),
             };

@@ -103,54 +103,60 @@ impl SlackApi {
     #[tracing::instrument(skip(self, content))]
     pub async fn post_message(
         &self,
-        channel: &str,
+        channel: &SlackChannelId,
         content: SlackMessageContent,
-        thread_ts: Option<&str>,
-    ) -> Result<String, SlackCallError> {
-        let mut req = SlackApiChatPostMessageRequest::new(channel.into(), content);
+        thread_ts: Option<&SlackTs>,
+    ) -> Result<SlackTs, SlackCallError> {
+        let mut req = SlackApiChatPostMessageRequest::new(channel.clone(), content);
         if let Some(ts) = thread_ts {
-            req = req.with_thread_ts(ts.into());
+            req = req.with_thread_ts(ts.clone());
         }
         let res = self.call("chat.postMessage", async |s| s.chat_post_message(&req).await).await?;
-        Ok(res.ts.0)
+        Ok(res.ts)
     }
 
     #[tracing::instrument(skip(self, content))]
     pub async fn update_message(
         &self,
-        channel: &str,
-        ts: &str,
+        channel: &SlackChannelId,
+        ts: &SlackTs,
         content: SlackMessageContent,
     ) -> Result<(), SlackCallError> {
-        let req = SlackApiChatUpdateRequest::new(channel.into(), content, ts.into());
+        let req = SlackApiChatUpdateRequest::new(channel.clone(), content, ts.clone());
         self.call("chat.update", async |s| s.chat_update(&req).await).await.map(|_| ())
     }
 
     /// A message only `user` sees, in `channel`.
     #[tracing::instrument(skip(self, text))]
-    pub async fn post_ephemeral(&self, channel: &str, user: &str, text: String) -> Result<(), SlackCallError> {
-        let req = SlackApiChatPostEphemeralRequest::new(channel.into(), user.into(), super::views::text_message(text));
+    pub async fn post_ephemeral(
+        &self,
+        channel: &SlackChannelId,
+        user: &SlackUserId,
+        text: String,
+    ) -> Result<(), SlackCallError> {
+        let req =
+            SlackApiChatPostEphemeralRequest::new(channel.clone(), user.clone(), super::views::text_message(text));
         self.call("chat.postEphemeral", async |s| s.chat_post_ephemeral(&req).await).await.map(|_| ())
     }
 
     #[tracing::instrument(skip(self, view))]
-    pub async fn open_view(&self, trigger_id: &str, view: SlackView) -> Result<(), SlackCallError> {
-        let req = SlackApiViewsOpenRequest::new(trigger_id.into(), view);
+    pub async fn open_view(&self, trigger_id: &SlackTriggerId, view: SlackView) -> Result<(), SlackCallError> {
+        let req = SlackApiViewsOpenRequest::new(trigger_id.clone(), view);
         self.call("views.open", async |s| s.views_open(&req).await).await.map(|_| ())
     }
 
     /// The members of a user group.
     #[tracing::instrument(skip(self))]
-    pub async fn usergroup_members(&self, group: &str) -> Result<Vec<String>, SlackCallError> {
-        let req = SlackApiUserGroupsUsersListRequest::new(group.into());
+    pub async fn usergroup_members(&self, group: &SlackUserGroupId) -> Result<Vec<SlackUserId>, SlackCallError> {
+        let req = SlackApiUserGroupsUsersListRequest::new(group.clone());
         let res = self.call("usergroups.users.list", async |s| s.usergroups_users_list(&req).await).await?;
-        Ok(res.users.into_iter().map(|u| u.0).collect())
+        Ok(res.users)
     }
 
     /// Publishes `user`'s App Home.
     #[tracing::instrument(skip(self, view))]
-    pub async fn publish_home(&self, user: &str, view: SlackView) -> Result<(), SlackCallError> {
-        let req = SlackApiViewsPublishRequest::new(user.into(), view);
+    pub async fn publish_home(&self, user: &SlackUserId, view: SlackView) -> Result<(), SlackCallError> {
+        let req = SlackApiViewsPublishRequest::new(user.clone(), view);
         self.call("views.publish", async |s| s.views_publish(&req).await).await.map(|_| ())
     }
 

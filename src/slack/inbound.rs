@@ -1,11 +1,15 @@
-//! Slack's requests to us: `/slack/commands`, `/slack/interactions`, `/slack/events`.
+//! Slack's requests to us, over either transport: the HTTP routes `/slack/commands`,
+//! `/slack/interactions` and `/slack/events`, and Socket Mode's envelopes (`socket.rs`).
 //!
-//! Each handler verifies the signature over the raw body (the [`SlackSigned`] extractor), parses
-//! into domain types, makes at most one storage transition, and answers. Nothing here waits on
+//! One set of handlers serves both. They take slack-morphism's typed events
+//! (`SlackCommandEvent`, `SlackInteractionEvent`, `SlackPushEventCallback`) and return its typed
+//! answers (`SlackCommandEventResponse`, `SlackInteractionResponse`); the HTTP routes verify the
+//! signature over the raw body (the [`SlackSigned`] extractor), parse into the same types and
+//! call the same handlers. A handler makes at most one storage transition, which is on disk
+//! before it answers. Nothing here waits on
 //! Stripe, SMTP or the Slack Web API: those are jobs, or (for private "you can't do that" notes
 //! and opening the deny form, which must use the click's 3-second trigger) spawned tasks.
 
-use super::payloads::{Action, Interaction, SlashCommand};
 use super::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature};
 use super::views::{self, APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, DENY_REASON_ACTION, DENY_REASON_BLOCK};
 use crate::app::AppContext;
@@ -17,8 +21,10 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde_json::json;
+use slack_morphism::prelude::*;
+use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// A request body whose Slack signature checked out.
 pub struct SlackSigned(pub Bytes);
@@ -52,15 +58,16 @@ impl FromRequest<Arc<AppContext>> for SlackSigned {
     }
 }
 
-fn ephemeral(text: String) -> Response {
-    Json(json!({ "response_type": "ephemeral", "text": text })).into_response()
+/// A private answer to a command.
+fn ephemeral(text: String) -> SlackCommandEventResponse {
+    SlackCommandEventResponse::new(views::text_message(text)).with_response_type(SlackMessageResponseType::Ephemeral)
 }
 
-/// `POST /slack/commands`
+/// `POST /slack/commands`: the signed form, parsed into slack-morphism's typed command.
 pub async fn http_command(State(ctx): State<Arc<AppContext>>, SlackSigned(body): SlackSigned) -> Response {
-    match serde_urlencoded::from_bytes::<SlashCommand>(&body) {
+    match serde_urlencoded::from_bytes::<SlackCommandEvent>(&body) {
         Ok(cmd) => match handle_command(&ctx, cmd).await {
-            Some(text) => ephemeral(text),
+            Some(answer) => Json(answer).into_response(),
             // The form opens instead of a message.
             None => StatusCode::OK.into_response(),
         },
@@ -71,27 +78,27 @@ pub async fn http_command(State(ctx): State<Arc<AppContext>>, SlackSigned(body):
     }
 }
 
-/// Answers one `/refund`, privately.
+/// Answers one `/refund`, privately; `None` when the form opens instead (a bare acknowledgement).
 #[tracing::instrument(skip_all, fields(slack_user = %cmd.user_id))]
-pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlashCommand) -> Option<String> {
+pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlackCommandEvent) -> Option<SlackCommandEventResponse> {
     let (user, command) = match ready_command(ctx, &cmd) {
         Ok(ready) => ready,
-        Err(answer) => return Some(answer),
+        Err(answer) => return Some(ephemeral(answer)),
     };
-    Some(match command {
+    Some(ephemeral(match command {
         Command::Help => usage(),
         Command::OpenForm => {
-            let Some(trigger) = cmd.trigger_id.clone().filter(|t| !t.is_empty()) else {
-                return Some(format!(
+            if cmd.trigger_id.0.is_empty() {
+                return Some(ephemeral(format!(
                     "The request form could not be opened here; type the request instead.\n\n{}",
                     usage()
-                ));
-            };
+                )));
+            }
             // views.open must use the trigger within 3 seconds, so it goes now, beside the answer.
             let ctx2 = ctx.clone();
-            let channel = cmd.channel_id.clone();
+            let (trigger, channel) = (cmd.trigger_id.clone(), cmd.channel_id.clone());
             tokio::spawn(async move {
-                if let Err(e) = ctx2.slack.open_view(&trigger, views::request_modal(&channel)).await {
+                if let Err(e) = ctx2.slack.open_view(&trigger, views::request_modal(&channel.0)).await {
                     tracing::warn!(error = %e, "could not open the request form");
                     ctx2.tell_privately(
                         Some(channel),
@@ -117,7 +124,7 @@ pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlashCommand) -> Option<
         }
         Command::Status(id) => status_text(ctx, id).await,
         Command::Refund(rc) => store_request(ctx, rc, user, &cmd).await,
-    })
+    }))
 }
 
 /// The person's recent requests, one line each.
@@ -165,12 +172,12 @@ fn may_request(ctx: &AppContext, user: &UserId) -> Result<(), String> {
 }
 
 /// Checks who is asking and parses the text; `Err` is the answer to give.
-fn ready_command(ctx: &AppContext, cmd: &SlashCommand) -> Result<(UserId, Command), String> {
-    let Ok(user) = UserId::parse(&cmd.user_id) else {
+fn ready_command(ctx: &AppContext, cmd: &SlackCommandEvent) -> Result<(UserId, Command), String> {
+    let Ok(user) = UserId::parse(&cmd.user_id.0) else {
         return Err("Slack did not say who you are, so nothing was done. Try again.".into());
     };
     may_request(ctx, &user)?;
-    let command = parse_command(&cmd.text)
+    let command = parse_command(cmd.text.as_deref().unwrap_or_default())
         .map_err(|e| format!(":warning: {}\nNothing was stored.\n\n{}", capitalised(&e.to_string()), usage()))?;
     Ok((user, command))
 }
@@ -192,25 +199,30 @@ async fn status_text(ctx: &AppContext, id: RequestId) -> String {
 
 /// A `response_url` the desk will post to later: Slack's own, or one on the Slack API's host
 /// (a stand-in's). The payload is signed, but the desk never posts where Slack would not.
-fn trusted_response_url(ctx: &AppContext, url: &str) -> Option<String> {
-    let parsed = url::Url::parse(url).ok()?;
+fn trusted_response_url(ctx: &AppContext, url: &SlackResponseUrl) -> Option<String> {
+    let parsed = &url.0;
     let slack_api = url::Url::parse(&ctx.settings.slack.api_url).ok()?;
     let slacks_own = parsed.scheme() == "https" && parsed.host_str() == Some("hooks.slack.com");
     let api_host = parsed.origin() == slack_api.origin();
-    (slacks_own || api_host).then(|| url.to_string())
+    (slacks_own || api_host).then(|| parsed.to_string())
 }
 
 /// `/refund <charge> ...`: stores the request (durably) and says so.
-async fn store_request(ctx: &AppContext, rc: crate::domain::RefundCommand, user: UserId, cmd: &SlashCommand) -> String {
+async fn store_request(
+    ctx: &AppContext,
+    rc: crate::domain::RefundCommand,
+    user: UserId,
+    cmd: &SlackCommandEvent,
+) -> String {
     let new = NewRequest {
         requester: user,
-        origin_channel: cmd.channel_id.clone(),
+        origin_channel: cmd.channel_id.0.clone(),
         target: rc.target,
         amount: rc.amount,
         reason: rc.reason,
         note: rc.note,
         customer_email: None,
-        response_url: cmd.response_url.as_deref().and_then(|u| trusted_response_url(ctx, u)),
+        response_url: trusted_response_url(ctx, &cmd.response_url),
     };
     match ctx.store.insert_request(new, ctx.now()).await {
         Ok(r) => {
@@ -252,8 +264,8 @@ pub async fn http_interaction(State(ctx): State<Arc<AppContext>>, SlackSigned(bo
     let Ok(form) = serde_urlencoded::from_bytes::<InteractionForm>(&body) else {
         return (StatusCode::BAD_REQUEST, "no payload").into_response();
     };
-    match serde_json::from_str::<Interaction>(&form.payload) {
-        Ok(interaction) => handle_interaction(&ctx, interaction).await,
+    match serde_json::from_str::<SlackInteractionEvent>(&form.payload) {
+        Ok(interaction) => handle_interaction(&ctx, interaction).await.into_response(),
         Err(e) => {
             // Answering 200 keeps Slack from showing the user an error for payloads we ignore.
             tracing::warn!(error = %e, "unreadable interaction payload");
@@ -262,33 +274,87 @@ pub async fn http_interaction(State(ctx): State<Arc<AppContext>>, SlackSigned(bo
     }
 }
 
-#[tracing::instrument(skip_all, fields(slack_user = %interaction.user.id, kind = %interaction.kind))]
-pub async fn handle_interaction(ctx: &Arc<AppContext>, interaction: Interaction) -> Response {
-    match interaction.kind.as_str() {
-        "block_actions" => {
-            for action in &interaction.actions {
-                handle_action(ctx, &interaction, action).await;
+/// A click, a submitted form or a closed one. `Empty` is an empty 200 (over Socket Mode a bare
+/// acknowledgement), which also closes a submitted form.
+pub async fn handle_interaction(ctx: &Arc<AppContext>, interaction: SlackInteractionEvent) -> SlackInteractionResponse {
+    match interaction {
+        SlackInteractionEvent::BlockActions(click) => {
+            let user = click.user.as_ref().map(|u| u.id.to_string()).unwrap_or_default();
+            let span = tracing::info_span!("block_actions", slack_user = %user);
+            async {
+                for action in click.actions.iter().flatten() {
+                    handle_action(ctx, &click, action).await;
+                }
             }
-            StatusCode::OK.into_response()
+            .instrument(span)
+            .await;
+            SlackInteractionResponse::Empty
         }
-        "view_submission" => match &interaction.view {
-            Some(view) if view.callback_id == DENY_CALLBACK => handle_deny_submission(ctx, &interaction).await,
-            Some(view) if view.callback_id == views::REQUEST_CALLBACK => {
-                handle_request_submission(ctx, &interaction).await
-            }
-            _ => StatusCode::OK.into_response(),
-        },
-        _ => StatusCode::OK.into_response(),
+        SlackInteractionEvent::ViewSubmission(submitted) => {
+            let span = tracing::info_span!("view_submission", slack_user = %submitted.user.id);
+            let answer = handle_submission(ctx, &submitted).instrument(span).await;
+            answer.map(SlackInteractionResponse::ViewSubmission).unwrap_or(SlackInteractionResponse::Empty)
+        }
+        // Closing a form (`view_closed`) changes nothing: only a submission decides.
+        _ => SlackInteractionResponse::Empty,
     }
 }
 
-async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action: &Action) {
-    if action.action_id != APPROVE_ACTION && action.action_id != DENY_ACTION {
+/// A submitted form: the deny form or the request form. `None` closes it.
+async fn handle_submission(
+    ctx: &Arc<AppContext>,
+    submitted: &SlackInteractionViewSubmissionEvent,
+) -> Option<SlackViewSubmissionResponse> {
+    let SlackView::Modal(modal) = &submitted.view.view else { return None };
+    let user = UserId::parse(&submitted.user.id.0).ok()?;
+    let form = Form { modal, state: submitted.view.state_params.state.as_ref() };
+    match modal.callback_id.as_ref().map(|c| c.0.as_str()) {
+        Some(DENY_CALLBACK) => handle_deny_submission(ctx, user, &form).await,
+        Some(views::REQUEST_CALLBACK) => handle_request_submission(ctx, user, &form).await,
+        _ => None,
+    }
+}
+
+/// What a submitted modal carries: its metadata and what was typed or chosen in it.
+struct Form<'a> {
+    modal: &'a SlackModalView,
+    state: Option<&'a SlackViewState>,
+}
+
+impl Form<'_> {
+    /// The text typed into an input, or the option chosen in a select, by block and action id.
+    fn input(&self, block_id: &str, action_id: &str) -> Option<String> {
+        let value = self.state?.values.get(&block_id.into())?.get(&action_id.into())?;
+        value.value.clone().or_else(|| value.selected_option.as_ref().map(|o| o.value.clone()))
+    }
+
+    fn private_metadata(&self) -> &str {
+        self.modal.private_metadata.as_deref().unwrap_or_default()
+    }
+}
+
+/// The channel a click came from: the card's, or none for a click in App Home (private notes
+/// then go by direct message).
+fn channel_of(click: &SlackInteractionBlockActionsEvent) -> Option<SlackChannelId> {
+    let from_container = match &click.container {
+        SlackInteractionActionContainer::Message(m) => m.channel_id.clone(),
+        SlackInteractionActionContainer::MessageAttachment(m) => m.channel_id.clone(),
+        SlackInteractionActionContainer::View(_) => None,
+    };
+    click.channel.as_ref().map(|c| c.id.clone()).or(from_container).filter(|c| !c.0.is_empty())
+}
+
+async fn handle_action(
+    ctx: &Arc<AppContext>,
+    click: &SlackInteractionBlockActionsEvent,
+    action: &SlackInteractionActionInfo,
+) {
+    let action_id = action.action_id.0.as_str();
+    if action_id != APPROVE_ACTION && action_id != DENY_ACTION {
         return;
     }
-    // None for a click in App Home: private notes then go by direct message.
-    let channel = interaction.channel_id();
-    let Ok(user) = UserId::parse(&interaction.user.id) else {
+    let channel = channel_of(click);
+    let Some(Ok(user)) = click.user.as_ref().map(|u| UserId::parse(&u.id.0)) else {
         return;
     };
     let Some(id) = action.value.as_deref().and_then(|v| RequestId::parse(v).ok()) else {
@@ -297,7 +363,7 @@ async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action:
     };
     let approvers = &ctx.approvers();
     let now = ctx.now();
-    if action.action_id == APPROVE_ACTION {
+    if action_id == APPROVE_ACTION {
         let result = ctx.store.transition(id, now, |r| r.approve(&user, approvers, now).map(Some)).await;
         match result {
             Ok(Ok(_)) => tracing::info!(request_id = %id, "approved"),
@@ -316,9 +382,7 @@ async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action:
     if let Err(refusal) = request.may_decide(&user, approvers) {
         return ctx.tell_privately(channel, user, refusal.to_string());
     }
-    let Some(trigger) = interaction.trigger_id.clone() else {
-        return;
-    };
+    let trigger = click.trigger_id.clone();
     let ctx2 = ctx.clone();
     tokio::spawn(async move {
         if let Err(e) = ctx2.slack.open_view(&trigger, views::deny_modal(&request)).await {
@@ -328,7 +392,13 @@ async fn handle_action(ctx: &Arc<AppContext>, interaction: &Interaction, action:
     });
 }
 
-fn report_store_error(ctx: &Arc<AppContext>, channel: Option<String>, user: UserId, id: RequestId, e: StoreError) {
+fn report_store_error(
+    ctx: &Arc<AppContext>,
+    channel: Option<SlackChannelId>,
+    user: UserId,
+    id: RequestId,
+    e: StoreError,
+) {
     match e {
         StoreError::NotFound(_) => ctx.tell_privately(channel, user, format!("There is no request {id}.")),
         e => {
@@ -342,29 +412,32 @@ fn report_store_error(ctx: &Arc<AppContext>, channel: Option<String>, user: User
     }
 }
 
-fn view_error(block: &str, message: String) -> Response {
-    Json(json!({ "response_action": "errors", "errors": { block: message } })).into_response()
+/// The form stays open, with `errors` (block id → message) shown on their fields.
+fn errors_response(errors: HashMap<String, String>) -> Option<SlackViewSubmissionResponse> {
+    Some(SlackViewSubmissionResponse::Errors(SlackViewSubmissionErrorsResponse::new(errors)))
 }
 
-async fn handle_deny_submission(ctx: &Arc<AppContext>, interaction: &Interaction) -> Response {
-    let Some(view) = &interaction.view else {
-        return StatusCode::OK.into_response();
-    };
-    let Some(id) = views::deny_modal_request(&view.private_metadata) else {
+fn view_error(block: &str, message: String) -> Option<SlackViewSubmissionResponse> {
+    errors_response(HashMap::from([(block.to_string(), message)]))
+}
+
+async fn handle_deny_submission(
+    ctx: &Arc<AppContext>,
+    user: UserId,
+    form: &Form<'_>,
+) -> Option<SlackViewSubmissionResponse> {
+    let Some(id) = views::deny_modal_request(form.private_metadata()) else {
         return view_error(
             DENY_REASON_BLOCK,
             "This form lost track of its request; close it and click Deny again.".into(),
         );
     };
-    let Ok(user) = UserId::parse(&interaction.user.id) else {
-        return StatusCode::OK.into_response();
-    };
-    let reason = view.input(DENY_REASON_BLOCK, DENY_REASON_ACTION).unwrap_or_default();
+    let reason = form.input(DENY_REASON_BLOCK, DENY_REASON_ACTION).unwrap_or_default();
     let approvers = &ctx.approvers();
     let now = ctx.now();
     match ctx.store.transition(id, now, |r| r.deny(&user, &reason, approvers, now).map(Some)).await {
         // An empty 200 closes the form.
-        Ok(Ok(_)) => StatusCode::OK.into_response(),
+        Ok(Ok(_)) => None,
         Ok(Err(DecisionError::EmptyReason)) => {
             view_error(DENY_REASON_BLOCK, "Write a reason the requester can act on.".into())
         }
@@ -381,18 +454,20 @@ const FORM_STRIPE_BUDGET: std::time::Duration = std::time::Duration::from_millis
 
 /// The request form, submitted: format errors go back on their fields; Stripe is asked whether
 /// the charge exists and has enough left, when it answers in time.
-async fn handle_request_submission(ctx: &Arc<AppContext>, interaction: &Interaction) -> Response {
+async fn handle_request_submission(
+    ctx: &Arc<AppContext>,
+    user: UserId,
+    form: &Form<'_>,
+) -> Option<SlackViewSubmissionResponse> {
     use crate::domain::{AmountAsked, AmountInput, Note, PaymentRef, RefundReason};
     use views::{AMOUNT_BLOCK, CHARGE_BLOCK, EMAIL_BLOCK, INPUT_ACTION, NOTE_BLOCK, REASON_BLOCK};
-    let Some(view) = &interaction.view else { return StatusCode::OK.into_response() };
-    let Ok(user) = UserId::parse(&interaction.user.id) else { return StatusCode::OK.into_response() };
     if let Err(why) = may_request(ctx, &user) {
         return view_error(CHARGE_BLOCK, why);
     }
-    let input = |block: &str| view.input(block, INPUT_ACTION).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-    let mut errors = serde_json::Map::new();
+    let input = |block: &str| form.input(block, INPUT_ACTION).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let mut errors = HashMap::new();
     let mut error = |block: &str, message: String| {
-        errors.insert(block.to_string(), message.into());
+        errors.insert(block.to_string(), message);
     };
     let target = match input(CHARGE_BLOCK).map(|t| PaymentRef::parse(&t)) {
         Some(Ok(t)) => Some(t),
@@ -443,7 +518,11 @@ async fn handle_request_submission(ctx: &Arc<AppContext>, interaction: &Interact
     if let Ok(Err((block, why))) = tokio::time::timeout(FORM_STRIPE_BUDGET, quick_check(ctx, &target, &amount)).await {
         return view_error(block, capitalised(&why));
     }
-    let channel = if view.private_metadata.is_empty() { user.to_string() } else { view.private_metadata.clone() };
+    // The form carries the channel it was opened from; without one, answers go by direct message.
+    let channel = match form.private_metadata() {
+        "" => user.to_string(),
+        channel => channel.to_string(),
+    };
     let new = NewRequest {
         requester: user,
         origin_channel: channel,
@@ -455,7 +534,9 @@ async fn handle_request_submission(ctx: &Arc<AppContext>, interaction: &Interact
         response_url: None,
     };
     match ctx.store.insert_request(new, ctx.now()).await {
-        Ok(r) => Json(json!({ "response_action": "update", "view": views::request_received(&r) })).into_response(),
+        Ok(r) => Some(SlackViewSubmissionResponse::Update(SlackViewSubmissionUpdateResponse::new(
+            views::request_received(&r),
+        ))),
         Err(e) => {
             tracing::error!(error = %e, "could not store a request");
             view_error(
@@ -464,10 +545,6 @@ async fn handle_request_submission(ctx: &Arc<AppContext>, interaction: &Interact
             )
         }
     }
-}
-
-fn errors_response(errors: serde_json::Map<String, serde_json::Value>) -> Response {
-    Json(json!({ "response_action": "errors", "errors": errors })).into_response()
 }
 
 /// Whether Stripe knows the payment and has enough left; `Err((block, why))` when it says no.
@@ -520,51 +597,71 @@ async fn quick_check(
 
 /// `POST /slack/events`
 pub async fn http_events(State(ctx): State<Arc<AppContext>>, SlackSigned(body): SlackSigned) -> Response {
-    let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        return (StatusCode::BAD_REQUEST, "unreadable event").into_response();
+    let answer = |recorded: Result<(), StoreError>| match recorded {
+        Ok(()) => StatusCode::OK.into_response(),
+        // Not recorded: an error, so Slack sends it again.
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     };
-    match event["type"].as_str() {
-        Some("url_verification") => Json(json!({ "challenge": event["challenge"] })).into_response(),
-        Some("event_callback") => match handle_event_callback(&ctx, &event).await {
-            Ok(()) => StatusCode::OK.into_response(),
-            Err(None) => (StatusCode::BAD_REQUEST, "event without an event_id").into_response(),
-            Err(Some(_)) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        },
-        _ => StatusCode::OK.into_response(),
+    match serde_json::from_slice::<SlackPushEvent>(&body) {
+        Ok(SlackPushEvent::UrlVerification(v)) => Json(serde_json::json!({ "challenge": v.challenge })).into_response(),
+        Ok(SlackPushEvent::EventCallback(callback)) => answer(handle_event_callback(&ctx, &callback).await),
+        Ok(SlackPushEvent::AppRateLimited(_)) => {
+            tracing::warn!("Slack says the app is rate limited for events");
+            StatusCode::OK.into_response()
+        }
+        Err(e) => {
+            // A signed event slack-morphism cannot read (a shape it does not model): nothing
+            // to act on, but recorded by its id like any other, so a retry is known as one.
+            let event_id = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .filter(|event| event["type"] == "event_callback")
+                .and_then(|event| event["event_id"].as_str().filter(|id| !id.is_empty()).map(str::to_string));
+            match event_id {
+                Some(id) => {
+                    tracing::warn!(error = %e, event_id = %id, "unreadable Slack event; recorded, not acted on");
+                    answer(record_event(&ctx, &id).await.map(|_| ()))
+                }
+                None => {
+                    tracing::warn!(error = %e, "unreadable Slack event");
+                    (StatusCode::BAD_REQUEST, "unreadable event").into_response()
+                }
+            }
+        }
     }
 }
 
-/// An Events API `event_callback` (over HTTP or Socket Mode): recorded once by `event_id`, so a
-/// retry changes nothing. `Err(None)`: it has no event id; `Err(Some(_))`: it could not be
-/// recorded, so Slack must send it again.
-pub async fn handle_event_callback(
-    ctx: &Arc<AppContext>,
-    event: &serde_json::Value,
-) -> Result<(), Option<crate::storage::StoreError>> {
-    let Some(event_id) = event["event_id"].as_str().filter(|id| !id.is_empty()) else { return Err(None) };
+/// Records a Slack event id; `false` when it was recorded before (a retry: change nothing).
+async fn record_event(ctx: &AppContext, event_id: &str) -> Result<bool, StoreError> {
     // Slack retries (X-Slack-Retry-Num, or an envelope's retry_attempt) carry the same event_id.
-    match ctx.store.remember_slack_event(event_id, ctx.now()).await {
+    ctx.store.remember_slack_event(event_id, ctx.now()).await.inspect_err(|e| {
+        tracing::error!(error = %e, "could not record a Slack event");
+    })
+}
+
+/// An Events API `event_callback` (over HTTP or Socket Mode): recorded once by `event_id`, so a
+/// retry changes nothing. An error means it could not be recorded, so Slack must send it again.
+pub async fn handle_event_callback(ctx: &Arc<AppContext>, callback: &SlackPushEventCallback) -> Result<(), StoreError> {
+    if callback.event_id.0.is_empty() {
+        tracing::warn!("a Slack event without an event_id; it cannot be recorded once, so it is ignored");
+        return Ok(());
+    }
+    if !record_event(ctx, &callback.event_id.0).await? {
         // A retry of an event already handled: acknowledge, change nothing.
-        Ok(false) => Ok(()),
-        Ok(true) => {
-            let inner = &event["event"];
-            let home = inner["type"] == "app_home_opened" && inner["tab"].as_str().is_none_or(|t| t == "home");
-            if let (true, Some(Ok(user))) = (home, inner["user"].as_str().map(UserId::parse)) {
-                if let Err(e) = ctx.store.remember_home_user(user.as_str(), ctx.now()).await {
-                    tracing::warn!(error = %e, "could not remember an App Home user");
-                }
-                let ctx = ctx.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = crate::worker::handlers::publish_home(&ctx, &user).await {
-                        tracing::warn!(error = ?e, slack_user = %user, "could not publish App Home");
-                    }
-                });
+        return Ok(());
+    }
+    if let SlackEventCallbackBody::AppHomeOpened(opened) = &callback.event {
+        let home = opened.tab.as_deref().is_none_or(|t| t == "home");
+        if let (true, Ok(user)) = (home, UserId::parse(&opened.user.0)) {
+            if let Err(e) = ctx.store.remember_home_user(user.as_str(), ctx.now()).await {
+                tracing::warn!(error = %e, "could not remember an App Home user");
             }
-            Ok(())
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "could not record a Slack event");
-            Err(Some(e))
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::worker::handlers::publish_home(&ctx, &user).await {
+                    tracing::warn!(error = ?e, slack_user = %user, "could not publish App Home");
+                }
+            });
         }
     }
+    Ok(())
 }

@@ -5,7 +5,6 @@
 //! wrote is on disk, so an acknowledgement means the same here as over HTTP.
 
 use super::inbound::{handle_command, handle_event_callback, handle_interaction};
-use super::payloads::{Interaction, SlashCommand};
 use crate::app::AppContext;
 use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::prelude::*;
@@ -97,23 +96,14 @@ async fn enter(states: &SlackClientEventsUserState) -> Result<(Arc<AppContext>, 
     Ok((ctx, guard))
 }
 
-/// Our payload models read Slack's JSON, the same JSON slack-morphism's typed events write.
-fn as_model<T: serde::Serialize, M: serde::de::DeserializeOwned>(
-    event: &T,
-) -> Result<M, Box<dyn std::error::Error + Send + Sync>> {
-    Ok(serde_json::from_value(serde_json::to_value(event)?)?)
-}
-
 async fn on_command(
     event: SlackCommandEvent,
     _client: Arc<SlackHyperClient>,
     states: SlackClientEventsUserState,
 ) -> UserCallbackResult<SlackCommandEventResponse> {
     let (ctx, _in_flight) = enter(&states).await?;
-    let command: SlashCommand = as_model(&event)?;
-    match handle_command(&ctx, command).await {
-        Some(text) => Ok(SlackCommandEventResponse::new(SlackMessageContent::new().with_text(text))
-            .with_response_type(SlackMessageResponseType::Ephemeral)),
+    match handle_command(&ctx, event).await {
+        Some(answer) => Ok(answer),
         // The form opens instead of a message: a bare acknowledgement, as an empty HTTP 200.
         None => Err(Box::new(BareAck)),
     }
@@ -125,18 +115,7 @@ async fn on_interaction(
     states: SlackClientEventsUserState,
 ) -> UserCallbackResult<SlackInteractionResponse> {
     let (ctx, _in_flight) = enter(&states).await?;
-    let interaction: Interaction = as_model(&event)?;
-    let response = handle_interaction(&ctx, interaction).await;
-    // The HTTP answer's body is the view-submission response (errors, update), or empty.
-    let body = axum::body::to_bytes(response.into_body(), 1024 * 1024).await?;
-    if body.is_empty() {
-        return Ok(SlackInteractionResponse::Empty);
-    }
-    let answer: serde_json::Value = serde_json::from_slice(&body)?;
-    if answer.get("response_action").is_none() {
-        return Ok(SlackInteractionResponse::Empty);
-    }
-    Ok(SlackInteractionResponse::ViewSubmission(serde_json::from_value(answer)?))
+    Ok(handle_interaction(&ctx, event).await)
 }
 
 async fn on_push(
@@ -145,13 +124,8 @@ async fn on_push(
     states: SlackClientEventsUserState,
 ) -> UserCallbackResult<()> {
     let (ctx, _in_flight) = enter(&states).await?;
-    let mut value = serde_json::to_value(&event)?;
-    value["type"] = "event_callback".into();
-    match handle_event_callback(&ctx, &value).await {
-        Ok(()) | Err(None) => Ok(()),
-        // Not recorded: no acknowledgement, so Slack sends it again.
-        Err(Some(e)) => Err(Box::new(e)),
-    }
+    // Not recorded: an error, so no acknowledgement and Slack sends it again.
+    Ok(handle_event_callback(&ctx, &event).await?)
 }
 
 /// A callback that failed. Not acknowledged (so Slack sends an event again, to another

@@ -241,27 +241,29 @@ impl SlackDriver {
         (response.status().as_u16(), response.text().await.unwrap_or_default())
     }
 
-    /// `user` submits the form `callback_id` with `values` (block id → text); returns status
-    /// and the JSON answer (`null` for an empty 200, which closes the form).
-    pub async fn submit_view(
-        &self,
+    /// The `view_submission` of the form `callback_id` with `values` (block id → text), as
+    /// Slack sends it: the view's title, buttons and state.
+    pub fn view_submission_payload(
         user: &str,
         callback_id: &str,
         private_metadata: &str,
         values: &[(&str, &str)],
-    ) -> (u16, Value) {
+    ) -> Value {
         let state: serde_json::Map<String, Value> = values
             .iter()
             .map(|(block, text)| {
                 let input = if *block == crate::slack::views::REASON_BLOCK {
-                    json!({ "type": "static_select", "selected_option": { "value": text } })
+                    json!({ "type": "static_select",
+                            "selected_option": { "text": { "type": "plain_text", "text": text, "emoji": true }, "value": text } })
                 } else {
                     json!({ "type": "plain_text_input", "value": text })
                 };
-                (block.to_string(), json!({ crate::slack::views::INPUT_ACTION: input }))
+                use crate::slack::views::{DENY_REASON_ACTION, DENY_REASON_BLOCK, INPUT_ACTION};
+                let action = if *block == DENY_REASON_BLOCK { DENY_REASON_ACTION } else { INPUT_ACTION };
+                (block.to_string(), json!({ action: input }))
             })
             .collect();
-        let payload = json!({
+        json!({
             "type": "view_submission",
             "team": { "id": "T00000001", "domain": "acme" },
             "user": { "id": user, "username": "someone", "name": "someone", "team_id": "T00000001" },
@@ -273,14 +275,52 @@ impl SlackDriver {
                 "submit": { "type": "plain_text", "text": "Send", "emoji": true },
                 "close": { "type": "plain_text", "text": "Cancel", "emoji": true },
                 "blocks": [], "root_view_id": "V0000002", "previous_view_id": null, "external_id": "",
-                "clear_on_close": false, "notify_on_close": false,
+                "clear_on_close": false, "notify_on_close": true,
                 "callback_id": callback_id, "private_metadata": private_metadata, "hash": "1700000000.form",
                 "state": { "values": state }
             }
-        });
+        })
+    }
+
+    /// The `view_closed` Slack sends when `user` closes (cancels) the form `callback_id`, with
+    /// what had been typed into it (`values`, block id → text).
+    pub fn view_closed_payload(
+        user: &str,
+        callback_id: &str,
+        private_metadata: &str,
+        values: &[(&str, &str)],
+    ) -> Value {
+        let mut payload = Self::view_submission_payload(user, callback_id, private_metadata, values);
+        payload["type"] = "view_closed".into();
+        payload["is_cleared"] = false.into();
+        payload
+    }
+
+    /// `user` submits the form `callback_id` with `values` (block id → text); returns status
+    /// and the JSON answer (`null` for an empty 200, which closes the form).
+    pub async fn submit_view(
+        &self,
+        user: &str,
+        callback_id: &str,
+        private_metadata: &str,
+        values: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let payload = Self::view_submission_payload(user, callback_id, private_metadata, values);
         let response = self.interaction(&payload).await;
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `user` closes the form `callback_id` with `values` typed into it; returns the status.
+    pub async fn close_view(
+        &self,
+        user: &str,
+        callback_id: &str,
+        private_metadata: &str,
+        values: &[(&str, &str)],
+    ) -> u16 {
+        let payload = Self::view_closed_payload(user, callback_id, private_metadata, values);
+        self.interaction(&payload).await.status().as_u16()
     }
 
     /// Slack tells the desk that `user` opened its App Home tab.
@@ -303,7 +343,10 @@ impl SlackDriver {
         payload["container"] = json!({ "type": "view", "view_id": "V0HOME0001" });
         payload["channel"] = Value::Null;
         payload["message"] = Value::Null;
-        payload["view"] = json!({ "id": "V0HOME0001", "type": "home", "callback_id": "", "private_metadata": "" });
+        payload["view"] = json!({
+            "id": "V0HOME0001", "team_id": "T00000001", "type": "home", "blocks": [], "callback_id": "",
+            "private_metadata": "", "hash": "1700000000.home"
+        });
         self.interaction(&payload).await.status().as_u16()
     }
 }

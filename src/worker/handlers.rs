@@ -15,6 +15,7 @@ use crate::storage::{EmailRecord, Job, RefundUpdate, Store, StoreError};
 use crate::stripe::types::Expandable;
 use crate::stripe::{Charge, CreateRefund, StripeError};
 use chrono::DateTime;
+use slack_morphism::SlackTs;
 use std::time::Duration;
 
 /// Why a job did not finish.
@@ -369,8 +370,8 @@ async fn post_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobE
     if request.card.is_none() {
         let channel = ctx.settings.slack.finance_channel.clone();
         let card = views::approval_card(request, (&others, more), ctx.now());
-        let ts = ctx.slack.post_message(&channel, card, None).await?;
-        let card = MessageRef { channel, ts };
+        let ts = ctx.slack.post_message(&channel.as_str().into(), card, None).await?;
+        let card = MessageRef { channel, ts: ts.0 };
         ctx.store.update_request(request.id, |r| r.card = Some(card.clone())).await?;
     }
     // The cards already posted on this payment list this request from now on. (Run again after
@@ -413,7 +414,7 @@ async fn refresh_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), J
     let card = card_of(request)?;
     let others = ctx.store.others_on_payment(request, views::OTHERS_SHOWN)?;
     let content = views::approval_card(request, (&others.0, others.1), ctx.now());
-    ctx.slack.update_message(&card.channel, &card.ts, content).await?;
+    ctx.slack.update_message(&card.channel.as_str().into(), &card.ts.as_str().into(), content).await?;
     Ok(())
 }
 
@@ -423,8 +424,11 @@ async fn thread_reply(ctx: &AppContext, request: &RefundRequest, notice: &Notice
     }
     let card = card_of(request)?;
     let text = views::notice_text(request, notice, Audience::Thread);
-    let ts = ctx.slack.post_message(&card.channel, views::text_message(text), Some(&card.ts)).await?;
-    ctx.store.record_job_posted(job, &ts).await?;
+    let ts = ctx
+        .slack
+        .post_message(&card.channel.as_str().into(), views::text_message(text), Some(&card.ts.as_str().into()))
+        .await?;
+    ctx.store.record_job_posted(job, &ts.0).await?;
     Ok(())
 }
 
@@ -453,8 +457,11 @@ async fn notify_requester(
         }
     }
     // Posting to a user id lands in the app's direct message with them.
-    let ts = ctx.slack.post_message(request.requester.as_str(), views::text_message(text), None).await?;
-    ctx.store.record_job_posted(job, &ts).await?;
+    let ts = ctx
+        .slack
+        .post_message(&crate::slack::direct_message(&request.requester), views::text_message(text), None)
+        .await?;
+    ctx.store.record_job_posted(job, &ts.0).await?;
     Ok(())
 }
 
@@ -660,7 +667,7 @@ pub fn home_for(
 /// Builds and publishes one person's App Home.
 pub async fn publish_home(ctx: &AppContext, user: &crate::domain::UserId) -> Result<(), JobError> {
     let view = home_for(&ctx.store, user, ctx.approvers().contains(user), ctx.now())?;
-    ctx.slack.publish_home(user.as_str(), view).await?;
+    ctx.slack.publish_home(&user.into(), view).await?;
     Ok(())
 }
 
@@ -706,9 +713,11 @@ const CHANNEL_REFUSALS: [&str; 4] = ["not_in_channel", "channel_not_found", "is_
 /// [`Store::record_job_posted`].
 async fn post_alert(ctx: &AppContext, request: &RefundRequest, text: String) -> Result<String, JobError> {
     let channel = &ctx.settings.slack.finance_channel;
-    let thread = request.card.as_ref().map(|c| c.ts.clone());
-    let refusal = match ctx.slack.post_message(channel, views::text_message(text.clone()), thread.as_deref()).await {
-        Ok(ts) => return Ok(ts),
+    let thread = request.card.as_ref().map(|c| SlackTs(c.ts.clone()));
+    let posted =
+        ctx.slack.post_message(&channel.as_str().into(), views::text_message(text.clone()), thread.as_ref()).await;
+    let refusal = match posted {
+        Ok(ts) => return Ok(ts.0),
         Err(SlackCallError::Refused(code)) if CHANNEL_REFUSALS.contains(&code.as_str()) => code,
         Err(e) => return Err(e.into()),
     };
@@ -718,8 +727,11 @@ async fn post_alert(ctx: &AppContext, request: &RefundRequest, text: String) -> 
     );
     let mut first = None;
     for approver in ctx.approvers().iter() {
-        let ts = ctx.slack.post_message(approver.as_str(), views::text_message(dm.clone()), None).await?;
-        first.get_or_insert(ts);
+        let ts = ctx
+            .slack
+            .post_message(&crate::slack::direct_message(approver), views::text_message(dm.clone()), None)
+            .await?;
+        first.get_or_insert(ts.0);
     }
     first.ok_or_else(|| {
         JobError::Permanent(format!("the finance channel refuses the bot ({refusal}) and there is no approver to tell"))

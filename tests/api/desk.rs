@@ -308,3 +308,20 @@ async fn a_refused_click_in_app_home_is_answered_by_direct_message() {
     assert!(app.slack.ephemerals().is_empty(), "not as a note in a channel they may not be in");
     assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
 }
+
+#[tokio::test]
+async fn closing_the_deny_form_or_the_request_form_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let (id, _card) = app.waiting_request().await;
+    let before = app.request(id);
+    use refund_desk::slack::views::{DENY_CALLBACK, DENY_REASON_BLOCK};
+    // Each form closed with Cancel after something was typed into it.
+    let reason = [(DENY_REASON_BLOCK, "Outside the 30-day window")];
+    assert_eq!(app.driver.close_view(APPROVER, DENY_CALLBACK, &id.to_string(), &reason).await, 200);
+    let charge = app.add_charge(ChargeSpec::default());
+    let typed = [(CHARGE_BLOCK, charge.as_str()), (AMOUNT_BLOCK, "10.00"), (REASON_BLOCK, "duplicate")];
+    assert_eq!(app.driver.close_view(REQUESTER, REQUEST_CALLBACK, "C0SUPPORT1", &typed).await, 200);
+    // A decision is on disk before its answer, so one made by a close would show already.
+    assert_eq!(app.request(id), before, "a closed form decides nothing");
+    assert_eq!(app.store().all_requests().unwrap().len(), 1, "a closed request form stores nothing");
+}

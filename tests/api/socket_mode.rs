@@ -148,6 +148,42 @@ async fn the_deny_form_opens_and_answers_over_socket_mode() {
 }
 
 #[tokio::test]
+async fn the_request_form_answers_in_its_acknowledgement_and_closing_a_form_changes_nothing_over_socket_mode() {
+    use refund_desk::slack::views::{AMOUNT_BLOCK, CHARGE_BLOCK, DENY_CALLBACK, REASON_BLOCK, REQUEST_CALLBACK};
+    let (app, socket) = socket_desk().await;
+    let charge = app.add_charge(ChargeSpec::default());
+    let submit = |values: &[(&str, &str)]| {
+        let payload = SlackDriver::view_submission_payload(REQUESTER, REQUEST_CALLBACK, "C0SUPPORT1", values);
+        socket.send("interactive", payload, 0).expect("an open connection")
+    };
+    // A bad amount: the field says why, inside the acknowledgement, and nothing is stored.
+    let bad = submit(&[(CHARGE_BLOCK, charge.as_str()), (AMOUNT_BLOCK, "-5"), (REASON_BLOCK, "duplicate")]);
+    let answer = socket.ack(&bad, ACK).await.expect("acknowledged");
+    assert_eq!(answer["response_action"], "errors", "{answer}");
+    assert!(answer["errors"][AMOUNT_BLOCK].as_str().unwrap_or_default().contains("negative"), "{answer}");
+    assert!(app.store().all_requests().unwrap().is_empty());
+    // Closing the request form stores nothing; closing a deny form decides nothing.
+    let typed = [(CHARGE_BLOCK, charge.as_str()), (AMOUNT_BLOCK, "10.00"), (REASON_BLOCK, "duplicate")];
+    let closed =
+        socket.send("interactive", SlackDriver::view_closed_payload(REQUESTER, REQUEST_CALLBACK, "", &typed), 0);
+    assert_eq!(socket.ack(&closed.unwrap(), ACK).await, Some(Value::Null), "a bare acknowledgement");
+    assert!(app.store().all_requests().unwrap().is_empty());
+    let good = submit(&[(CHARGE_BLOCK, charge.as_str()), (AMOUNT_BLOCK, "10.00"), (REASON_BLOCK, "duplicate")]);
+    let answer = socket.ack(&good, ACK).await.expect("acknowledged");
+    assert_eq!(answer["response_action"], "update", "the form shows the request received: {answer}");
+    let stored = app.store().all_requests().unwrap();
+    assert_eq!(stored.len(), 1, "acknowledged means stored");
+    let id = stored[0].id;
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let before = app.request(id);
+    let reason = [(refund_desk::slack::views::DENY_REASON_BLOCK, "Outside the 30-day window")];
+    let closed = SlackDriver::view_closed_payload(APPROVER, DENY_CALLBACK, &id.to_string(), &reason);
+    let closed = socket.send("interactive", closed, 0);
+    assert_eq!(socket.ack(&closed.unwrap(), ACK).await, Some(Value::Null));
+    assert_eq!(app.request(id), before, "a closed deny form decides nothing");
+}
+
+#[tokio::test]
 async fn refund_alone_opens_the_form_and_is_acknowledged_bare_over_socket_mode() {
     let (app, socket) = socket_desk().await;
     let answer = slash(&socket, REQUESTER, "").await;
