@@ -12,10 +12,16 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
+/// One open connection: its outgoing frames, and a way to cut it.
+struct Connection {
+    frames: mpsc::UnboundedSender<Message>,
+    cut: Arc<Notify>,
+}
+
 #[derive(Default)]
 struct SocketState {
     /// Open connections, by number: where envelopes can be sent.
-    connections: HashMap<u64, mpsc::UnboundedSender<Message>>,
+    connections: HashMap<u64, Connection>,
     opened: u64,
     next_envelope: u64,
     /// Envelope id → the acknowledgement's payload (`Null` for a bare ack).
@@ -53,11 +59,12 @@ impl SocketModeStandIn {
         let Ok(socket) = tokio_tungstenite::accept_async(stream).await else { return };
         let (mut sink, mut source) = socket.split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let cut = Arc::new(Notify::new());
         let number = {
             let mut s = self.lock();
             s.opened += 1;
             let number = s.opened;
-            s.connections.insert(number, tx.clone());
+            s.connections.insert(number, Connection { frames: tx.clone(), cut: cut.clone() });
             number
         };
         let hello = json!({ "type": "hello", "num_connections": number,
@@ -73,7 +80,14 @@ impl SocketModeStandIn {
                 }
             }
         });
-        while let Some(Ok(message)) = source.next().await {
+        loop {
+            let message = tokio::select! {
+                message = source.next() => message,
+                // Cut: both halves are dropped below, closing the TCP stream with no
+                // WebSocket close frame, as a failing network or a killed proxy would.
+                () = cut.notified() => break,
+            };
+            let Some(Ok(message)) = message else { break };
             match message {
                 Message::Text(text) => {
                     let Ok(ack) = serde_json::from_str::<Value>(&text) else { continue };
@@ -130,7 +144,7 @@ impl SocketModeStandIn {
             "retry_attempt": retry_attempt, "retry_reason": if retry_attempt > 0 { "timeout" } else { "" } });
         // Slack picks one of the open connections.
         let connection = s.connections.keys().max().copied()?;
-        s.connections[&connection].send(Message::text(envelope.to_string())).ok()?;
+        s.connections[&connection].frames.send(Message::text(envelope.to_string())).ok()?;
         Some(id)
     }
 
@@ -143,16 +157,17 @@ impl SocketModeStandIn {
     /// Sends `disconnect` with `reason` (`refresh_requested`, `warning`) on every connection.
     pub fn disconnect(&self, reason: &str) {
         let message = json!({ "type": "disconnect", "reason": reason, "debug_info": { "host": "standin" } });
-        for tx in self.lock().connections.values() {
-            let _ = tx.send(Message::text(message.to_string()));
+        for connection in self.lock().connections.values() {
+            let _ = connection.frames.send(Message::text(message.to_string()));
         }
     }
 
-    /// Drops every connection without a word, as a network failure would.
+    /// Drops every connection without a word (no close frame; the TCP stream just ends), as a
+    /// network failure would.
     pub fn drop_connections(&self) {
         let dropped: Vec<_> = self.lock().connections.drain().collect();
-        for (_, tx) in dropped {
-            let _ = tx.send(Message::Close(None));
+        for (_, connection) in dropped {
+            connection.cut.notify_one();
         }
         self.changed.notify_waiters();
     }
