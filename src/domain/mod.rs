@@ -5,6 +5,7 @@ pub mod command;
 pub mod ids;
 pub mod money;
 pub mod policy;
+pub mod refund_news;
 pub mod request;
 
 pub use command::{AmountAsked, Command, CommandError, Note, RefundCommand, RefundReason};

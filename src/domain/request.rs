@@ -469,6 +469,18 @@ pub struct Transition {
     pub detail: Option<String>,
 }
 
+impl Transition {
+    /// The jobs a transition leaves: its effects and, whatever changed, App Home's refresh
+    /// for the people who see the request there.
+    pub fn jobs(&self) -> Vec<Effect> {
+        let mut effects = self.effects.clone();
+        if !effects.contains(&Effect::RefreshHomes) {
+            effects.push(Effect::RefreshHomes);
+        }
+        effects
+    }
+}
+
 /// The users who may approve or deny.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Approvers(BTreeSet<UserId>);
@@ -846,6 +858,25 @@ impl RefundRequest {
             && self.may_claim(&legacy, install_id)
     }
 
+    /// The money this request holds against its charge: from the card until Stripe's final
+    /// answer, so two requests on one charge cannot both count on the same money. `None` once
+    /// it ended, or before its amount is known.
+    pub fn hold(&self) -> Option<crate::domain::policy::Hold> {
+        let holds = matches!(
+            self.status,
+            RequestStatus::AwaitingApproval
+                | RequestStatus::Approved
+                | RequestStatus::Submitted
+                | RequestStatus::Pending
+        );
+        let amount = self.amount.filter(|_| holds && self.charge.is_some())?;
+        Some(crate::domain::policy::Hold {
+            request: self.id,
+            amount,
+            refund: self.refund.as_ref().map(|r| r.id.clone()),
+        })
+    }
+
     /// What Stripe reports about this request's refund (from a webhook). Moves only forward;
     /// returns `None` when it changes nothing.
     pub fn record_stripe_refund(
@@ -901,15 +932,16 @@ impl RefundRequest {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::money::Currency;
 
-    fn user(u: &str) -> UserId {
+    pub(crate) fn user(u: &str) -> UserId {
         UserId::parse(u).unwrap()
     }
 
-    fn waiting() -> RefundRequest {
+    /// Request 1: a full refund of $25.00 on `ch_1`, checked and awaiting approval.
+    pub(crate) fn waiting() -> RefundRequest {
         let now = Utc::now();
         let mut r = RefundRequest::new(
             RequestId::new(1),
@@ -939,7 +971,7 @@ mod tests {
         PolicyDecision { route: Route::Approvals(1), rule: "One approval".into(), warnings: vec![] }
     }
 
-    fn approvers() -> Approvers {
+    pub(crate) fn approvers() -> Approvers {
         Approvers::new([user("UFIN"), user("UREQ")])
     }
 

@@ -27,6 +27,7 @@ use jobs::enqueue_in;
 pub use jobs::{DueJobs, Job, JobKey};
 
 use crate::domain::policy::Hold;
+use crate::domain::refund_news::{RefundNewsReads, RefundNewsWrite, apply_refund_news};
 use crate::domain::{
     Actor, ChargeId, Effect, EmailKind, Money, NewRequest, RefundId, RefundRequest, RequestId, RequestStatus,
     Transition,
@@ -116,37 +117,7 @@ pub struct EmailRecord {
 
 pub use crate::domain::RefundUpdate;
 
-/// A refund Stripe reported that belongs to no request of this installation: made in the
-/// Dashboard, by another tool, or by another installation on the same account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutsideRefund {
-    pub refund: RefundId,
-    pub status: String,
-    pub charge: Option<String>,
-    pub payment_intent: Option<String>,
-    /// The request its metadata named, if any: not ours all the same.
-    pub claimed_request: Option<RequestId>,
-    pub first_seen: DateTime<Utc>,
-    pub last_seen: DateTime<Utc>,
-}
-
-/// What a Stripe event did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventOutcome {
-    /// Seen before: nothing changed.
-    Duplicate,
-    /// Recorded; one entry per refund in the event.
-    Applied(Vec<RefundOutcome>),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RefundOutcome {
-    /// Not a refund of this installation's requests (recorded as an [`OutsideRefund`]).
-    NotOurs(RefundId),
-    /// Known, but the status did not move forward.
-    Unchanged(RequestId),
-    Moved(RequestId, RequestStatus),
-}
+pub use crate::domain::refund_news::{EventOutcome, OutsideRefund, RefundOutcome};
 
 /// The open database.
 #[derive(Clone)]
@@ -304,14 +275,6 @@ fn sync_index<E>(
     Ok(())
 }
 
-/// Whether a request in this status holds its amount against its charge.
-fn holds_its_amount(status: RequestStatus) -> bool {
-    matches!(
-        status,
-        RequestStatus::AwaitingApproval | RequestStatus::Approved | RequestStatus::Submitted | RequestStatus::Pending
-    )
-}
-
 fn read_holds<E>(holds: &TransactionalTree, charge: &str) -> TxResult<Vec<Hold>, E> {
     match holds.get(charge.as_bytes())? {
         Some(bytes) => serde_json::from_slice(&bytes).map_err(corrupt),
@@ -321,13 +284,11 @@ fn read_holds<E>(holds: &TransactionalTree, charge: &str) -> TxResult<Vec<Hold>,
 
 /// Keeps the request's hold on its charge in step with its status.
 fn sync_hold<E>(holds: &TransactionalTree, request: &RefundRequest) -> TxResult<(), E> {
-    let (Some(facts), Some(amount)) = (&request.charge, request.amount) else { return Ok(()) };
+    let Some(facts) = &request.charge else { return Ok(()) };
     let key = facts.charge.as_str();
     let mut list = read_holds(holds, key)?;
     list.retain(|h| h.request != request.id);
-    if holds_its_amount(request.status) {
-        list.push(Hold { request: request.id, amount, refund: request.refund.as_ref().map(|r| r.id.clone()) });
-    }
+    list.extend(request.hold());
     if list.is_empty() {
         holds.remove(key.as_bytes())?;
     } else {
@@ -347,11 +308,7 @@ fn write_transition<E>(
     requests.insert(&request.id.to_key(), encode(request).map_err(corrupt)?)?;
     sync_hold(tx.holds, request)?;
     sync_index(tx.index, request, transition.from, now)?;
-    // Whatever changed, the people who see this request in App Home see it change.
-    let mut effects = transition.effects.clone();
-    if !effects.contains(&Effect::RefreshHomes) {
-        effects.push(Effect::RefreshHomes);
-    }
+    let effects = transition.jobs();
     let seq = audit.generate_id()?;
     let prev_hash = match audit.get(AUDIT_HEAD)? {
         Some(head) => serde_json::from_slice::<(u64, String)>(&head).map_err(corrupt)?.1,
@@ -375,52 +332,55 @@ fn write_transition<E>(
     enqueue_in(jobs, tx.queue, request.id, &effects, now)
 }
 
-/// Tells the open requests holding money on the refund's charge of a refund made outside the
-/// desk, in their audit trail and thread, and has them read what remains; `true` if any.
-fn announce_outside<E>(tx: &TxTrees<'_>, u: &RefundUpdate, now: DateTime<Utc>) -> TxResult<bool, E> {
-    let Some(charge) = u.charge.as_ref() else { return Ok(false) };
-    let mut any = false;
-    for hold in read_holds(tx.holds, charge.as_str())? {
-        let held = read_request(tx.requests, hold.request)?;
-        let notice = crate::domain::Notice::OutsideRefund {
-            refund: u.refund.clone(),
-            amount: u.amount,
-            status: u.status.clone(),
-        };
-        let transition = Transition {
-            actor: Actor::Stripe,
-            from: held.status,
-            effects: vec![Effect::ThreadReply(notice), Effect::RecheckCharge],
-            detail: Some(format!(
-                "refund {}{} made on this charge outside refund-desk",
-                u.refund,
-                u.amount.map(|a| format!(" of {a}")).unwrap_or_default()
-            )),
-        };
-        write_transition(tx, &held, &transition, now)?;
-        any = true;
-    }
-    Ok(any)
+/// The reads [`apply_refund_news`] asks for, inside the transaction that writes its answer.
+struct NewsReads<'t, 'a> {
+    tx: &'t TxTrees<'a>,
+    refund_ids: &'t TransactionalTree,
+    outside: &'t TransactionalTree,
 }
 
-/// Records (or refreshes) a refund that is not ours; `true` the first time it is seen.
-fn record_outside<E>(outside: &TransactionalTree, u: &RefundUpdate, now: DateTime<Utc>) -> TxResult<bool, E> {
-    let key = u.refund.as_str().as_bytes();
-    let (first_seen, new) = match outside.get(key)? {
-        Some(bytes) => (serde_json::from_slice::<OutsideRefund>(&bytes).map_err(corrupt)?.first_seen, false),
-        None => (now, true),
-    };
-    let record = OutsideRefund {
-        refund: u.refund.clone(),
-        status: u.status.clone(),
-        charge: u.charge.as_ref().map(|c| c.to_string()),
-        payment_intent: u.payment_intent.as_ref().map(|p| p.to_string()),
-        claimed_request: u.request_hint,
-        first_seen,
-        last_seen: now,
-    };
-    outside.insert(key, encode(&record).map_err(corrupt)?)?;
-    Ok(new)
+impl RefundNewsReads for NewsReads<'_, '_> {
+    type Error = ConflictableTransactionError<Abort<()>>;
+
+    fn recorded_owner(&mut self, refund: &RefundId) -> Result<Option<RequestId>, Self::Error> {
+        Ok(self.refund_ids.get(refund.as_str().as_bytes())?.and_then(|v| RequestId::from_key(&v)))
+    }
+
+    fn request(&mut self, id: RequestId) -> Result<Option<RefundRequest>, Self::Error> {
+        read_request_if_any(self.tx.requests, id)
+    }
+
+    fn holds_on(&mut self, charge: &ChargeId) -> Result<Vec<Hold>, Self::Error> {
+        read_holds(self.tx.holds, charge.as_str())
+    }
+
+    fn outside_refund(&mut self, refund: &RefundId) -> Result<Option<OutsideRefund>, Self::Error> {
+        self.outside.get(refund.as_str().as_bytes())?.map(|b| serde_json::from_slice(&b).map_err(corrupt)).transpose()
+    }
+}
+
+/// Writes what [`apply_refund_news`] decided; `true` if it added jobs.
+fn write_news(reads: &NewsReads<'_, '_>, writes: &[RefundNewsWrite], now: DateTime<Utc>) -> TxResult<bool, ()> {
+    let mut added = false;
+    for write in writes {
+        match write {
+            RefundNewsWrite::Transition(request, transition) => {
+                write_transition(reads.tx, request, transition, now)?;
+                added = true;
+            }
+            RefundNewsWrite::Request(request) => {
+                reads.tx.requests.insert(&request.id.to_key(), encode(request).map_err(corrupt)?)?;
+                sync_hold(reads.tx.holds, request)?;
+            }
+            RefundNewsWrite::RecordRefund(refund, id) => {
+                reads.refund_ids.insert(refund.as_str().as_bytes(), &id.to_key())?;
+            }
+            RefundNewsWrite::Outside(record) => {
+                reads.outside.insert(record.refund.as_str().as_bytes(), encode(record).map_err(corrupt)?)?;
+            }
+        }
+    }
+    Ok(added)
 }
 
 fn read_request_if_any<E>(requests: &TransactionalTree, id: RequestId) -> TxResult<Option<RefundRequest>, E> {
@@ -863,67 +823,13 @@ impl Store {
                     }
                     events.insert(event_id.as_bytes(), encode(&now).map_err(corrupt)?)?;
                 }
+                let reads = &mut NewsReads { tx: &tx, refund_ids, outside };
                 let mut outcomes = vec![];
                 let mut added = false;
-                for u in updates {
-                    let recorded = match refund_ids.get(u.refund.as_str().as_bytes())? {
-                        Some(v) => RequestId::from_key(&v),
-                        None => None,
-                    };
-                    let hinted = match (recorded, u.request_hint) {
-                        (None, Some(hint)) => read_request_if_any(requests, hint)?,
-                        _ => None,
-                    };
-                    let request = match crate::domain::owner_of_refund(recorded, hinted.as_ref(), u, &self.install_id) {
-                        None => None,
-                        Some(id) if hinted.as_ref().is_some_and(|h| h.id == id) => hinted,
-                        Some(id) => read_request_if_any(requests, id)?,
-                    };
-                    let placed = match request {
-                        None => None,
-                        Some(mut request) => {
-                            let id = request.id;
-                            let before = request.clone();
-                            let t = request.record_stripe_refund(u.refund.clone(), &u.status, u.failure_reason.clone(), now);
-                            match t {
-                                Some(t) => {
-                                    write_transition(&tx, &request, &t, now)?;
-                                    added = true; // at least App Home's refresh
-                                    outcomes.push(RefundOutcome::Moved(id, request.status));
-                                    Some(request)
-                                }
-                                None if request.refund.as_ref().is_some_and(|r| r.id == u.refund) => {
-                                    if request != before {
-                                        requests.insert(&id.to_key(), encode(&request).map_err(corrupt)?)?;
-                                        sync_hold(holds, &request)?;
-                                    }
-                                    outcomes.push(RefundOutcome::Unchanged(id));
-                                    Some(request)
-                                }
-                                // Named by its metadata, but the request cannot take a refund
-                                // now (not approved yet, or ended): for it, too, this is a
-                                // refund made outside the desk, and it must not go unseen.
-                                None if recorded.is_none() => None,
-                                None => {
-                                    outcomes.push(RefundOutcome::Unchanged(id));
-                                    Some(request)
-                                }
-                            }
-                        }
-                    };
-                    match placed {
-                        Some(request) => {
-                            if request.refund.as_ref().is_some_and(|r| r.id == u.refund) {
-                                refund_ids.insert(u.refund.as_str().as_bytes(), &request.id.to_key())?;
-                            }
-                        }
-                        None => {
-                            if record_outside(outside, u, now)? {
-                                added |= announce_outside(&tx, u, now)?;
-                            }
-                            outcomes.push(RefundOutcome::NotOurs(u.refund.clone()));
-                        }
-                    }
+                for news in updates {
+                    let (outcome, writes) = apply_refund_news(reads, news, &self.install_id, now)?;
+                    added |= write_news(reads, &writes, now)?;
+                    outcomes.push(outcome);
                 }
                 Ok((EventOutcome::Applied(outcomes), added))
             },

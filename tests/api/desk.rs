@@ -313,7 +313,8 @@ async fn a_refused_click_in_app_home_is_answered_by_direct_message() {
 async fn closing_the_deny_form_or_the_request_form_changes_nothing() {
     let app = TestApp::spawn().await;
     let (id, _card) = app.waiting_request().await;
-    let before = app.request(id);
+    // Once the card is recorded, nothing but a decision changes the request.
+    let before = wait_for(DEADLINE, || Some(app.request(id)).filter(|r| r.card.is_some())).await.expect("a card");
     use refund_desk::slack::views::{DENY_CALLBACK, DENY_REASON_BLOCK};
     // Each form closed with Cancel after something was typed into it.
     let reason = [(DENY_REASON_BLOCK, "Outside the 30-day window")];

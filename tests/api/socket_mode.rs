@@ -175,7 +175,8 @@ async fn the_request_form_answers_in_its_acknowledgement_and_closing_a_form_chan
     assert_eq!(stored.len(), 1, "acknowledged means stored");
     let id = stored[0].id;
     app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
-    let before = app.request(id);
+    // Once the card is posted and recorded, nothing but a decision changes the request.
+    let before = wait_for(DEADLINE, || Some(app.request(id)).filter(|r| r.card.is_some())).await.expect("a card");
     let reason = [(refund_desk::slack::views::DENY_REASON_BLOCK, "Outside the 30-day window")];
     let closed = SlackDriver::view_closed_payload(APPROVER, DENY_CALLBACK, &id.to_string(), &reason);
     let closed = socket.send("interactive", closed, 0);
