@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 /// `count` requests, shaped so that both Homes show the same thing at every size: 5 waiting
 /// for approval, and the measured requester's 20 newest. Only the store's size differs.
-fn fill(store: &Store, count: u64) {
+async fn fill(store: &Store, count: u64) {
     let usd = Currency::parse("usd").expect("usd");
     let now = Utc::now();
     for n in 0..count {
@@ -27,31 +27,33 @@ fn fill(store: &Store, count: u64) {
         let mut r = RefundRequest::new(RequestId::new(1_000 + n), new, now);
         r.amount = Some(Money::new(100, usd));
         r.status = if n % (count / 5) == 0 { RequestStatus::AwaitingApproval } else { RequestStatus::Succeeded };
-        store.import_request(&r).expect("import");
+        store.import_request(&r).await.expect("import");
     }
 }
 
-fn build_homes(store: &Store) -> usize {
+async fn build_homes(store: &Store) -> usize {
     let approver = UserId::parse("U0APPROVE1").expect("id");
     let requester = UserId::parse("U0SUPPORT07").expect("id");
-    [(&approver, true), (&requester, false)]
-        .into_iter()
-        .map(|(user, is_approver)| home_for(store, user, is_approver, Utc::now()).expect("read"))
-        .map(|view| serde_json::to_string(&view).expect("json").len())
-        .sum()
+    let mut bytes = 0;
+    for (user, is_approver) in [(&approver, true), (&requester, false)] {
+        let view = home_for(store, user, is_approver, Utc::now()).await.expect("read");
+        bytes += serde_json::to_string(&view).expect("json").len();
+    }
+    bytes
 }
 
-fn main() {
+#[tokio::main]
+async fn main() {
     for count in [25u64, 100_000] {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path()).expect("store");
-        fill(&store, count);
+        fill(&store, count).await;
         let rounds = 200;
-        build_homes(&store);
+        build_homes(&store).await;
         let started = Instant::now();
         let mut bytes = 0;
         for _ in 0..rounds {
-            bytes += build_homes(&store);
+            bytes += build_homes(&store).await;
         }
         let each: Duration = started.elapsed() / rounds;
         println!(

@@ -1,7 +1,8 @@
-//! Operator commands that work on the database directly: listing and retrying jobs.
+//! Operator commands that work on the database directly: listing and retrying jobs, checking
+//! and exporting the audit trail.
 //!
-//! sled allows one process per database, so these run while the service is stopped; the error
-//! says so when it is not.
+//! On PostgreSQL they work while the service runs. sled allows one process per database, so
+//! there they run while the service is stopped; the error says so when it is not.
 
 use crate::storage::{Job, Store, StoreError};
 use crate::stripe::StripeError;
@@ -10,7 +11,18 @@ use chrono::Utc;
 use secrecy::ExposeSecret;
 use std::path::Path;
 
-/// Opens the store, explaining a lock held by a running service.
+/// Opens the store the environment names (`DATABASE_URL`, else `REFUND_DESK_DATA_DIR`).
+pub async fn open_from_env() -> anyhow::Result<Store> {
+    match crate::config::store_from_env()? {
+        crate::config::StoreSettings::Postgres { url, lease } => {
+            let store = crate::storage::postgres::PgStore::connect(url.expose_secret(), lease).await;
+            Ok(Store::Postgres(store.map_err(|e| anyhow::anyhow!("could not open the database at DATABASE_URL: {e}"))?))
+        }
+        crate::config::StoreSettings::Sled { dir, .. } => open(&dir),
+    }
+}
+
+/// Opens the embedded store in `dir`, explaining a lock held by a running service.
 pub fn open(dir: &Path) -> anyhow::Result<Store> {
     Store::open(dir).map_err(|e| match &e {
         StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
@@ -41,8 +53,8 @@ fn line(job: &Job) -> String {
 }
 
 /// The parked jobs (every outstanding job with `all`), one per line.
-pub fn jobs_list(store: &Store, all: bool) -> anyhow::Result<String> {
-    let jobs: Vec<Job> = store.all_jobs()?.into_iter().filter(|j| all || j.parked).collect();
+pub async fn jobs_list(store: &Store, all: bool) -> anyhow::Result<String> {
+    let jobs: Vec<Job> = store.all_jobs().await?.into_iter().filter(|j| all || j.parked).collect();
     if jobs.is_empty() {
         return Ok(if all { "No jobs are waiting.".into() } else { "No parked jobs.".into() });
     }
@@ -64,8 +76,8 @@ pub async fn jobs_retry(store: &Store, id: u64) -> anyhow::Result<String> {
 }
 
 /// `audit verify`: whether the trail's hash chain is intact.
-pub fn audit_verify(store: &Store) -> anyhow::Result<(bool, String)> {
-    let report = store.verify_audit()?;
+pub async fn audit_verify(store: &Store) -> anyhow::Result<(bool, String)> {
+    let report = store.verify_audit().await?;
     Ok(match report.problem {
         None => {
             (true, format!("The audit trail is intact: {} entries, each chained to the one before.", report.entries))
@@ -82,20 +94,20 @@ pub enum ExportFormat {
 }
 
 /// `audit export`: entries at or after `since` (a date, UTC), as CSV or JSON lines.
-pub fn audit_export(
+pub async fn audit_export(
     store: &Store,
     since: Option<chrono::NaiveDate>,
     format: ExportFormat,
     out: impl std::io::Write,
 ) -> anyhow::Result<usize> {
     let since = since.map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
-    let entries = store.audit_entries().filter(|e| e.as_ref().map_or(true, |e| since.is_none_or(|s| e.at >= s)));
+    let entries = store.audit_entries().await?.into_iter().filter(|e| since.is_none_or(|s| e.at >= s));
     let mut count = 0;
     match format {
         ExportFormat::Json => {
             let mut out = out;
             for entry in entries {
-                serde_json::to_writer(&mut out, &entry?)?;
+                serde_json::to_writer(&mut out, &entry)?;
                 writeln!(out)?;
                 count += 1;
             }
@@ -115,7 +127,7 @@ pub fn audit_export(
                 "hash",
             ])?;
             for entry in entries {
-                let e = entry?;
+                let e = entry;
                 let (minor, currency) =
                     e.amount.map(|m| (m.minor().to_string(), m.currency().code().to_string())).unwrap_or_default();
                 csv.write_record([
@@ -143,8 +155,7 @@ pub fn audit_export(
 pub async fn check(settings: &crate::config::Settings) -> (bool, Vec<String>) {
     crate::app::install_crypto_provider();
     let mut ok = true;
-    let mut lines =
-        vec![format!("config: ok (listening on {}, data in {})", settings.listen, settings.data_dir.display())];
+    let mut lines = vec![format!("config: ok (listening on {}, {})", settings.listen, settings.store.describe())];
     let mut report = |name: &str, result: Result<String, String>| match result {
         Ok(detail) => lines.push(format!("{name}: ok ({detail})")),
         Err(why) => {

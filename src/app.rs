@@ -190,7 +190,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
 }
 
 async fn readyz(State(ctx): State<Arc<AppContext>>) -> StatusCode {
-    let store_ok = ctx.store.healthy() && ctx.store.get_request(crate::domain::RequestId::new(0)).is_ok();
+    let store_ok = ctx.store.healthy() && ctx.store.get_request(crate::domain::RequestId::new(0)).await.is_ok();
     if store_ok && ctx.workers_running.load(Ordering::Relaxed) {
         StatusCode::OK
     } else {
@@ -220,7 +220,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         install_crypto_provider();
         metrics_handle();
-        let store = open_store(&settings.data_dir, settings.cache_mb).await?;
+        let store = open_store(&settings.store).await?;
+        tracing::info!(engine = store.engine_name(), "store open");
         let slack = SlackApi::new(&settings.slack.api_url, &settings.slack.bot_token)
             .context("could not set up the Slack client")?;
         let stripe = StripeClient::new(
@@ -373,11 +374,23 @@ async fn refresh_approvers_until_stopped(ctx: Arc<AppContext>, mut stop: watch::
     }
 }
 
-/// Opens the store; a lock still held by a desk that is shutting down is waited for briefly.
-async fn open_store(dir: &std::path::Path, cache_mb: u64) -> anyhow::Result<Store> {
+/// Opens the store. On sled, a lock still held by a desk that is shutting down is waited for
+/// briefly; PostgreSQL's schema is brought up to date first.
+async fn open_store(settings: &crate::config::StoreSettings) -> anyhow::Result<Store> {
+    use crate::config::StoreSettings;
+    use secrecy::ExposeSecret;
+    let (dir, cache_mb) = match settings {
+        StoreSettings::Postgres { url, lease } => {
+            let store = crate::storage::postgres::PgStore::connect(url.expose_secret(), *lease)
+                .await
+                .context("could not open the database at DATABASE_URL")?;
+            return Ok(Store::Postgres(store));
+        }
+        StoreSettings::Sled { dir, cache_mb } => (dir, *cache_mb),
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match Store::open_with(dir, cache_mb) {
+        match crate::storage::sled::SledStore::open_with(dir, cache_mb).map(Store::Sled) {
             Ok(store) => return Ok(store),
             // sled reports a held lock as an `Other` error with this text; its flusher thread can
             // hold the file a moment after the last handle of a stopped desk is dropped.

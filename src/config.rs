@@ -131,12 +131,54 @@ impl Default for JobSettings {
     }
 }
 
+/// Which engine holds the store.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// Embedded, in `REFUND_DESK_DATA_DIR`, with a page cache of `cache_mb` MiB
+    /// (`REFUND_DESK_CACHE_MB`): one process.
+    Sled { dir: PathBuf, cache_mb: u64 },
+    /// `DATABASE_URL` (`postgres://...`), shared by every replica. A runner holds a job for
+    /// `lease` (`REFUND_DESK_JOB_LEASE_SECS`, default 60) before another replica may take it.
+    Postgres { url: SecretString, lease: Duration },
+}
+
+impl StoreSettings {
+    /// Where it is, in words, with no secret: for logs and `check`.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreSettings::Sled { dir, .. } => format!("data in {}", dir.display()),
+            StoreSettings::Postgres { .. } => "data in PostgreSQL (DATABASE_URL)".to_string(),
+        }
+    }
+
+    fn from_sources(src: &Sources) -> Result<StoreSettings, ConfigError> {
+        match src.get("DATABASE_URL").filter(|u| !u.is_empty()) {
+            Some(url) => {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    return Err(invalid("DATABASE_URL", "must be a postgres:// URL"));
+                }
+                let lease = number(src, "REFUND_DESK_JOB_LEASE_SECS", 60)?;
+                if lease == 0 {
+                    return Err(invalid("REFUND_DESK_JOB_LEASE_SECS", "must be at least 1"));
+                }
+                Ok(StoreSettings::Postgres {
+                    url: SecretString::from(url.to_string()),
+                    lease: Duration::from_secs(lease),
+                })
+            }
+            None => Ok(StoreSettings::Sled {
+                dir: PathBuf::from(src.get("REFUND_DESK_DATA_DIR").unwrap_or("./data")),
+                cache_mb: number(src, "REFUND_DESK_CACHE_MB", crate::storage::DEFAULT_CACHE_MB)?,
+            }),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    /// sled's page cache in MiB (`REFUND_DESK_CACHE_MB`).
-    pub cache_mb: u64,
+    /// Where the store is: PostgreSQL when `DATABASE_URL` is set, else sled in `data_dir`.
+    pub store: StoreSettings,
     pub slack: SlackSettings,
     pub stripe: StripeSettings,
     /// `None`: customers get no email.
@@ -236,10 +278,9 @@ fn base_url(name: &'static str, text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-/// Only the data directory, for commands that need nothing else.
-pub fn data_dir_from_env() -> Result<PathBuf, ConfigError> {
-    let src = Sources::from_env()?;
-    Ok(PathBuf::from(src.get("REFUND_DESK_DATA_DIR").unwrap_or("./data")))
+/// Only where the store is, for commands that need nothing else.
+pub fn store_from_env() -> Result<StoreSettings, ConfigError> {
+    StoreSettings::from_sources(&Sources::from_env()?)
 }
 
 impl Settings {
@@ -253,7 +294,6 @@ impl Settings {
             .unwrap_or("127.0.0.1:3000")
             .parse()
             .map_err(|e| invalid("REFUND_DESK_LISTEN", e))?;
-        let data_dir = PathBuf::from(src.get("REFUND_DESK_DATA_DIR").unwrap_or("./data"));
 
         let app_token = match src.get("SLACK_APP_TOKEN") {
             Some(t) if !t.starts_with("xapp-") => {
@@ -344,8 +384,7 @@ impl Settings {
 
         Ok(Settings {
             listen,
-            data_dir,
-            cache_mb: number(src, "REFUND_DESK_CACHE_MB", crate::storage::DEFAULT_CACHE_MB)?,
+            store: StoreSettings::from_sources(src)?,
             slack,
             stripe,
             email,

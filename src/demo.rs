@@ -7,7 +7,7 @@ use crate::config::JobSettings;
 use crate::domain::{RequestId, RequestStatus};
 use crate::standins::driver::{self, SlackDriver};
 use crate::standins::render::{blocks_to_text, humanize};
-use crate::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for};
+use crate::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for, wait_for_async};
 use anyhow::{Context, anyhow};
 use std::time::Duration;
 
@@ -145,10 +145,11 @@ async fn run_in(dir: &std::path::Path, socket_mode: bool) -> anyhow::Result<()> 
 
     section("fatima clicks Approve, then confirms");
     slack_side.click(APPROVER, "refund_approve", &id.to_string(), &card.ts).await?;
-    let request =
-        wait_for(DEADLINE, || store.get_request(id).ok().flatten().filter(|r| r.status == RequestStatus::Submitted))
-            .await
-            .ok_or_else(|| anyhow!("the refund was never submitted to Stripe"))?;
+    let request = wait_for_async(DEADLINE, || async {
+        store.get_request(id).await.ok().flatten().filter(|r| r.status == RequestStatus::Submitted)
+    })
+    .await
+    .ok_or_else(|| anyhow!("the refund was never submitted to Stripe"))?;
     let post = stripe.refund_posts().pop().context("no refund call reached Stripe")?;
     let form: Vec<String> = post.form.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("Stripe received: POST /v1/refunds {}", form.join(" "));
@@ -173,9 +174,11 @@ async fn run_in(dir: &std::path::Path, socket_mode: bool) -> anyhow::Result<()> 
         .await
         .ok_or_else(|| anyhow!("no email reached the SMTP server"))?;
     let later = || chrono::Utc::now() + chrono::Duration::seconds(60);
-    wait_for(DEADLINE, || store.all_jobs().ok().filter(|j| j.iter().all(|j| j.not_before > later())).map(|_| ()))
-        .await
-        .ok_or_else(|| anyhow!("side effects never finished"))?;
+    wait_for_async(DEADLINE, || async {
+        store.all_jobs().await.ok().filter(|j| j.iter().all(|j| j.not_before > later())).map(|_| ())
+    })
+    .await
+    .ok_or_else(|| anyhow!("side effects never finished"))?;
 
     section("In #finance, the card now reads");
     let edited = slack.message(&card.ts).context("the card vanished")?;

@@ -24,12 +24,12 @@ enum Cmd {
     },
     /// Validate the configuration and reach Slack, Stripe and the mail server.
     Check,
-    /// List or retry the jobs that ran out of attempts (with the service stopped).
+    /// List or retry the jobs that ran out of attempts (on sled, with the service stopped).
     Jobs {
         #[command(subcommand)]
         action: JobsCmd,
     },
-    /// Check or export the audit trail (with the service stopped).
+    /// Check or export the audit trail (on sled, with the service stopped).
     Audit {
         #[command(subcommand)]
         action: AuditCmd,
@@ -73,27 +73,26 @@ enum AuditCmd {
     },
 }
 
-fn run_audit_command(action: AuditCmd) -> anyhow::Result<ExitCode> {
-    let store = refund_desk::admin::open(&refund_desk::config::data_dir_from_env()?)?;
+async fn run_audit_command(action: AuditCmd) -> anyhow::Result<ExitCode> {
+    let store = refund_desk::admin::open_from_env().await?;
     match action {
         AuditCmd::Verify => {
-            let (intact, text) = refund_desk::admin::audit_verify(&store)?;
+            let (intact, text) = refund_desk::admin::audit_verify(&store).await?;
             println!("{text}");
             Ok(if intact { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         AuditCmd::Export { since, format } => {
-            refund_desk::admin::audit_export(&store, since, format, std::io::stdout().lock())?;
+            refund_desk::admin::audit_export(&store, since, format, std::io::stdout().lock()).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn run_jobs_command(runtime: &tokio::runtime::Runtime, action: JobsCmd) -> anyhow::Result<String> {
-    let dir = refund_desk::config::data_dir_from_env()?;
-    let store = refund_desk::admin::open(&dir)?;
+async fn run_jobs_command(action: JobsCmd) -> anyhow::Result<String> {
+    let store = refund_desk::admin::open_from_env().await?;
     match action {
-        JobsCmd::List { all } => refund_desk::admin::jobs_list(&store, all),
-        JobsCmd::Retry { id } => runtime.block_on(refund_desk::admin::jobs_retry(&store, id)),
+        JobsCmd::List { all } => refund_desk::admin::jobs_list(&store, all).await,
+        JobsCmd::Retry { id } => refund_desk::admin::jobs_retry(&store, id).await,
     }
 }
 
@@ -157,7 +156,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Jobs { action } => match run_jobs_command(&runtime, action) {
+        Cmd::Jobs { action } => match runtime.block_on(run_jobs_command(action)) {
             Ok(text) => {
                 println!("{}", text.trim_end());
                 ExitCode::SUCCESS
@@ -181,7 +180,7 @@ fn main() -> ExitCode {
             }
             if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
         }
-        Cmd::Audit { action } => run_audit_command(action).unwrap_or_else(|e| {
+        Cmd::Audit { action } => runtime.block_on(run_audit_command(action)).unwrap_or_else(|e| {
             eprintln!("refund-desk: {e:#}");
             ExitCode::FAILURE
         }),

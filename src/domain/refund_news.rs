@@ -8,18 +8,21 @@ use super::request::{Actor, Effect, Notice, RefundRequest, RefundUpdate, Request
 use super::{ChargeId, RefundId, RequestId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use std::future::Future;
 
 /// What a store reads for [`apply_refund_news`], inside the transaction that will write its
-/// answer: every read sees the writes made before it in that transaction.
+/// answer: every read sees the writes made before it in that transaction. (An embedded store's
+/// reads are ready at once; a database's are awaited.)
 pub trait RefundNewsReads {
     type Error;
     /// The request a refund id was recorded for, if any.
-    fn recorded_owner(&mut self, refund: &RefundId) -> Result<Option<RequestId>, Self::Error>;
-    fn request(&mut self, id: RequestId) -> Result<Option<RefundRequest>, Self::Error>;
+    fn recorded_owner(&mut self, refund: &RefundId) -> impl Future<Output = Result<Option<RequestId>, Self::Error>>;
+    fn request(&mut self, id: RequestId) -> impl Future<Output = Result<Option<RefundRequest>, Self::Error>>;
     /// The money held by the open requests on `charge`.
-    fn holds_on(&mut self, charge: &ChargeId) -> Result<Vec<Hold>, Self::Error>;
+    fn holds_on(&mut self, charge: &ChargeId) -> impl Future<Output = Result<Vec<Hold>, Self::Error>>;
     /// The refund, recorded as made outside the desk, if it was seen before.
-    fn outside_refund(&mut self, refund: &RefundId) -> Result<Option<OutsideRefund>, Self::Error>;
+    fn outside_refund(&mut self, refund: &RefundId)
+    -> impl Future<Output = Result<Option<OutsideRefund>, Self::Error>>;
 }
 
 /// What a store writes for one piece of news, in this order, in the same transaction.
@@ -74,28 +77,28 @@ pub enum EventOutcome {
 /// ([`owner_of_refund`]); that request moves if the news moves it. A refund that is nobody's
 /// is recorded as made outside the desk; the first time it is seen, every open request holding
 /// money on its charge hears of it in its thread and has the charge read again.
-pub fn apply_refund_news<R: RefundNewsReads>(
+pub async fn apply_refund_news<R: RefundNewsReads>(
     reads: &mut R,
     news: &RefundUpdate,
     install_id: &str,
     now: DateTime<Utc>,
 ) -> Result<(RefundOutcome, Vec<RefundNewsWrite>), R::Error> {
-    let recorded = reads.recorded_owner(&news.refund)?;
+    let recorded = reads.recorded_owner(&news.refund).await?;
     let hinted = match (recorded, news.request_hint) {
-        (None, Some(hint)) => reads.request(hint)?,
+        (None, Some(hint)) => reads.request(hint).await?,
         _ => None,
     };
     let owner = match owner_of_refund(recorded, hinted.as_ref(), news, install_id) {
         None => None,
         Some(id) if hinted.as_ref().is_some_and(|h| h.id == id) => hinted,
-        Some(id) => reads.request(id)?,
+        Some(id) => reads.request(id).await?,
     };
     if let Some(request) = owner
         && let Some(placed) = place(request, news, recorded.is_some(), now)
     {
         return Ok(placed);
     }
-    outside(reads, news, now)
+    outside(reads, news, now).await
 }
 
 /// The news for `request`, whose refund it is; `None` when the request cannot take it after
@@ -126,12 +129,12 @@ fn place(
 }
 
 /// A refund that is nobody's: recorded, and announced the first time it is seen.
-fn outside<R: RefundNewsReads>(
+async fn outside<R: RefundNewsReads>(
     reads: &mut R,
     news: &RefundUpdate,
     now: DateTime<Utc>,
 ) -> Result<(RefundOutcome, Vec<RefundNewsWrite>), R::Error> {
-    let seen = reads.outside_refund(&news.refund)?;
+    let seen = reads.outside_refund(&news.refund).await?;
     let record = OutsideRefund {
         refund: news.refund.clone(),
         status: news.status.clone(),
@@ -143,8 +146,8 @@ fn outside<R: RefundNewsReads>(
     };
     let mut writes = vec![RefundNewsWrite::Outside(record)];
     if let (None, Some(charge)) = (seen, news.charge.as_ref()) {
-        for hold in reads.holds_on(charge)? {
-            if let Some(held) = reads.request(hold.request)? {
+        for hold in reads.holds_on(charge).await? {
+            if let Some(held) = reads.request(hold.request).await? {
                 let announced = announce_outside(&held, news);
                 writes.push(RefundNewsWrite::Transition(held, announced));
             }
@@ -174,6 +177,7 @@ fn announce_outside(held: &RefundRequest, news: &RefundUpdate) -> Transition {
 mod tests {
     use super::*;
     use crate::domain::request::tests::{approvers, user, waiting};
+    use futures::FutureExt;
     use std::collections::HashMap;
     use std::convert::Infallible;
 
@@ -189,17 +193,17 @@ mod tests {
 
     impl RefundNewsReads for Reads {
         type Error = Infallible;
-        fn recorded_owner(&mut self, refund: &RefundId) -> Result<Option<RequestId>, Infallible> {
+        async fn recorded_owner(&mut self, refund: &RefundId) -> Result<Option<RequestId>, Infallible> {
             Ok(self.refund_ids.get(refund).copied())
         }
-        fn request(&mut self, id: RequestId) -> Result<Option<RefundRequest>, Infallible> {
+        async fn request(&mut self, id: RequestId) -> Result<Option<RefundRequest>, Infallible> {
             Ok(self.requests.get(&id).cloned())
         }
-        fn holds_on(&mut self, charge: &ChargeId) -> Result<Vec<Hold>, Infallible> {
+        async fn holds_on(&mut self, charge: &ChargeId) -> Result<Vec<Hold>, Infallible> {
             let on_charge = |r: &&RefundRequest| r.charge.as_ref().is_some_and(|f| &f.charge == charge);
             Ok(self.requests.values().filter(on_charge).filter_map(RefundRequest::hold).collect())
         }
-        fn outside_refund(&mut self, refund: &RefundId) -> Result<Option<OutsideRefund>, Infallible> {
+        async fn outside_refund(&mut self, refund: &RefundId) -> Result<Option<OutsideRefund>, Infallible> {
             Ok(self.outside.get(refund).cloned())
         }
     }
@@ -218,7 +222,7 @@ mod tests {
     }
 
     fn apply(reads: &mut Reads, update: &RefundUpdate) -> (RefundOutcome, Vec<RefundNewsWrite>) {
-        let Ok(answer) = apply_refund_news(reads, update, INSTALL, Utc::now());
+        let Ok(answer) = apply_refund_news(reads, update, INSTALL, Utc::now()).now_or_never().expect("ready at once");
         answer
     }
 
@@ -275,7 +279,7 @@ mod tests {
         // Seen again (the event and the read-back, or a retry): refreshed, not announced again.
         reads.outside.insert(record.refund.clone(), record.clone());
         let later = Utc::now() + chrono::Duration::minutes(5);
-        let Ok((_, again)) = apply_refund_news(&mut reads, &dashboard, INSTALL, later);
+        let Ok((_, again)) = apply_refund_news(&mut reads, &dashboard, INSTALL, later).now_or_never().expect("ready");
         assert_eq!(again.len(), 1, "{again:?}");
         let RefundNewsWrite::Outside(refreshed) = &again[0] else { panic!("{again:?}") };
         assert_eq!((refreshed.first_seen, refreshed.last_seen), (record.first_seen, later));

@@ -130,7 +130,7 @@ pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlackCommandEvent) -> Op
 /// The person's recent requests, one line each.
 async fn list_text(ctx: &AppContext, user: &UserId) -> String {
     // Shown only once on disk: a power cut must not undo what the person was told.
-    let read = match ctx.store.requests_of(user.as_str(), 10) {
+    let read = match ctx.store.requests_of(user.as_str(), 10).await {
         Ok(list) => ctx.store.flush().await.map(|()| list),
         Err(e) => Err(e),
     };
@@ -235,7 +235,7 @@ async fn store_request(
             );
             // Only requests numbered before this one: they were written no later than it, so the
             // sync it waited for covers them too.
-            match ctx.store.others_on_payment(&r, crate::slack::views::OTHERS_SHOWN) {
+            match ctx.store.others_on_payment(&r, crate::slack::views::OTHERS_SHOWN).await {
                 Ok((mut others, _)) => {
                     others.retain(|o| o.id < r.id);
                     if let Some(notice) = crate::slack::views::others_notice(&others) {

@@ -18,7 +18,24 @@ pub use stripe::{ChargeSpec, FakeStripe};
 
 use std::time::{Duration, Instant};
 
-/// Polls `check` until it returns `Some`, or `deadline` passes.
+/// Polls the async `check` every 20 ms until it returns `Some`, or `deadline` passes.
+pub async fn wait_for_async<T, F: Future<Output = Option<T>>>(
+    deadline: Duration,
+    mut check: impl FnMut() -> F,
+) -> Option<T> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or `deadline` passes.
 pub async fn wait_for<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let until = Instant::now() + deadline;
     loop {

@@ -37,7 +37,7 @@ pub async fn read_new_events(ctx: &AppContext) -> Result<usize, ReadError> {
     let listed = read_after_cursor(ctx).await?;
     // From five minutes before the last read that went through (reads may have failed for a
     // while), never further back than Stripe keeps events.
-    let last = ctx.store.events_looked_back_at()?.unwrap_or(started);
+    let last = ctx.store.events_looked_back_at().await?.unwrap_or(started);
     let since = (last.min(started) - LOOK_BACK_SECS).max(started - KEPT_SECS);
     let late = apply_unseen(ctx, events_since(ctx, since).await?).await?;
     if late > 0 {
@@ -65,7 +65,10 @@ async fn events_since(ctx: &AppContext, since: i64) -> Result<Vec<serde_json::Va
 async fn apply_unseen(ctx: &AppContext, newest_first: Vec<serde_json::Value>) -> Result<usize, ReadError> {
     let mut applied = 0;
     for event in newest_first.into_iter().rev() {
-        let seen = event["id"].as_str().map(|id| ctx.store.stripe_event_seen(id)).transpose()?.unwrap_or(true);
+        let seen = match event["id"].as_str() {
+            Some(id) => ctx.store.stripe_event_seen(id).await?,
+            None => true,
+        };
         if !seen {
             super::inbound::apply_event(ctx, event, ctx.now()).await?;
             applied += 1;
@@ -75,7 +78,7 @@ async fn apply_unseen(ctx: &AppContext, newest_first: Vec<serde_json::Value>) ->
 }
 
 async fn read_after_cursor(ctx: &AppContext) -> Result<usize, ReadError> {
-    let Some(mut cursor) = ctx.store.events_cursor()? else { return read_without_cursor(ctx).await };
+    let Some(mut cursor) = ctx.store.events_cursor().await? else { return read_without_cursor(ctx).await };
     let mut listed = 0;
     loop {
         let page = match ctx.stripe.list_events(&REFUND_EVENTS, EventPage::NewerThan(&cursor)).await {
@@ -117,7 +120,7 @@ fn is_missing(e: &StripeError) -> bool {
 /// than Stripe's 30 days), applied oldest first; the newest becomes the cursor.
 async fn read_without_cursor(ctx: &AppContext) -> Result<usize, ReadError> {
     let now = ctx.now();
-    let oldest_open = ctx.store.oldest_open_since()?.unwrap_or(now - chrono::Duration::hours(1));
+    let oldest_open = ctx.store.oldest_open_since().await?.unwrap_or(now - chrono::Duration::hours(1));
     let since = (oldest_open.timestamp() - LOOK_BACK_SECS).max(now.timestamp() - KEPT_SECS);
     let events = events_since(ctx, since).await?;
     let listed = events.len();

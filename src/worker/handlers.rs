@@ -366,7 +366,7 @@ fn described(what: &str, permission: Option<String>) -> String {
 }
 
 async fn post_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
-    let (others, more) = ctx.store.others_on_payment(request, views::OTHERS_SHOWN)?;
+    let (others, more) = ctx.store.others_on_payment(request, views::OTHERS_SHOWN).await?;
     if request.card.is_none() {
         let channel = ctx.settings.slack.finance_channel.clone();
         let card = views::approval_card(request, (&others, more), ctx.now());
@@ -412,7 +412,7 @@ async fn recheck_charge(ctx: &AppContext, request: &RefundRequest) -> Result<(),
 
 async fn refresh_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
     let card = card_of(request)?;
-    let others = ctx.store.others_on_payment(request, views::OTHERS_SHOWN)?;
+    let others = ctx.store.others_on_payment(request, views::OTHERS_SHOWN).await?;
     let content = views::approval_card(request, (&others.0, others.1), ctx.now());
     ctx.slack.update_message(&card.channel.as_str().into(), &card.ts.as_str().into(), content).await?;
     Ok(())
@@ -635,7 +635,7 @@ async fn refresh_homes(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
     let mut people = vec![request.requester.clone()];
     people.extend(ctx.approvers().iter().filter(|a| **a != request.requester).cloned());
     for user in people {
-        if ctx.store.has_home(user.as_str())? {
+        if ctx.store.has_home(user.as_str()).await? {
             publish_home(ctx, &user).await?;
         }
     }
@@ -643,16 +643,17 @@ async fn refresh_homes(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
 }
 
 /// One person's App Home, from the indexes: never a scan of every request.
-pub fn home_for(
+pub async fn home_for(
     store: &Store,
     user: &crate::domain::UserId,
     is_approver: bool,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<slack_morphism::prelude::SlackView, StoreError> {
     // Oldest first; more than the view shows, since some are the person's own.
-    let waiting = if is_approver { store.requests_with_status(RequestStatus::AwaitingApproval, 200)? } else { vec![] };
-    let mine = store.requests_of(user.as_str(), views::HOME_LIST_LIMIT)?;
-    let (requested_today, refunded_today) = store.totals_on(now.date_naive())?;
+    let waiting =
+        if is_approver { store.requests_with_status(RequestStatus::AwaitingApproval, 200).await? } else { vec![] };
+    let mine = store.requests_of(user.as_str(), views::HOME_LIST_LIMIT).await?;
+    let (requested_today, refunded_today) = store.totals_on(now.date_naive()).await?;
     Ok(views::home_view(&views::HomeParams {
         user,
         is_approver,
@@ -666,7 +667,7 @@ pub fn home_for(
 
 /// Builds and publishes one person's App Home.
 pub async fn publish_home(ctx: &AppContext, user: &crate::domain::UserId) -> Result<(), JobError> {
-    let view = home_for(&ctx.store, user, ctx.approvers().contains(user), ctx.now())?;
+    let view = home_for(&ctx.store, user, ctx.approvers().contains(user), ctx.now()).await?;
     ctx.slack.publish_home(&user.into(), view).await?;
     Ok(())
 }
@@ -762,7 +763,7 @@ async fn report_parked(
 }
 
 async fn email_customer(ctx: &AppContext, request: &RefundRequest, kind: EmailKind) -> Result<(), JobError> {
-    if ctx.store.email_sent(request.id, kind)?.is_some() {
+    if ctx.store.email_sent(request.id, kind).await?.is_some() {
         return Ok(());
     }
     // Denial and failure emails only where the policy asks for them.

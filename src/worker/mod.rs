@@ -117,7 +117,7 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
             .filter(|(_, free)| *free > 0)
             .collect();
         let snapshot = running.lock().map(|r| r.clone()).unwrap_or_default();
-        let due = match ctx.store.due_jobs(&wanted, now, &snapshot) {
+        let due = match ctx.store.due_jobs(&wanted, now, &snapshot).await {
             Ok(due) => due,
             Err(e) => {
                 tracing::error!(error = %e, "could not read the job queue");

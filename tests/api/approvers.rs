@@ -28,7 +28,7 @@ async fn members_of_the_approver_group_approve_and_leavers_no_longer_can() {
     app.approve(APPROVER_2, id, &card).await;
     let note = wait_for(DEADLINE, || app.slack.ephemerals().pop()).await.expect("told privately");
     assert!(note["text"].as_str().unwrap().contains("Only finance approvers"), "{note}");
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
 
     app.approve(APPROVER, id, &card).await;
     app.wait_for_status(id, RequestStatus::Submitted).await;

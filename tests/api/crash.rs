@@ -171,9 +171,9 @@ async fn killed_at_every_step_the_desk_refunds_each_request_exactly_once() {
     // The database itself agrees.
     world.stop();
     let store = refund_desk::storage::Store::open(world.dir.path()).unwrap();
-    assert_eq!(store.verify_audit().unwrap().problem, None, "the audit chain survived every kill");
+    assert_eq!(store.verify_audit().await.unwrap().problem, None, "the audit chain survived every kill");
     for id in [first, second, third, fourth] {
-        let r = store.get_request(id).unwrap().unwrap();
+        let r = store.get_request(id).await.unwrap().unwrap();
         assert_eq!(r.status, refund_desk::domain::RequestStatus::Succeeded, "{id}");
     }
 }

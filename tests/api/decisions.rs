@@ -37,7 +37,7 @@ async fn a_denial_without_a_reason_is_refused_on_the_field() {
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(body["response_action"], "errors");
     assert!(body["errors"]["deny_reason_block"].as_str().unwrap().contains("reason"));
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
 }
 
 #[tokio::test]
@@ -49,7 +49,7 @@ async fn the_requester_cannot_approve_their_own_request_even_as_an_approver() {
     assert_eq!(note["user"], REQUESTER);
     assert!(note["text"].as_str().unwrap().contains("someone else"), "{note}");
     app.wait_until_idle().await;
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
     assert!(app.stripe.refund_posts().is_empty());
     // Nor deny it: the form does not even open.
     assert_eq!(app.click(REQUESTER, "refund_deny", id, &card).await, 200);
@@ -66,9 +66,9 @@ async fn someone_who_is_not_an_approver_cannot_approve() {
     assert_eq!(note["user"], OUTSIDER);
     assert!(note["text"].as_str().unwrap().contains("Only finance approvers"), "{note}");
     app.wait_until_idle().await;
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
     assert!(app.stripe.refund_posts().is_empty());
-    assert_eq!(app.store().audit_of(id).unwrap().len(), 2, "created and sent for approval; nothing more");
+    assert_eq!(app.store().audit_of(id).await.unwrap().len(), 2, "created and sent for approval; nothing more");
 }
 
 #[tokio::test]
@@ -86,7 +86,7 @@ async fn two_approvals_at_the_same_moment_refund_once() {
     assert_eq!(app.stripe.refunds().len(), 1);
     let loser = wait_for(DEADLINE, || app.slack.ephemerals().pop()).await.expect("the second approver is told");
     assert!(loser["text"].as_str().unwrap().contains("no longer waiting"), "{loser}");
-    let approvals = app.store().audit_of(id).unwrap().iter().filter(|e| e.to == RequestStatus::Approved).count();
+    let approvals = app.store().audit_of(id).await.unwrap().iter().filter(|e| e.to == RequestStatus::Approved).count();
     assert_eq!(approvals, 1);
 }
 
@@ -107,6 +107,7 @@ async fn a_second_approver_clicking_after_the_first_is_told_it_is_decided_and_no
     assert!(told["text"].as_str().unwrap().contains(&format!("<@{APPROVER}>")), "{told}");
     app.wait_until_idle().await;
     assert_eq!(app.stripe.refund_posts().len(), 1);
-    let approvals = app.store().audit_of(id).unwrap().into_iter().filter(|e| e.to == RequestStatus::Approved).count();
+    let approvals =
+        app.store().audit_of(id).await.unwrap().into_iter().filter(|e| e.to == RequestStatus::Approved).count();
     assert_eq!(approvals, 1, "one approval in the audit trail");
 }

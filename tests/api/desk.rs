@@ -49,7 +49,7 @@ async fn bad_form_input_is_answered_on_its_field_and_nothing_is_stored() {
     assert!(errors[AMOUNT_BLOCK].as_str().unwrap().contains("negative"), "{errors}");
     assert!(errors[EMAIL_BLOCK].as_str().unwrap().contains("not an email address"), "{errors}");
     assert!(errors.get(REASON_BLOCK).is_none());
-    assert!(app.store().all_requests().unwrap().is_empty());
+    assert!(app.store().all_requests().await.unwrap().is_empty());
     assert!(app.stripe.received().is_empty(), "format errors never reach Stripe");
 }
 
@@ -74,7 +74,7 @@ async fn the_form_asks_stripe_before_accepting_when_stripe_answers_in_time() {
     assert!(unknown["errors"][CHARGE_BLOCK].as_str().unwrap().contains("Stripe has no"), "{unknown}");
     let too_much = submit(charge.clone(), "30.00").await;
     assert!(too_much["errors"][AMOUNT_BLOCK].as_str().unwrap().contains("more than the $25.00"), "{too_much}");
-    assert!(app.store().all_requests().unwrap().is_empty());
+    assert!(app.store().all_requests().await.unwrap().is_empty());
 
     let accepted = submit(charge, "10.00").await;
     assert_eq!(accepted["response_action"], "update", "{accepted}");
@@ -164,7 +164,7 @@ async fn a_withdrawn_request_cannot_be_approved_afterwards() {
     assert!(note["text"].as_str().unwrap().contains("no longer waiting"), "{note}");
     app.wait_until_idle().await;
     assert!(app.stripe.refund_posts().is_empty());
-    assert_eq!(app.request(id).status, RequestStatus::Withdrawn);
+    assert_eq!(app.request(id).await.status, RequestStatus::Withdrawn);
     let blocks = app.slack.message(&card.ts).unwrap().blocks.to_string();
     assert!(blocks.contains("Withdrawn") && !blocks.contains("refund_approve"), "{blocks}");
     assert!(app.thread_texts(&card).iter().any(|t| t.contains("Withdrawn by <@U0REQUEST1>")));
@@ -197,7 +197,7 @@ async fn approvers_are_reminded_then_the_request_expires_even_across_a_restart()
         reminder.contains("<@U0APPROVE1>") && reminder.contains("<@U0APPROVE2>") && !reminder.contains("<@U0REQUEST1>"),
         "{reminder}"
     );
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
 
     app.restart().await;
     app.app.as_ref().unwrap().context().advance_clock(Duration::from_secs(2 * 24 * 3600 + 3600));
@@ -231,15 +231,15 @@ async fn home_reads_the_indexes_so_a_store_of_100000_requests_shows_just_whats_w
         r.amount = Some(Money::new(100, usd));
         // Five in every 100,000 still wait; the rest are long done.
         r.status = if n % 20_000 == 7 { RequestStatus::AwaitingApproval } else { RequestStatus::Succeeded };
-        store.import_request(&r).unwrap();
+        store.import_request(&r).await.unwrap();
     }
     store.flush().await.unwrap();
     let ctx = app.app.as_ref().unwrap().context();
-    let read_before = store.requests_read();
+    let read_before = store.as_sled().expect("the embedded engine counts its reads").requests_read();
     refund_desk::worker::handlers::publish_home(&ctx, &UserId::parse(APPROVER).unwrap()).await.unwrap();
     // What it shows, found through the indexes: the 5 waiting and the approver's own (none),
     // not a walk through 100,000 requests.
-    let read = store.requests_read() - read_before;
+    let read = store.as_sled().expect("the embedded engine counts its reads").requests_read() - read_before;
     assert!(read <= 5 + refund_desk::slack::views::HOME_LIST_LIMIT as u64, "App Home read {read} requests");
     let (home, _) = app.slack.home_of(APPROVER).unwrap();
     let text = home.to_string();
@@ -247,9 +247,9 @@ async fn home_reads_the_indexes_so_a_store_of_100000_requests_shows_just_whats_w
     for n in [7u64, 20_007, 40_007, 60_007, 80_007] {
         assert!(text.contains(&format!("R-{}", 10_000 + n)), "R-{} missing", 10_000 + n);
     }
-    let read_before = store.requests_read();
+    let read_before = store.as_sled().expect("the embedded engine counts its reads").requests_read();
     refund_desk::worker::handlers::publish_home(&ctx, &requester(7)).await.unwrap();
-    let read = store.requests_read() - read_before;
+    let read = store.as_sled().expect("the embedded engine counts its reads").requests_read() - read_before;
     assert!(read <= refund_desk::slack::views::HOME_LIST_LIMIT as u64, "App Home read {read} of 2,000 requests");
     let (home, _) = app.slack.home_of(requester(7).as_str()).unwrap();
     let shown = home.to_string().matches("* · $1.00 on").count();
@@ -306,7 +306,7 @@ async fn a_refused_click_in_app_home_is_answered_by_direct_message() {
     let dm = wait_for(DEADLINE, || app.direct_messages(OUTSIDER).pop()).await.expect("told by DM");
     assert!(dm.contains("Only finance approvers"), "{dm}");
     assert!(app.slack.ephemerals().is_empty(), "not as a note in a channel they may not be in");
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
 }
 
 #[tokio::test]
@@ -314,7 +314,8 @@ async fn closing_the_deny_form_or_the_request_form_changes_nothing() {
     let app = TestApp::spawn().await;
     let (id, _card) = app.waiting_request().await;
     // Once the card is recorded, nothing but a decision changes the request.
-    let before = wait_for(DEADLINE, || Some(app.request(id)).filter(|r| r.card.is_some())).await.expect("a card");
+    let recorded = || async { Some(app.request(id).await).filter(|r| r.card.is_some()) };
+    let before = wait_for_async(DEADLINE, recorded).await.expect("a card");
     use refund_desk::slack::views::{DENY_CALLBACK, DENY_REASON_BLOCK};
     // Each form closed with Cancel after something was typed into it.
     let reason = [(DENY_REASON_BLOCK, "Outside the 30-day window")];
@@ -323,6 +324,6 @@ async fn closing_the_deny_form_or_the_request_form_changes_nothing() {
     let typed = [(CHARGE_BLOCK, charge.as_str()), (AMOUNT_BLOCK, "10.00"), (REASON_BLOCK, "duplicate")];
     assert_eq!(app.driver.close_view(REQUESTER, REQUEST_CALLBACK, "C0SUPPORT1", &typed).await, 200);
     // A decision is on disk before its answer, so one made by a close would show already.
-    assert_eq!(app.request(id), before, "a closed form decides nothing");
-    assert_eq!(app.store().all_requests().unwrap().len(), 1, "a closed request form stores nothing");
+    assert_eq!(app.request(id).await, before, "a closed form decides nothing");
+    assert_eq!(app.store().all_requests().await.unwrap().len(), 1, "a closed request form stores nothing");
 }

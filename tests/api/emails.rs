@@ -77,7 +77,7 @@ async fn a_failed_refund_tells_finance_and_emails_the_customer_only_if_configure
         let (id, card) = app.waiting_request().await;
         app.approve(APPROVER, id, &card).await;
         app.wait_for_status(id, RequestStatus::Submitted).await;
-        let refund = app.request(id).refund.unwrap().id;
+        let refund = app.request(id).await.refund.unwrap().id;
         let event = app
             .stripe
             .refund_event(refund.as_str(), "refund.failed", "failed", Some("expired_or_canceled_card"))
@@ -118,7 +118,7 @@ async fn a_permanent_smtp_refusal_is_reported_in_the_thread_and_not_retried() {
     assert!(note.contains("550") || note.contains("refused"), "{note}");
     app.wait_until_idle().await;
     assert!(app.smtp.messages().is_empty());
-    assert!(app.store().email_sent(id, EmailKind::RefundSucceeded).unwrap().is_none());
+    assert!(app.store().email_sent(id, EmailKind::RefundSucceeded).await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -128,7 +128,7 @@ async fn nothing_is_sent_twice_across_a_restart() {
     assert_eq!(app.smtp.messages().len(), 1);
     app.restart().await;
     // Stripe says it again, under another event, and an email job runs again after the restart.
-    let again = app.refund_event(id, "charge.refunded", "succeeded");
+    let again = app.refund_event(id, "charge.refunded", "succeeded").await;
     assert_eq!(app.deliver_stripe_event(&again).await, 200);
     app.store().enqueue(id, &[Effect::EmailCustomer(EmailKind::RefundSucceeded)], chrono::Utc::now()).await.unwrap();
     app.wait_until_idle().await;

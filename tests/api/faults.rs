@@ -12,7 +12,7 @@ async fn a_slack_rate_limit_delays_the_card_but_posts_it_once() {
     let cards = app.slack.messages_in(FINANCE);
     assert_eq!(cards.len(), 1, "one card, after the 429");
     assert_eq!(app.slack.calls("chat.postMessage").len(), 2, "the 429, then the post");
-    assert_eq!(app.request(id).card.unwrap().ts, cards[0].ts);
+    assert_eq!(app.request(id).await.card.unwrap().ts, cards[0].ts);
 }
 
 #[tokio::test]
@@ -35,7 +35,7 @@ async fn stripe_refusing_the_refund_ends_the_request_with_stripes_message() {
     let app = TestApp::spawn().await;
     let (id, card) = app.waiting_request().await;
     // Someone refunds the charge in the Stripe dashboard before finance approves.
-    let charge = app.request(id).charge.unwrap().charge;
+    let charge = app.request(id).await.charge.unwrap().charge;
     app.stripe.refund_made_outside(charge.as_str(), None, &[]);
     app.approve(APPROVER, id, &card).await;
     let r = app.wait_for_status(id, RequestStatus::Failed).await;
@@ -84,7 +84,7 @@ async fn a_refund_applied_then_cut_off_is_replayed_not_repeated() {
     let id = approve_through(&app).await;
     assert_one_refund_with_one_key(&app, 2);
     let refund = &app.stripe.refunds()[0];
-    assert_eq!(app.request(id).refund.unwrap().id.as_str(), refund["id"].as_str().unwrap());
+    assert_eq!(app.request(id).await.refund.unwrap().id.as_str(), refund["id"].as_str().unwrap());
 }
 
 #[tokio::test]
@@ -120,7 +120,7 @@ async fn a_lost_webhook_is_made_good_by_reading_the_refund_back() {
     app.reconfigure(|s| s.stripe.pending_check_after = std::time::Duration::from_millis(300)).await;
     let (id, _card) = app.submitted_request().await;
     // Stripe settles the refund, but its webhook never arrives.
-    let refund = app.request(id).refund.unwrap().id;
+    let refund = app.request(id).await.refund.unwrap().id;
     app.stripe.refund_event(refund.as_str(), "refund.updated", "succeeded", None).unwrap();
     app.wait_for_status(id, RequestStatus::Succeeded).await;
     assert!(app.stripe.received().iter().any(|r| r.path == format!("/v1/refunds/{refund}")));
@@ -166,7 +166,9 @@ async fn a_job_that_runs_out_of_attempts_is_parked_reported_and_can_be_retried()
 
     // Two tries, then parked, never deleted; finance is told in the card's thread.
     let store = app.store();
-    let parked = wait_for(DEADLINE, || store.all_jobs().unwrap().into_iter().find(|j| j.parked)).await.expect("parked");
+    let parked = wait_for_async(DEADLINE, || async { store.all_jobs().await.unwrap().into_iter().find(|j| j.parked) })
+        .await
+        .expect("parked");
     assert_eq!(parked.attempts, 2);
     assert_eq!(app.stripe.refund_posts().len(), 2);
     let alert = wait_for(DEADLINE, || app.thread_texts(&card).into_iter().find(|t| t.contains("is stuck")))
@@ -177,7 +179,7 @@ async fn a_job_that_runs_out_of_attempts_is_parked_reported_and_can_be_retried()
             && alert.contains(&format!("refund-desk jobs retry {}", parked.id)),
         "{alert}"
     );
-    assert_eq!(app.request(id).status, RequestStatus::Approved, "nothing was lost");
+    assert_eq!(app.request(id).await.status, RequestStatus::Approved, "nothing was lost");
 
     // Stripe is back; a person retries the job.
     app.stripe.set_refunds_down(false);
@@ -200,9 +202,9 @@ async fn a_permanent_slack_refusal_parks_at_once_and_says_so_in_the_channel() {
         "{}",
         alert.text
     );
-    let parked = app.store().all_jobs().unwrap().into_iter().find(|j| j.parked).expect("parked");
+    let parked = app.store().all_jobs().await.unwrap().into_iter().find(|j| j.parked).expect("parked");
     assert_eq!(parked.attempts, 1, "a permanent refusal is not retried");
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
 }
 
 #[tokio::test]
@@ -213,7 +215,7 @@ async fn a_finance_channel_that_refuses_the_bot_holds_up_no_requester_message_an
     let id = app.request_refund(&format!("{charge} 20.00 duplicate charged twice")).await;
     // Auto-approved and refunded, while its card cannot be posted.
     app.wait_for_status(id, RequestStatus::Submitted).await;
-    assert_eq!(app.deliver_stripe_event(&app.refund_event(id, "refund.updated", "succeeded")).await, 200);
+    assert_eq!(app.deliver_stripe_event(&app.refund_event(id, "refund.updated", "succeeded").await).await, 200);
     app.wait_for_status(id, RequestStatus::Succeeded).await;
     // The requester hears the outcome: their messages do not wait behind the card.
     let told = wait_for(DEADLINE, || {

@@ -41,9 +41,9 @@ async fn a_refund_goes_from_slash_command_to_one_stripe_refund_and_one_customer_
 
     // Stripe confirms through webhooks: pending, then succeeded.
     let refund = request.refund.clone().unwrap();
-    assert_eq!(app.deliver_stripe_event(&app.refund_event(id, "refund.created", "pending")).await, 200);
+    assert_eq!(app.deliver_stripe_event(&app.refund_event(id, "refund.created", "pending").await).await, 200);
     app.wait_for_status(id, RequestStatus::Pending).await;
-    assert_eq!(app.deliver_stripe_event(&app.refund_event(id, "refund.updated", "succeeded")).await, 200);
+    assert_eq!(app.deliver_stripe_event(&app.refund_event(id, "refund.updated", "succeeded").await).await, 200);
     app.wait_for_status(id, RequestStatus::Succeeded).await;
 
     // One email, to the billing address, with the amount and the refund id.
@@ -130,7 +130,7 @@ async fn metrics_are_served_in_prometheus_text_format() {
     let (id, card) = app.waiting_request().await;
     app.approve(APPROVER, id, &card).await;
     app.wait_for_status(id, RequestStatus::Submitted).await;
-    app.deliver_stripe_event(&app.refund_event(id, "refund.updated", "succeeded")).await;
+    app.deliver_stripe_event(&app.refund_event(id, "refund.updated", "succeeded").await).await;
     app.wait_for_status(id, RequestStatus::Succeeded).await;
     let response = reqwest::Client::new().get(format!("{}/metrics", app.driver.base)).send().await.unwrap();
     assert_eq!(response.status(), 200);

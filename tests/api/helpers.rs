@@ -5,6 +5,7 @@ use refund_desk::config::JobSettings;
 use refund_desk::domain::{RefundRequest, RequestId, RequestStatus};
 use refund_desk::standins::driver::{self, SlackDriver};
 use refund_desk::standins::slack::Posted;
+pub use refund_desk::standins::wait_for_async;
 use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for};
 use refund_desk::storage::Store;
 use serde_json::Value;
@@ -135,15 +136,19 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no request id in {answer:?}"))
     }
 
-    pub fn request(&self, id: RequestId) -> RefundRequest {
-        self.store().get_request(id).unwrap().expect("stored")
+    pub async fn request(&self, id: RequestId) -> RefundRequest {
+        self.store().get_request(id).await.unwrap().expect("stored")
     }
 
     pub async fn wait_for_status(&self, id: RequestId, status: RequestStatus) -> RefundRequest {
         let store = self.store();
-        wait_for(DEADLINE, || store.get_request(id).unwrap().filter(|r| r.status == status))
-            .await
-            .unwrap_or_else(|| panic!("{id} never reached {status:?}; it is {:?}", self.request(id).status))
+        let reached =
+            wait_for_async(DEADLINE, || async { store.get_request(id).await.unwrap().filter(|r| r.status == status) })
+                .await;
+        match reached {
+            Some(request) => request,
+            None => panic!("{id} never reached {status:?}; it is {:?}", self.request(id).await.status),
+        }
     }
 
     /// Waits until the request's card is in the finance channel.
@@ -183,7 +188,7 @@ impl TestApp {
         let card = self.card(id).await;
         self.approve(APPROVER, id, &card).await;
         self.wait_for_status(id, RequestStatus::Submitted).await;
-        assert_eq!(self.deliver_stripe_event(&self.refund_event(id, "refund.updated", "succeeded")).await, 200);
+        assert_eq!(self.deliver_stripe_event(&self.refund_event(id, "refund.updated", "succeeded").await).await, 200);
         self.wait_for_status(id, RequestStatus::Succeeded).await;
     }
 
@@ -194,11 +199,13 @@ impl TestApp {
         // The desk's clock, which tests may have moved forward.
         let ctx = self.app.as_ref().expect("running").context();
         let later = || ctx.now() + chrono::Duration::seconds(60);
-        wait_for(DEADLINE, || {
-            store.all_jobs().unwrap().iter().all(|j| j.parked || j.not_before > later()).then_some(())
+        let idle = wait_for_async(DEADLINE, || async {
+            store.all_jobs().await.unwrap().iter().all(|j| j.parked || j.not_before > later()).then_some(())
         })
-        .await
-        .unwrap_or_else(|| panic!("jobs still queued: {:?}", store.all_jobs().unwrap()));
+        .await;
+        if idle.is_none() {
+            panic!("jobs still queued: {:?}", store.all_jobs().await.unwrap());
+        }
     }
 
     /// Stripe sends `kind` for the request's refund with `status`; returns the HTTP status.
@@ -207,8 +214,8 @@ impl TestApp {
     }
 
     /// The event Stripe would send about this request's refund.
-    pub fn refund_event(&self, id: RequestId, kind: &str, status: &str) -> Value {
-        let refund = self.request(id).refund.expect("the refund was made").id;
+    pub async fn refund_event(&self, id: RequestId, kind: &str, status: &str) -> Value {
+        let refund = self.request(id).await.refund.expect("the refund was made").id;
         self.stripe.refund_event(refund.as_str(), kind, status, None).expect("the stand-in knows the refund")
     }
 

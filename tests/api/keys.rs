@@ -40,7 +40,7 @@ async fn a_key_that_cannot_read_radar_still_gets_a_card_that_says_so_and_is_not_
     assert!(content.contains("rak_radar_early_fraud_warning_read"), "{content}");
     assert!(content.contains("not readable with this Stripe key"), "{content}");
     assert_eq!(calls_to(&app, "GET", "/v1/radar/early_fraud_warnings"), 1, "a 403 is not retried");
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
 }
 
 #[tokio::test]
@@ -57,7 +57,7 @@ async fn a_key_that_cannot_read_customers_goes_on_without_the_email_and_says_so(
     app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
     let card = app.card(id).await;
     assert!(card_content(&card).contains("rak_customer_read"), "{}", card_content(&card));
-    assert_eq!(app.request(id).charge.unwrap().customer_email, None);
+    assert_eq!(app.request(id).await.charge.unwrap().customer_email, None);
     assert_eq!(app.stripe.received().iter().filter(|r| r.path.starts_with("/v1/customers/")).count(), 1);
 }
 
@@ -130,7 +130,7 @@ async fn a_key_that_cannot_make_refunds_fails_the_approved_request_and_alerts_fi
 async fn a_key_that_lost_refund_write_after_an_earlier_try_made_the_refund_records_that_refund() {
     let app = TestApp::spawn().await;
     let (id, card) = app.waiting_request().await;
-    let charge = app.request(id).charge.unwrap().charge.to_string();
+    let charge = app.request(id).await.charge.unwrap().charge.to_string();
     // The refund an earlier try made, whose answer was lost; then the key was restricted.
     let install = app.store().install_id().to_string();
     let made = app.stripe.refund_made_outside(

@@ -85,7 +85,7 @@ impl LoadedDesk {
                 "{} of {} answered requests never got a card: {}\nthe desk's log about them:\n{}",
                 missing.len(),
                 ids.len(),
-                explain(self.dir.path(), &missing),
+                explain(self.dir.path(), &missing).await,
                 related.join("\n")
             );
         }
@@ -95,19 +95,17 @@ impl LoadedDesk {
 }
 
 /// Where the requests stand in the stopped desk's store, and their outstanding jobs.
-fn explain(dir: &std::path::Path, ids: &[&String]) -> String {
+async fn explain(dir: &std::path::Path, ids: &[&String]) -> String {
     let store = refund_desk::storage::Store::open(dir).unwrap();
-    let jobs = store.all_jobs().unwrap();
-    ids.iter()
-        .take(5)
-        .map(|id| {
-            let id = refund_desk::domain::RequestId::parse(id).unwrap();
-            let request = store.get_request(id).unwrap();
-            let pending: Vec<_> = jobs.iter().filter(|j| j.request_id == id).collect();
-            format!("{id}: {:?}, jobs {pending:?}", request.map(|r| r.status))
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+    let jobs = store.all_jobs().await.unwrap();
+    let mut lines = vec![];
+    for id in ids.iter().take(5) {
+        let id = refund_desk::domain::RequestId::parse(id).unwrap();
+        let request = store.get_request(id).await.unwrap();
+        let pending: Vec<_> = jobs.iter().filter(|j| j.request_id == id).collect();
+        lines.push(format!("{id}: {:?}, jobs {pending:?}", request.map(|r| r.status)));
+    }
+    lines.join("; ")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

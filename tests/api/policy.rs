@@ -33,7 +33,7 @@ async fn a_small_refund_is_made_without_a_click_and_finance_is_told() {
         "a notice, not a question: {blocks}"
     );
     assert!(app.thread_texts(&card).iter().any(|t| t.contains("Refunded by the policy")));
-    let audit = app.store().audit_of(id).unwrap();
+    let audit = app.store().audit_of(id).await.unwrap();
     assert!(audit.iter().any(|e| e.actor == Actor::Policy && e.to == RequestStatus::Approved), "{audit:?}");
 }
 
@@ -80,7 +80,7 @@ async fn large_refunds_need_two_different_approvers() {
     let note = wait_for(DEADLINE, || app.slack.ephemerals().pop()).await.expect("told privately");
     assert!(note["text"].as_str().unwrap().contains("second, different approver"), "{note}");
     app.wait_until_idle().await;
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
     assert!(app.stripe.refund_posts().is_empty());
 
     app.approve(APPROVER_2, id, &card).await;
@@ -136,7 +136,7 @@ async fn two_open_requests_can_never_together_exceed_the_charge() {
     // `full` takes what the first leaves.
     let third = app.request_refund(&format!("{charge} full")).await;
     app.wait_for_status(third, RequestStatus::AwaitingApproval).await;
-    assert_eq!(app.request(third).amount.unwrap().minor(), 1000);
+    assert_eq!(app.request(third).await.amount.unwrap().minor(), 1000);
     // Denying the first frees its amount.
     let (status, _) = app.driver.submit_deny(APPROVER, &first.to_string(), "wrong charge").await;
     assert_eq!(status, 200);
@@ -152,10 +152,14 @@ async fn two_requests_checked_at_the_same_moment_cannot_both_take_the_money() {
     let text = format!("{charge} 20.00");
     let (a, b) = tokio::join!(app.request_refund(&text), app.request_refund(&text));
     let store = app.store();
-    let settled =
-        |id| store.get_request(id).unwrap().filter(|r| r.status != RequestStatus::Requested).map(|r| r.status);
-    let sa = wait_for(DEADLINE, || settled(a)).await.unwrap();
-    let sb = wait_for(DEADLINE, || settled(b)).await.unwrap();
+    let settled = |id| {
+        let store = store.clone();
+        async move {
+            store.get_request(id).await.unwrap().filter(|r| r.status != RequestStatus::Requested).map(|r| r.status)
+        }
+    };
+    let sa = wait_for_async(DEADLINE, || settled(a)).await.unwrap();
+    let sb = wait_for_async(DEADLINE, || settled(b)).await.unwrap();
     let mut statuses = [sa, sb];
     statuses.sort_by_key(|s| format!("{s:?}"));
     assert_eq!(statuses, [RequestStatus::AwaitingApproval, RequestStatus::Rejected]);

@@ -65,7 +65,7 @@ async fn jobs_list_and_retry_work_on_a_stopped_desks_database() {
             refund_desk::domain::RefundReason::Duplicate,
         );
         store.insert_request(new, chrono::Utc::now()).await.unwrap();
-        let mut job = store.all_jobs().unwrap().remove(0);
+        let mut job = store.all_jobs().await.unwrap().remove(0);
         job.parked = true;
         job.attempts = 12;
         job.last_error = Some("Stripe is unavailable: HTTP 503".into());
@@ -83,7 +83,7 @@ async fn jobs_list_and_retry_work_on_a_stopped_desks_database() {
     let retry = run(&["jobs", "retry", &job_id.to_string()]);
     assert!(retry.status.success(), "{}", String::from_utf8_lossy(&retry.stderr));
     let store = refund_desk::storage::Store::open(dir.path()).unwrap();
-    let job = store.find_job(job_id).unwrap().unwrap();
+    let job = store.find_job(job_id).await.unwrap().unwrap();
     assert!(!job.parked && job.attempts == 0);
 
     // While a desk holds the database, the command says why it cannot run.

@@ -7,8 +7,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use refund_desk::domain::{Actor, RequestId, RequestStatus, UserId};
+use refund_desk::standins::ChargeSpec;
 use refund_desk::standins::stripe::Fault;
-use refund_desk::standins::{ChargeSpec, wait_for};
 use std::collections::HashMap;
 
 const POLICY: &str = r#"
@@ -42,13 +42,13 @@ enum Expect {
     NoRefund,
 }
 
-fn check_invariants(app: &TestApp, expectations: &HashMap<RequestId, Expect>, seed: u64) {
+async fn check_invariants(app: &TestApp, expectations: &HashMap<RequestId, Expect>, seed: u64) {
     let store = app.store();
     // 7. The audit trail's chain is intact, whatever raced.
-    assert_eq!(store.verify_audit().unwrap().problem, None, "seed {seed}");
+    assert_eq!(store.verify_audit().await.unwrap().problem, None, "seed {seed}");
     let approvers: Vec<UserId> = [APPROVER, APPROVER_2, REQUESTER].iter().map(|u| UserId::parse(u).unwrap()).collect();
     for (id, expect) in expectations {
-        let r = store.get_request(*id).unwrap().unwrap();
+        let r = store.get_request(*id).await.unwrap().unwrap();
         let refunds: Vec<_> =
             app.stripe.refunds().into_iter().filter(|x| x["metadata"]["refund_request_id"] == id.to_string()).collect();
         let emails = r
@@ -63,7 +63,7 @@ fn check_invariants(app: &TestApp, expectations: &HashMap<RequestId, Expect>, se
                 assert_eq!(r.status, *final_status, "{ctx}: final status");
             }
             Expect::NoRefund => {
-                assert!(refunds.is_empty(), "{ctx}: no refund; audit {:#?}", store.audit_of(*id).unwrap())
+                assert!(refunds.is_empty(), "{ctx}: no refund; audit {:#?}", store.audit_of(*id).await.unwrap())
             }
         }
         // 4. At most one email, and only after Stripe said succeeded.
@@ -78,7 +78,7 @@ fn check_invariants(app: &TestApp, expectations: &HashMap<RequestId, Expect>, se
             assert_eq!(emails, 1, "{ctx}: the customer was emailed");
         }
         // 5. Statuses only move forward; 3. approvals as the policy asks, never by the requester.
-        let audit = store.audit_of(*id).unwrap();
+        let audit = store.audit_of(*id).await.unwrap();
         assert_eq!(audit[0].to, RequestStatus::Requested, "{ctx}");
         for pair in audit.windows(2) {
             assert_eq!(pair[0].to, pair[1].from, "{ctx}: the trail is unbroken");
@@ -139,8 +139,8 @@ async fn random_flows_with_faults_keep_every_invariant() {
         let status = {
             // Not held across a restart: sled allows one opener.
             let store = app.store();
-            wait_for(DEADLINE, || {
-                store.get_request(id).unwrap().map(|r| r.status).filter(|s| *s != RequestStatus::Requested)
+            wait_for_async(DEADLINE, || async {
+                store.get_request(id).await.unwrap().map(|r| r.status).filter(|s| *s != RequestStatus::Requested)
             })
             .await
             .unwrap_or_else(|| panic!("seed {seed}: flow {flow} stuck checking"))
@@ -177,7 +177,7 @@ async fn random_flows_with_faults_keep_every_invariant() {
         if !approved {
             app.wait_until_idle().await;
             expectations.insert(id, Expect::NoRefund);
-            check_invariants(&app, &expectations, seed);
+            check_invariants(&app, &expectations, seed).await;
             continue;
         }
         app.wait_for_status(id, RequestStatus::Submitted).await;
@@ -186,7 +186,7 @@ async fn random_flows_with_faults_keep_every_invariant() {
         }
         // Stripe's events: shuffled, some twice.
         let final_status = if rng.random_bool(0.15) { "failed" } else { "succeeded" };
-        let refund = app.request(id).refund.unwrap().id;
+        let refund = app.request(id).await.refund.unwrap().id;
         let mut events = vec![
             app.stripe.refund_event(refund.as_str(), "refund.created", "pending", None).unwrap(),
             app.stripe.refund_event(refund.as_str(), "refund.updated", final_status, None).unwrap(),
@@ -204,6 +204,6 @@ async fn random_flows_with_faults_keep_every_invariant() {
         app.wait_for_status(id, expected).await;
         app.wait_until_idle().await;
         expectations.insert(id, Expect::Refunded(expected));
-        check_invariants(&app, &expectations, seed);
+        check_invariants(&app, &expectations, seed).await;
     }
 }

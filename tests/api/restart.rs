@@ -38,7 +38,7 @@ async fn a_request_acknowledged_in_slack_is_stored_and_carries_on_after_a_stop_a
     app.stop().await;
     // Straight from the files, with no desk running.
     let store = refund_desk::storage::Store::open(app.data_dir.path()).unwrap();
-    assert!(store.get_request(id).unwrap().is_some(), "acknowledged means stored");
+    assert!(store.get_request(id).await.unwrap().is_some(), "acknowledged means stored");
     drop(store);
     app.restart().await;
     app.wait_for_status(id, RequestStatus::AwaitingApproval).await;

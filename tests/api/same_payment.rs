@@ -25,7 +25,7 @@ async fn a_second_request_on_a_charge_is_told_of_the_first_and_both_cards_list_e
         )),
         "{answer}"
     );
-    let second = app.store().all_requests().unwrap().into_iter().map(|r| r.id).max().unwrap();
+    let second = app.store().all_requests().await.unwrap().into_iter().map(|r| r.id).max().unwrap();
     assert_ne!(second, first);
     app.wait_for_status(second, RequestStatus::AwaitingApproval).await;
     let second_card = app.card(second).await;
@@ -52,7 +52,7 @@ async fn a_request_on_a_charge_already_refunded_through_the_desk_says_so() {
         answer.contains(&format!("{first} for $10.00 (asked by <@{REQUESTER}>) was on this payment: refunded")),
         "{answer}"
     );
-    let second = app.store().all_requests().unwrap().into_iter().map(|r| r.id).max().unwrap();
+    let second = app.store().all_requests().await.unwrap().into_iter().map(|r| r.id).max().unwrap();
     app.wait_for_status(second, RequestStatus::AwaitingApproval).await;
     let text = content(&app.card(second).await);
     assert!(text.contains("Other requests on this payment") && !text.contains("still open"), "{text}");
@@ -66,7 +66,7 @@ async fn requests_on_different_charges_are_not_listed_together() {
     let charge = app.add_charge(ChargeSpec::default());
     let answer = app.slash_refund(REQUESTER, &format!("{charge} 10.00 duplicate charged twice")).await;
     assert!(!answer.contains(":warning:"), "{answer}");
-    let id = app.store().all_requests().unwrap().into_iter().map(|r| r.id).max().unwrap();
+    let id = app.store().all_requests().await.unwrap().into_iter().map(|r| r.id).max().unwrap();
     app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
     assert!(!content(&app.card(id).await).contains("Other requests on this payment"));
 }
@@ -98,7 +98,7 @@ async fn a_request_by_payment_intent_and_one_by_its_charge_see_each_other() {
     // The second names the charge: found through the first one's checked charge.
     let answer = app.slash_refund(APPROVER_2, &format!("{charge} 5.00 duplicate asked again")).await;
     assert!(answer.contains(&format!("{by_intent} for $10.00")), "{answer}");
-    let by_charge = app.store().all_requests().unwrap().into_iter().map(|r| r.id).max().unwrap();
+    let by_charge = app.store().all_requests().await.unwrap().into_iter().map(|r| r.id).max().unwrap();
     app.wait_for_status(by_charge, RequestStatus::AwaitingApproval).await;
     assert!(content(&app.card(by_charge).await).contains(&by_intent.to_string()));
 }

@@ -5,7 +5,7 @@ use refund_desk::standins::driver::{SIGNING_SECRET, SlackDriver};
 const FORM: &str = "application/x-www-form-urlencoded";
 
 async fn assert_nothing_stored(app: &TestApp) {
-    assert!(app.store().all_requests().unwrap().is_empty(), "a request was stored");
+    assert!(app.store().all_requests().await.unwrap().is_empty(), "a request was stored");
     assert!(app.stripe.received().is_empty(), "Stripe was called");
     assert!(app.slack.calls("chat.postMessage").is_empty(), "Slack was called");
 }
@@ -46,11 +46,11 @@ async fn unsigned_forged_and_stale_slack_requests_get_401_and_change_nothing() {
         .post_signed("/slack/events", "application/json", r#"{"type":"url_verification","challenge":"x"}"#.into(), None)
         .await;
     assert_eq!(events.status(), 401);
-    assert!(app.store().all_requests().unwrap().is_empty(), "nothing refused was stored");
+    assert!(app.store().all_requests().await.unwrap().is_empty(), "nothing refused was stored");
     // Control: the same request, correctly signed, is accepted and stored.
     let good = app.driver.post_signed("/slack/commands", FORM, body, Some((SIGNING_SECRET, now))).await;
     assert_eq!(good.status(), 200);
-    assert_eq!(app.store().all_requests().unwrap().len(), 1);
+    assert_eq!(app.store().all_requests().await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -66,7 +66,7 @@ async fn a_forged_click_cannot_approve() {
         .status();
     assert_eq!(status, 401);
     app.wait_until_idle().await;
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
     assert!(app.stripe.refund_posts().is_empty());
 }
 
@@ -97,7 +97,7 @@ async fn a_forged_stripe_event_gets_400_and_changes_nothing() {
     let (id, card) = app.waiting_request().await;
     app.approve(APPROVER, id, &card).await;
     app.wait_for_status(id, RequestStatus::Submitted).await;
-    let event = app.refund_event(id, "refund.updated", "succeeded");
+    let event = app.refund_event(id, "refund.updated", "succeeded").await;
     let body = serde_json::to_vec(&event).unwrap();
     let http = reqwest::Client::new();
     let url = format!("{}/stripe/webhook", app.driver.base);
@@ -117,7 +117,7 @@ async fn a_forged_stripe_event_gets_400_and_changes_nothing() {
         assert_eq!(req.send().await.unwrap().status(), 400, "{name}");
     }
     app.wait_until_idle().await;
-    assert_eq!(app.request(id).status, RequestStatus::Submitted);
+    assert_eq!(app.request(id).await.status, RequestStatus::Submitted);
     assert!(app.smtp.messages().is_empty());
     // The genuine event still applies afterwards: nothing was recorded for the forged ones.
     assert_eq!(app.deliver_stripe_event(&event).await, 200);

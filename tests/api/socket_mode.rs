@@ -54,7 +54,7 @@ async fn a_refund_goes_from_command_to_stripe_over_socket_mode_and_http_slack_ro
     assert!(answer["text"].as_str().unwrap_or_default().starts_with("Got it"), "{answer}");
     assert_eq!(answer["response_type"], "ephemeral");
     let id = request_id(&answer);
-    assert!(app.store().get_request(id).unwrap().is_some(), "acknowledged means stored");
+    assert!(app.store().get_request(id).await.unwrap().is_some(), "acknowledged means stored");
     app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
     let card = app.card(id).await;
     let click = SlackDriver::click_payload(APPROVER, "refund_approve", &id.to_string(), &card.ts);
@@ -91,7 +91,7 @@ async fn an_envelope_is_acknowledged_within_3_s_while_stripe_is_slow() {
     let started = std::time::Instant::now();
     let answer = slash(&socket, REQUESTER, &format!("{charge} 25.00 duplicate charged twice")).await;
     assert!(started.elapsed() < ACK, "acknowledged after {:?}", started.elapsed());
-    assert!(app.store().get_request(request_id(&answer)).unwrap().is_some());
+    assert!(app.store().get_request(request_id(&answer)).await.unwrap().is_some());
     app.stripe.set_read_delay(Duration::ZERO);
 }
 
@@ -137,7 +137,7 @@ async fn the_deny_form_opens_and_answers_over_socket_mode() {
     let blank = socket.send("interactive", SlackDriver::deny_payload(APPROVER, &id.to_string(), "  "), 0).unwrap();
     let answer = socket.ack(&blank, ACK).await.expect("acknowledged");
     assert_eq!(answer["response_action"], "errors", "{answer}");
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
     let reason = "Outside the 30-day window";
     let submitted =
         socket.send("interactive", SlackDriver::deny_payload(APPROVER, &id.to_string(), reason), 0).unwrap();
@@ -161,27 +161,28 @@ async fn the_request_form_answers_in_its_acknowledgement_and_closing_a_form_chan
     let answer = socket.ack(&bad, ACK).await.expect("acknowledged");
     assert_eq!(answer["response_action"], "errors", "{answer}");
     assert!(answer["errors"][AMOUNT_BLOCK].as_str().unwrap_or_default().contains("negative"), "{answer}");
-    assert!(app.store().all_requests().unwrap().is_empty());
+    assert!(app.store().all_requests().await.unwrap().is_empty());
     // Closing the request form stores nothing; closing a deny form decides nothing.
     let typed = [(CHARGE_BLOCK, charge.as_str()), (AMOUNT_BLOCK, "10.00"), (REASON_BLOCK, "duplicate")];
     let closed =
         socket.send("interactive", SlackDriver::view_closed_payload(REQUESTER, REQUEST_CALLBACK, "", &typed), 0);
     assert_eq!(socket.ack(&closed.unwrap(), ACK).await, Some(Value::Null), "a bare acknowledgement");
-    assert!(app.store().all_requests().unwrap().is_empty());
+    assert!(app.store().all_requests().await.unwrap().is_empty());
     let good = submit(&[(CHARGE_BLOCK, charge.as_str()), (AMOUNT_BLOCK, "10.00"), (REASON_BLOCK, "duplicate")]);
     let answer = socket.ack(&good, ACK).await.expect("acknowledged");
     assert_eq!(answer["response_action"], "update", "the form shows the request received: {answer}");
-    let stored = app.store().all_requests().unwrap();
+    let stored = app.store().all_requests().await.unwrap();
     assert_eq!(stored.len(), 1, "acknowledged means stored");
     let id = stored[0].id;
     app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
     // Once the card is posted and recorded, nothing but a decision changes the request.
-    let before = wait_for(DEADLINE, || Some(app.request(id)).filter(|r| r.card.is_some())).await.expect("a card");
+    let recorded = || async { Some(app.request(id).await).filter(|r| r.card.is_some()) };
+    let before = wait_for_async(DEADLINE, recorded).await.expect("a card");
     let reason = [(refund_desk::slack::views::DENY_REASON_BLOCK, "Outside the 30-day window")];
     let closed = SlackDriver::view_closed_payload(APPROVER, DENY_CALLBACK, &id.to_string(), &reason);
     let closed = socket.send("interactive", closed, 0);
     assert_eq!(socket.ack(&closed.unwrap(), ACK).await, Some(Value::Null));
-    assert_eq!(app.request(id), before, "a closed deny form decides nothing");
+    assert_eq!(app.request(id).await, before, "a closed deny form decides nothing");
 }
 
 #[tokio::test]
@@ -202,5 +203,5 @@ async fn stopping_a_desk_on_socket_mode_closes_the_sockets_and_releases_the_stor
     assert!(socket.wait_until(DEADLINE, |s| s.connections_open() == 0).await, "the sockets were closed");
     // The listener's tasks hold no store: it opens again in this process at once.
     let store = refund_desk::storage::Store::open(app.data_dir.path()).expect("the store was released");
-    assert!(store.get_request(id).unwrap().is_some());
+    assert!(store.get_request(id).await.unwrap().is_some());
 }

@@ -20,7 +20,7 @@ async fn malformed_commands_get_usage_privately_and_store_nothing() {
             assert!(answer.contains("Nothing was stored") && answer.contains("/refund ch_"), "{text:?} → {answer}");
         }
     }
-    assert!(app.store().all_requests().unwrap().is_empty());
+    assert!(app.store().all_requests().await.unwrap().is_empty());
     assert!(app.stripe.received().is_empty());
 }
 
@@ -87,7 +87,7 @@ async fn only_the_listed_requesters_may_ask_by_command_or_by_form() {
         form["errors"][refund_desk::slack::views::CHARGE_BLOCK].as_str().unwrap().contains("not on the list"),
         "{form}"
     );
-    assert!(app.store().all_requests().unwrap().is_empty());
+    assert!(app.store().all_requests().await.unwrap().is_empty());
     app.request_refund(&format!("{charge} 5")).await;
 }
 

@@ -8,7 +8,7 @@ use refund_desk::standins::wait_for;
 async fn the_same_stripe_event_twice_sends_one_email() {
     let app = TestApp::spawn().await;
     let (id, card) = app.submitted_request().await;
-    let event = app.refund_event(id, "refund.updated", "succeeded");
+    let event = app.refund_event(id, "refund.updated", "succeeded").await;
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
     assert_eq!(app.deliver_stripe_event(&event).await, 200, "a repeat is acknowledged");
     app.wait_for_status(id, RequestStatus::Succeeded).await;
@@ -23,7 +23,7 @@ async fn the_same_stripe_event_twice_sends_one_email() {
 async fn an_event_id_seen_before_is_ignored_even_when_its_content_would_move_the_request() {
     let app = TestApp::spawn().await;
     let (id, _card) = app.submitted_request().await;
-    let mut event = app.refund_event(id, "refund.updated", "pending");
+    let mut event = app.refund_event(id, "refund.updated", "pending").await;
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
     app.wait_for_status(id, RequestStatus::Pending).await;
     // The same event id again, now saying succeeded: applying it would move the request on
@@ -31,7 +31,7 @@ async fn an_event_id_seen_before_is_ignored_even_when_its_content_would_move_the
     event["data"]["object"]["status"] = "succeeded".into();
     assert_eq!(app.deliver_stripe_event(&event).await, 200, "a repeat is acknowledged");
     app.wait_until_idle().await;
-    assert_eq!(app.request(id).status, RequestStatus::Pending);
+    assert_eq!(app.request(id).await.status, RequestStatus::Pending);
     assert!(app.smtp.messages().is_empty());
 }
 
@@ -39,15 +39,15 @@ async fn an_event_id_seen_before_is_ignored_even_when_its_content_would_move_the
 async fn succeeded_before_created_ends_succeeded_with_one_email() {
     let app = TestApp::spawn().await;
     let (id, _card) = app.submitted_request().await;
-    let created = app.refund_event(id, "refund.created", "pending");
-    let succeeded = app.refund_event(id, "refund.updated", "succeeded");
-    let charge_refunded = app.refund_event(id, "charge.refunded", "succeeded");
+    let created = app.refund_event(id, "refund.created", "pending").await;
+    let succeeded = app.refund_event(id, "refund.updated", "succeeded").await;
+    let charge_refunded = app.refund_event(id, "charge.refunded", "succeeded").await;
     assert_eq!(app.deliver_stripe_event(&succeeded).await, 200);
     assert_eq!(app.deliver_stripe_event(&created).await, 200);
     assert_eq!(app.deliver_stripe_event(&charge_refunded).await, 200);
     app.wait_for_status(id, RequestStatus::Succeeded).await;
     app.wait_until_idle().await;
-    assert_eq!(app.request(id).status, RequestStatus::Succeeded, "an old pending cannot undo succeeded");
+    assert_eq!(app.request(id).await.status, RequestStatus::Succeeded, "an old pending cannot undo succeeded");
     assert_eq!(app.smtp.messages().len(), 1);
 }
 
@@ -55,7 +55,7 @@ async fn succeeded_before_created_ends_succeeded_with_one_email() {
 async fn a_refund_that_fails_at_stripe_is_reported_and_nobody_is_emailed() {
     let app = TestApp::spawn().await;
     let (id, card) = app.submitted_request().await;
-    let refund = app.request(id).refund.unwrap().id;
+    let refund = app.request(id).await.refund.unwrap().id;
     let failed =
         app.stripe.refund_event(refund.as_str(), "refund.failed", "failed", Some("expired_or_canceled_card")).unwrap();
     assert_eq!(app.deliver_stripe_event(&failed).await, 200);
@@ -71,7 +71,7 @@ async fn events_for_refunds_made_elsewhere_get_2xx_and_settle_no_request_on_the_
     let app = TestApp::spawn().await;
     let (id, _card) = app.waiting_request().await;
     app.wait_until_idle().await;
-    let before = app.request(id);
+    let before = app.request(id).await;
     let charge = before.charge.as_ref().unwrap().charge.to_string();
     // A refund made in the Stripe dashboard on the very charge a request waits on: no metadata.
     let refund = app.stripe.refund_made_outside(&charge, Some(100), &[]);
@@ -79,9 +79,9 @@ async fn events_for_refunds_made_elsewhere_get_2xx_and_settle_no_request_on_the_
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
     // Not settled by it: still waiting, with no refund of its own (it is told, and reads what
     // remains: see events.rs).
-    let after = app.request(id);
+    let after = app.request(id).await;
     assert_eq!((after.status, &after.refund, after.amount), (before.status, &before.refund, before.amount));
-    let outside = app.store().outside_refunds().unwrap();
+    let outside = app.store().outside_refunds().await.unwrap();
     assert_eq!(outside.len(), 1);
     assert_eq!((outside[0].refund.as_str(), outside[0].charge.as_deref()), (refund.as_str(), Some(charge.as_str())));
 }
@@ -104,10 +104,10 @@ async fn approve_with_refund_on_its_way(app: &TestApp, id: RequestId, card: &Pos
 async fn assert_not_settled_by(app: &TestApp, id: RequestId, refund: &str) {
     let event = app.stripe.refund_event(refund, "refund.updated", "succeeded", None).unwrap();
     assert_eq!(app.deliver_stripe_event(&event).await, 200, "an event for a refund not ours is acknowledged");
-    let request = app.request(id);
+    let request = app.request(id).await;
     assert_eq!(request.status, RequestStatus::Approved, "another refund must not settle {id}");
     assert_eq!(request.refund, None);
-    let outside = app.store().outside_refunds().unwrap();
+    let outside = app.store().outside_refunds().await.unwrap();
     assert!(outside.iter().any(|o| o.refund.as_str() == refund && o.claimed_request == Some(id)), "{outside:?}");
 }
 
@@ -116,7 +116,7 @@ async fn assert_not_settled_by(app: &TestApp, id: RequestId, refund: &str) {
 async fn then_our_own_refund_is_recorded(app: &TestApp, id: RequestId, not_ours: &str) {
     app.stripe.set_refunds_down(false);
     app.wait_for_status(id, RequestStatus::Submitted).await;
-    assert_ne!(app.request(id).refund.unwrap().id.as_str(), not_ours);
+    assert_ne!(app.request(id).await.refund.unwrap().id.as_str(), not_ours);
     app.wait_until_idle().await;
     assert!(app.smtp.messages().is_empty(), "no customer was told of money that did not move for them");
 }
@@ -151,7 +151,7 @@ async fn a_refund_with_our_install_id_on_another_charge_does_not_settle_our_requ
 async fn a_refund_on_our_charge_without_our_install_id_does_not_settle_our_request() {
     let app = TestApp::spawn().await;
     let (id, card) = app.waiting_request().await;
-    let charge = app.request(id).charge.unwrap().charge.to_string();
+    let charge = app.request(id).await.charge.unwrap().charge.to_string();
     // A store restored from a backup, or a refund made by hand with the request's id.
     let refund = app.stripe.refund_made_outside(&charge, Some(100), &[("refund_request_id", &id.to_string())]);
     approve_with_refund_on_its_way(&app, id, &card).await;
@@ -168,7 +168,7 @@ async fn a_refund_on_our_charge_without_our_install_id_does_not_settle_our_reque
 async fn our_refund_announced_before_stripe_answers_the_call_settles_the_request() {
     let app = TestApp::spawn().await;
     let (id, card) = app.waiting_request().await;
-    let charge = app.request(id).charge.unwrap().charge.to_string();
+    let charge = app.request(id).await.charge.unwrap().charge.to_string();
     // The refund Stripe made for the desk's call, whose answer has not arrived, announced
     // first. It carries what the desk sends and is on the request's charge: it is ours.
     let install = app.store().install_id().to_string();
@@ -182,7 +182,7 @@ async fn our_refund_announced_before_stripe_answers_the_call_settles_the_request
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
     let request = app.wait_for_status(id, RequestStatus::Succeeded).await;
     assert_eq!(request.refund.unwrap().id.as_str(), refund);
-    assert!(app.store().outside_refunds().unwrap().is_empty());
+    assert!(app.store().outside_refunds().await.unwrap().is_empty());
     app.stripe.set_refunds_down(false);
     app.wait_until_idle().await;
     assert_eq!(app.smtp.messages().len(), 1);
@@ -223,14 +223,14 @@ async fn a_signed_event_that_cannot_be_read_gets_2xx_and_is_counted_so_stripe_st
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
     assert_eq!(app.deliver_stripe_event(&serde_json::json!({ "not": "an event" })).await, 200);
     assert!(count(&metrics().await) >= before + 2);
-    assert!(app.store().all_requests().unwrap().is_empty());
+    assert!(app.store().all_requests().await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn a_refund_naming_a_request_not_yet_approved_is_not_lost_but_announced_on_it() {
     let app = TestApp::spawn().await;
     let (id, card) = app.waiting_request().await;
-    let charge = app.request(id).charge.unwrap().charge.to_string();
+    let charge = app.request(id).await.charge.unwrap().charge.to_string();
     // Ours by its metadata (a store restored from a backup made before the approval), but the
     // request cannot take a refund yet.
     let metadata =
@@ -238,8 +238,8 @@ async fn a_refund_naming_a_request_not_yet_approved_is_not_lost_but_announced_on
     let refund = app.stripe.refund_made_outside(&charge, Some(100), &pairs(&metadata));
     let event = app.stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
-    assert_eq!(app.request(id).status, RequestStatus::AwaitingApproval);
-    assert!(app.store().outside_refunds().unwrap().iter().any(|o| o.refund.as_str() == refund));
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
+    assert!(app.store().outside_refunds().await.unwrap().iter().any(|o| o.refund.as_str() == refund));
     let announced = wait_for(DEADLINE, || {
         app.thread_texts(&card).into_iter().find(|t| t.contains(&refund) && t.contains("outside refund-desk"))
     })
@@ -253,5 +253,5 @@ async fn a_signed_refund_event_that_cannot_be_read_is_recorded_so_it_is_not_read
     let event = serde_json::json!({ "id": "evt_odd_2", "object": "event", "type": "refund.updated", "created": 1,
         "api_version": "2024-10-28.acacia", "data": { "object": { "id": 42 } } });
     assert_eq!(app.deliver_stripe_event(&event).await, 200);
-    assert!(app.store().stripe_event_seen("evt_odd_2").unwrap());
+    assert!(app.store().stripe_event_seen("evt_odd_2").await.unwrap());
 }

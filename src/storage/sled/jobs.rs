@@ -12,39 +12,17 @@
 //! Finding work therefore reads only the entries it returns (plus the few jobs already
 //! running), never every outstanding job.
 
-use super::{Store, StoreError, TxResult, corrupt, decode, encode};
+use super::{SledStore, TxResult, corrupt, decode, encode};
 use crate::domain::{Effect, Lane, RequestId};
+use crate::storage::{DueJobs, Job, StoreError};
 use chrono::{DateTime, TimeZone, Utc};
-use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::TransactionalTree;
 use std::collections::HashSet;
 
-/// A durable side effect waiting to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Job {
-    pub id: u64,
-    pub request_id: RequestId,
-    pub effect: Effect,
-    pub attempts: u32,
-    pub not_before: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub last_error: Option<String>,
-    /// Out of attempts: kept, shown, and retried only by a person.
-    pub parked: bool,
-    /// The Slack message this job posted, recorded the moment Slack answered, so a re-run
-    /// after a crash does not post it again.
-    #[serde(default)]
-    pub posted_ts: Option<String>,
-}
-
 impl Job {
-    pub fn key(&self) -> JobKey {
+    pub(super) fn key(&self) -> JobKey {
         JobKey::new(self.request_id, self.effect.lane(), self.id)
-    }
-
-    pub fn lane(&self) -> Lane {
-        self.effect.lane()
     }
 }
 
@@ -189,20 +167,12 @@ pub(super) fn complete_in<E>(jobs: &TransactionalTree, queue: &TransactionalTree
     Ok(())
 }
 
-/// What [`Store::due_jobs`] found.
-#[derive(Debug, Default)]
-pub struct DueJobs {
-    pub jobs: Vec<Job>,
-    /// When the earliest job not yet due falls due, among the lanes that were looked at.
-    pub next: Option<DateTime<Utc>>,
-}
-
 /// The key under which the queue index's layout version is kept in `meta`.
 const QUEUE_VERSION_KEY: &[u8] = b"queue_index_version";
 /// 2: requester DMs moved to a lane of their own; jobs stored under their old lane are moved.
 const QUEUE_VERSION: &[u8] = b"2";
 
-impl Store {
+impl SledStore {
     /// Builds the queue index from the jobs when it is missing (a store made before it existed).
     pub(super) fn ensure_queue_index(&self) -> Result<(), StoreError> {
         if self.meta.get(QUEUE_VERSION_KEY)?.as_deref() == Some(QUEUE_VERSION) {
@@ -262,7 +232,7 @@ impl Store {
     /// first; and when the next job not yet due falls due.
     ///
     /// A job returned may not be durable yet: its handler reads what it acts on with
-    /// [`Store::get_request_durable`], whose sync covers the job too.
+    /// [`SledStore::get_request_durable`], whose sync covers the job too.
     pub fn due_jobs(
         &self,
         wanted: &[(Lane, usize)],
@@ -316,7 +286,7 @@ impl Store {
         self.rewrite_job(job).await.map(|_| ())
     }
 
-    async fn rewrite_job(&self, job: &Job) -> Result<bool, StoreError> {
+    pub async fn rewrite_job(&self, job: &Job) -> Result<bool, StoreError> {
         let found = match self.write_batched(super::batch::Write::RewriteJob(job.clone())).await? {
             super::batch::Written::Job { found } => found,
             other => unreachable!("a job rewrite wrote {other:?}"),
@@ -343,9 +313,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::tests::new_request;
+    use crate::storage::sled::tests::new_request;
 
-    async fn due(store: &Store, at: DateTime<Utc>, running: &HashSet<u64>) -> Vec<Job> {
+    async fn due(store: &SledStore, at: DateTime<Utc>, running: &HashSet<u64>) -> Vec<Job> {
         let wanted: Vec<_> = Lane::ALL.iter().map(|&l| (l, 100)).collect();
         store.due_jobs(&wanted, at, running).unwrap().jobs
     }
@@ -359,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn only_the_head_of_each_lane_is_due() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
         store.enqueue(id, &[Effect::PostCard, Effect::RefreshCard, Effect::CreateRefund], Utc::now()).await.unwrap();
         let first = due(&store, Utc::now(), &HashSet::new()).await;
@@ -377,7 +347,7 @@ mod tests {
     #[tokio::test]
     async fn a_job_put_off_is_due_only_at_its_time_and_says_when() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let now = Utc::now();
         store.insert_request(new_request(), now).await.unwrap();
         let mut check = store.all_jobs().unwrap().into_iter().find(|j| j.effect == Effect::CheckPayment).unwrap();
@@ -395,7 +365,7 @@ mod tests {
     #[tokio::test]
     async fn due_jobs_come_earliest_first_and_at_most_as_many_as_asked() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let now = Utc::now();
         // Created in one order, due in the reverse one.
         let mut ids = vec![];
@@ -419,7 +389,7 @@ mod tests {
     #[tokio::test]
     async fn a_parked_job_blocks_its_lane_until_put_back_in_the_queue() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
         store.enqueue(id, &[Effect::CreateRefund], Utc::now()).await.unwrap();
         let mut job = store.all_jobs().unwrap().into_iter().find(|j| j.effect == Effect::CheckPayment).unwrap();
@@ -439,7 +409,7 @@ mod tests {
     #[tokio::test]
     async fn rescheduling_from_the_claimed_copy_keeps_the_slack_message_the_job_recorded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store.insert_request(new_request(), Utc::now()).await.unwrap();
         let claimed = store.all_jobs().unwrap().remove(0);
         store.record_job_posted(&claimed, "1700000000.000042").await.unwrap();
@@ -455,7 +425,7 @@ mod tests {
     async fn a_store_without_the_queue_index_gets_it_built_at_open() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path()).unwrap();
             let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
             store.enqueue(id, &[Effect::CreateRefund], Utc::now()).await.unwrap();
             // As a store written before the index existed: jobs only.
@@ -463,7 +433,7 @@ mod tests {
             store.meta.remove(QUEUE_VERSION_KEY).unwrap();
             store.flush().await.unwrap();
         }
-        let store = crate::storage::tests::reopen(dir.path());
+        let store = crate::storage::sled::tests::reopen(dir.path());
         let found = due(&store, Utc::now(), &HashSet::new()).await;
         assert_eq!(effects(&found), vec![Effect::CheckPayment, Effect::RefreshHomes]);
         let check = found.iter().find(|j| j.effect == Effect::CheckPayment).unwrap();
@@ -475,7 +445,7 @@ mod tests {
     #[tokio::test]
     async fn running_jobs_are_skipped_and_do_not_count_against_the_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let now = Utc::now();
         for _ in 0..50 {
             store.insert_request(new_request(), now).await.unwrap();
@@ -493,7 +463,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = Utc::now();
         let (id, old_key) = {
-            let store = Store::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path()).unwrap();
             let id = store.insert_request(new_request(), now).await.unwrap().id;
             let notice = Effect::NotifyRequester(crate::domain::Notice::Rejected);
             store.enqueue(id, std::slice::from_ref(&notice), now).await.unwrap();
@@ -506,7 +476,7 @@ mod tests {
             store.db.flush().unwrap();
             (id, old_key)
         };
-        let store = crate::storage::tests::reopen(dir.path());
+        let store = crate::storage::sled::tests::reopen(dir.path());
         assert!(store.jobs.get(old_key.0).unwrap().is_none(), "moved off the old key");
         let due = store.due_jobs(&[(Lane::Requester, 10)], now, &HashSet::new()).unwrap().jobs;
         assert_eq!(due.len(), 1);

@@ -13,13 +13,13 @@
 //! between taking a batch and the end of its transaction there is no `.await`; and each write
 //! waits on a task of its own, so a caller that is cancelled leaves nothing queued or taken.
 
-use super::jobs::Job;
 use super::jobs::{JobKey, complete_in, rewrite_in};
 use super::{
-    FIRST_REQUEST_NUMBER, NEXT_REQUEST_KEY, Store, StoreError, TxResult, TxTrees, bump, corrupt, day_key,
+    FIRST_REQUEST_NUMBER, NEXT_REQUEST_KEY, SledStore, StoreError, TxResult, TxTrees, bump, corrupt, day_key,
     write_transition,
 };
 use crate::domain::{NewRequest, RefundRequest, RequestId};
+use crate::storage::Job;
 use chrono::{DateTime, Utc};
 use sled::Transactional;
 use tokio::sync::oneshot;
@@ -60,7 +60,7 @@ pub(super) struct WriteQueue {
     transactions: std::sync::atomic::AtomicU64,
 }
 
-impl Store {
+impl SledStore {
     /// Queues `write`, and writes the queue if no one else is; returns once `write` is in
     /// sled (the caller then waits for the sync).
     pub(super) async fn write_batched(&self, write: Write) -> Result<Written, StoreError> {
@@ -157,14 +157,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::tests::new_request;
+    use crate::storage::sled::tests::new_request;
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn requests_arriving_together_share_transactions_and_each_gets_its_own_number() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         let mut waiters = tokio::task::JoinSet::new();
         for i in 0..200u32 {
             let store = store.clone();
@@ -191,14 +191,14 @@ mod tests {
         assert_eq!(store.all_jobs().unwrap().len(), 400, "a check and a Home refresh per request");
         // The next request follows on, after a reopening too.
         drop(store);
-        let store = crate::storage::tests::reopen(dir.path());
+        let store = crate::storage::sled::tests::reopen(dir.path());
         assert_eq!(store.insert_request(new_request(), Utc::now()).await.unwrap().id.number(), 1201);
     }
 
     #[tokio::test]
     async fn one_bad_write_fails_alone_and_the_rest_of_its_batch_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
         store.insert_request(new_request(), Utc::now()).await.unwrap();
         let job = store.all_jobs().unwrap().remove(0);
         // A job record that cannot be read: rewriting it must fail.
@@ -224,11 +224,11 @@ mod tests {
     #[tokio::test]
     async fn a_finished_job_written_in_a_batch_makes_the_next_of_its_lane_due() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
         let id = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
         store.enqueue(id, &[crate::domain::Effect::CheckPayment], Utc::now()).await.unwrap();
         let lane = crate::domain::Lane::Stripe;
-        let due = |store: &Store| store.due_jobs(&[(lane, 10)], Utc::now(), &Default::default()).unwrap().jobs;
+        let due = |store: &SledStore| store.due_jobs(&[(lane, 10)], Utc::now(), &Default::default()).unwrap().jobs;
         let first = due(&store);
         assert_eq!(first.len(), 1, "one job of a lane is due at a time");
         let (a, b) = tokio::join!(store.complete_job(&first[0]), store.insert_request(new_request(), Utc::now()));

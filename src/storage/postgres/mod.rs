@@ -1,0 +1,943 @@
+//! The PostgreSQL engine: one database shared by every replica of the desk.
+//!
+//! - Migrations are embedded in the binary (`migrations/`, refinery) and applied at start,
+//!   under an advisory lock, so replicas starting together apply them once.
+//! - A transition is one transaction: the request row locked (`SELECT ... FOR UPDATE`), with a
+//!   transaction-scoped advisory lock on the charge first when the change needs the charge's
+//!   holds; the request, its payments, its jobs and its audit entries written; committed (and
+//!   so durable) before the caller answers anyone. Audit entries are appended last, under the
+//!   lock of the chain's head row, so the chain stays a chain with several writers.
+//! - Jobs are handed out with `FOR UPDATE SKIP LOCKED` and a lease (`claimed_until`): a
+//!   replica that dies mid-job has its jobs taken over once the lease ends. Only the head of a
+//!   request's lane is ever handed out, so the order per request and lane holds across replicas.
+//! - Event ids, emails, alert claims and the request counter are unique keys and a sequence:
+//!   two replicas receiving the same delivery apply it once.
+//! - A transaction PostgreSQL aborts as a deadlock or a serialization failure is run again from
+//!   the start: nothing of it was written.
+
+use crate::domain::policy::Hold;
+use crate::domain::refund_news::{RefundNewsReads, RefundNewsWrite, apply_refund_news};
+use crate::domain::{
+    ChargeId, Effect, EmailKind, Lane, Money, NewRequest, RefundId, RefundRequest, RequestId, RequestStatus,
+    StateError, Transition,
+};
+use crate::storage::{
+    AuditEntry, AuditTrail, Change, DueJobs, EmailRecord, Engine, EventOutcome, Job, OutsideRefund, RefundUpdate,
+    StoreError, payments_of, refunded_change,
+};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Pool, Transaction};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Json;
+
+mod embedded {
+    refinery::embed_migrations!("src/storage/postgres/migrations");
+}
+
+/// How long a runner holds a job before another replica may take it over, by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// How often a replica looks for jobs another one added.
+const POLL: Duration = Duration::from_millis(500);
+/// The advisory lock replicas take to apply migrations one at a time.
+const MIGRATION_LOCK: i64 = 0x7265_6675_6e64_0001;
+/// How many times a transaction PostgreSQL aborted as a conflict is run again.
+const CONFLICT_RETRIES: u32 = 8;
+
+/// The open database.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    install_id: String,
+    jobs_added: Arc<Notify>,
+    lease: chrono::Duration,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("install_id", &self.install_id).finish_non_exhaustive()
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn is_conflict(e: &StoreError) -> bool {
+    matches!(e, StoreError::Postgres(e)
+        if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) || e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED))
+}
+
+/// Runs `$body` in a transaction with `$tx` bound to it and commits; a transaction PostgreSQL
+/// aborted as a conflict (nothing of it written) runs again from the start.
+macro_rules! in_tx {
+    ($self:ident, $tx:ident => $body:expr) => {{
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut client = $self.client().await?;
+            let outcome = async {
+                let $tx = client.transaction().await?;
+                let value = $body;
+                $tx.commit().await?;
+                Ok::<_, StoreError>(value)
+            }
+            .await;
+            match outcome {
+                Err(e) if is_conflict(&e) && attempt < CONFLICT_RETRIES => {
+                    tracing::debug!(error = %e, attempt, "a transaction conflicted; running it again");
+                    tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+fn status_name(status: RequestStatus) -> String {
+    serde_json::to_value(status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+fn id_param(id: RequestId) -> i64 {
+    id.number() as i64
+}
+
+/// The TLS PostgreSQL connections use when the server offers it (`sslmode=prefer`, the
+/// default) or must (`sslmode=require`): rustls with the system's roots.
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://...`), brings the schema up to date and reads (or makes)
+    /// this installation's id. A runner holds a job for `lease` before another may take it.
+    pub async fn connect(url: &str, lease: Duration) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tls()?,
+            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager).max_size(16).build().map_err(|e| StoreError::Pool(e.to_string()))?;
+        let store = PgStore {
+            pool,
+            install_id: String::new(),
+            jobs_added: Arc::new(Notify::new()),
+            lease: chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60)),
+        };
+        store.migrate().await?;
+        let install_id = store.ensure_install_id().await?;
+        let store = PgStore { install_id, ..store };
+        // Another replica's jobs wake nobody here: look for them now and then. The task ends
+        // with the store.
+        let weak = Arc::downgrade(&store.jobs_added);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(POLL).await;
+                match weak.upgrade() {
+                    Some(notify) => notify.notify_one(),
+                    None => break,
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+            e => StoreError::Pool(e.to_string()),
+        })
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+        let report = embedded::migrations::runner().run_async(&mut **client).await;
+        client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+        let report = report.map_err(|e| StoreError::Migration(e.to_string()))?;
+        for applied in report.applied_migrations() {
+            tracing::info!(migration = %applied, "applied a database migration");
+        }
+        Ok(())
+    }
+
+    async fn ensure_install_id(&self) -> Result<String, StoreError> {
+        let client = self.client().await?;
+        let fresh = hex::encode(rand::random::<[u8; 8]>());
+        client
+            .execute("INSERT INTO meta (key, value) VALUES ('install_id', $1) ON CONFLICT (key) DO NOTHING", &[&fresh])
+            .await?;
+        let row = client.query_one("SELECT value FROM meta WHERE key = 'install_id'", &[]).await?;
+        Ok(row.get(0))
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        Ok(client.query_opt("SELECT value FROM meta WHERE key = $1", &[&key]).await?.map(|r| r.get(0)))
+    }
+
+    async fn set_meta(&self, key: &str, value: Option<&str>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        match value {
+            Some(v) => {
+                client
+                    .execute(
+                        "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        &[&key, &v],
+                    )
+                    .await?
+            }
+            None => client.execute("DELETE FROM meta WHERE key = $1", &[&key]).await?,
+        };
+        Ok(())
+    }
+
+    async fn requests_where(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<RefundRequest>, StoreError> {
+        let client = self.client().await?;
+        client.query(sql, params).await?.iter().map(request_of).collect()
+    }
+
+    /// Wakes this replica's runner once a write that added jobs is committed.
+    fn added_jobs(&self) {
+        self.jobs_added.notify_one();
+    }
+}
+
+fn request_of(row: &tokio_postgres::Row) -> Result<RefundRequest, StoreError> {
+    row.try_get::<_, Json<RefundRequest>>("body").map(|j| j.0).map_err(corrupt)
+}
+
+fn job_of(row: &tokio_postgres::Row) -> Result<Job, StoreError> {
+    let get = |e: tokio_postgres::Error| corrupt(format!("a job row could not be read: {e}"));
+    let id: i64 = row.try_get("id").map_err(get)?;
+    let request: i64 = row.try_get("request_id").map_err(get)?;
+    let attempts: i32 = row.try_get("attempts").map_err(get)?;
+    Ok(Job {
+        id: id as u64,
+        request_id: RequestId::new(request as u64),
+        effect: row.try_get::<_, Json<Effect>>("effect").map_err(get)?.0,
+        attempts: attempts as u32,
+        not_before: row.try_get("not_before").map_err(get)?,
+        created_at: row.try_get("created_at").map_err(get)?,
+        last_error: row.try_get("last_error").map_err(get)?,
+        parked: row.try_get("parked").map_err(get)?,
+        posted_ts: row.try_get("posted_ts").map_err(get)?,
+    })
+}
+
+const JOB_COLUMNS: &str = "id, request_id, effect, attempts, not_before, created_at, last_error, parked, posted_ts";
+
+/// Reads the request row and locks it for the rest of the transaction.
+async fn lock_request(tx: &Transaction<'_>, id: RequestId) -> Result<Option<RefundRequest>, StoreError> {
+    tx.query_opt("SELECT body FROM requests WHERE id = $1 FOR UPDATE", &[&id_param(id)])
+        .await?
+        .map(|row| request_of(&row))
+        .transpose()
+}
+
+/// The money held by the open requests on `charge` other than `except`.
+async fn holds_on(tx: &Transaction<'_>, charge: &ChargeId, except: Option<RequestId>) -> Result<Vec<Hold>, StoreError> {
+    let rows = tx.query("SELECT body FROM requests WHERE charge_id = $1 ORDER BY id", &[&charge.as_str()]).await?;
+    let mut holds = vec![];
+    for row in &rows {
+        let request = request_of(row)?;
+        if Some(request.id) != except {
+            holds.extend(request.hold());
+        }
+    }
+    Ok(holds)
+}
+
+/// Writes a request's row and its payments, without audit or jobs.
+async fn write_request(tx: &Transaction<'_>, request: &RefundRequest) -> Result<(), StoreError> {
+    let charge = request.charge.as_ref().map(|f| f.charge.as_str().to_string());
+    tx.execute(
+        "INSERT INTO requests (id, requester, status, charge_id, created_at, body) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET status = excluded.status, charge_id = excluded.charge_id, body = excluded.body",
+        &[
+            &id_param(request.id),
+            &request.requester.as_str(),
+            &status_name(request.status),
+            &charge,
+            &request.created_at,
+            &Json(request),
+        ],
+    )
+    .await?;
+    for payment in payments_of(request) {
+        tx.execute(
+            "INSERT INTO request_payments (payment, request_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&payment, &id_param(request.id)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn add_to_total(tx: &Transaction<'_>, day: chrono::NaiveDate, what: &str, delta: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO day_totals (day, what, n) VALUES ($1, $2, GREATEST($3, 0))
+         ON CONFLICT (day, what) DO UPDATE SET n = GREATEST(day_totals.n + $3, 0)",
+        &[&day, &what, &delta],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn insert_jobs(
+    tx: &Transaction<'_>,
+    request: RequestId,
+    effects: &[Effect],
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    for effect in effects {
+        tx.execute(
+            "INSERT INTO jobs (request_id, lane, effect, not_before, created_at) VALUES ($1, $2, $3, $4, $4)",
+            &[&id_param(request), &i16::from(effect.lane() as u8), &Json(effect), &now],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// What a transaction will append to the audit trail when it is about to commit.
+#[derive(Default)]
+struct AuditBatch(Vec<(RefundRequest, Transition)>);
+
+/// Writes a transition: the request and its payments, the day's totals and the jobs now; the
+/// audit entry into `audit`, appended at the end.
+async fn write_transition(
+    tx: &Transaction<'_>,
+    audit: &mut AuditBatch,
+    request: &RefundRequest,
+    transition: &Transition,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    write_request(tx, request).await?;
+    if let Some((amount, add)) = refunded_change(request, transition.from) {
+        let delta = if add { amount.minor() as i64 } else { -(amount.minor() as i64) };
+        add_to_total(tx, now.date_naive(), &format!("refunded/{}", amount.currency().code()), delta).await?;
+    }
+    insert_jobs(tx, request.id, &transition.jobs(), now).await?;
+    audit.0.push((request.clone(), transition.clone()));
+    Ok(())
+}
+
+/// Appends the transaction's audit entries to the chain, under the lock of its head row: the
+/// last lock a transaction takes, so appends serialise without a cycle of waits.
+async fn append_audit(tx: &Transaction<'_>, audit: AuditBatch, now: DateTime<Utc>) -> Result<(), StoreError> {
+    if audit.0.is_empty() {
+        return Ok(());
+    }
+    let mut head: Option<(u64, String)> = tx
+        .query_opt("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE", &[])
+        .await?
+        .map(|row| (row.get::<_, i64>(0) as u64, row.get(1)));
+    for (request, transition) in &audit.0 {
+        let entry = AuditEntry::next(head.take(), request, transition, now).map_err(corrupt)?;
+        tx.execute(
+            "INSERT INTO audit (seq, request_id, entry) VALUES ($1, $2, $3)",
+            &[&(entry.seq as i64), &id_param(entry.request_id), &Json(&entry)],
+        )
+        .await?;
+        head = Some((entry.seq, entry.hash));
+    }
+    if let Some((seq, hash)) = head {
+        tx.execute(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            &[&(seq as i64), &hash],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The reads Stripe's news asks for, in the transaction that writes its answer.
+struct NewsReads<'t, 'c> {
+    tx: &'t Transaction<'c>,
+}
+
+impl RefundNewsReads for NewsReads<'_, '_> {
+    type Error = StoreError;
+
+    async fn recorded_owner(&mut self, refund: &RefundId) -> Result<Option<RequestId>, StoreError> {
+        let row = self.tx.query_opt("SELECT request_id FROM refund_ids WHERE refund = $1", &[&refund.as_str()]).await?;
+        Ok(row.map(|r| RequestId::new(r.get::<_, i64>(0) as u64)))
+    }
+
+    async fn request(&mut self, id: RequestId) -> Result<Option<RefundRequest>, StoreError> {
+        lock_request(self.tx, id).await
+    }
+
+    async fn holds_on(&mut self, charge: &ChargeId) -> Result<Vec<Hold>, StoreError> {
+        holds_on(self.tx, charge, None).await
+    }
+
+    async fn outside_refund(&mut self, refund: &RefundId) -> Result<Option<OutsideRefund>, StoreError> {
+        let row = self
+            .tx
+            .query_opt("SELECT record FROM outside_refunds WHERE refund = $1 FOR UPDATE", &[&refund.as_str()])
+            .await?;
+        row.map(|r| r.try_get::<_, Json<OutsideRefund>>(0).map(|j| j.0).map_err(corrupt)).transpose()
+    }
+}
+
+/// Writes what the news decided; `true` if it added jobs.
+async fn write_news(
+    tx: &Transaction<'_>,
+    audit: &mut AuditBatch,
+    writes: &[RefundNewsWrite],
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let mut added = false;
+    for write in writes {
+        match write {
+            RefundNewsWrite::Transition(request, transition) => {
+                write_transition(tx, audit, request, transition, now).await?;
+                added = true;
+            }
+            RefundNewsWrite::Request(request) => write_request(tx, request).await?,
+            RefundNewsWrite::RecordRefund(refund, id) => {
+                tx.execute(
+                    "INSERT INTO refund_ids (refund, request_id) VALUES ($1, $2)
+                     ON CONFLICT (refund) DO UPDATE SET request_id = excluded.request_id",
+                    &[&refund.as_str(), &id_param(*id)],
+                )
+                .await?;
+            }
+            RefundNewsWrite::Outside(record) => {
+                tx.execute(
+                    "INSERT INTO outside_refunds (refund, record) VALUES ($1, $2)
+                     ON CONFLICT (refund) DO UPDATE SET record = excluded.record",
+                    &[&record.refund.as_str(), &Json(record)],
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(added)
+}
+
+impl Engine for PgStore {
+    fn install_id(&self) -> &str {
+        &self.install_id
+    }
+
+    fn jobs_added(&self) -> Arc<Notify> {
+        self.jobs_added.clone()
+    }
+
+    /// A committed transaction is durable (`synchronous_commit` on, PostgreSQL's default):
+    /// whatever was read had been committed.
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn healthy(&self) -> bool {
+        !self.pool.is_closed()
+    }
+
+    async fn insert_request(&self, new: NewRequest, now: DateTime<Utc>) -> Result<RefundRequest, StoreError> {
+        let request = in_tx!(self, tx => {
+            let number: i64 = tx.query_one("SELECT nextval('request_numbers')", &[]).await?.get(0);
+            let request = RefundRequest::new(RequestId::new(number as u64), new.clone(), now);
+            let mut audit = AuditBatch::default();
+            add_to_total(&tx, now.date_naive(), "requested", 1).await?;
+            write_transition(&tx, &mut audit, &request, &request.created(), now).await?;
+            append_audit(&tx, audit, now).await?;
+            request
+        })?;
+        self.added_jobs();
+        Ok(request)
+    }
+
+    async fn transition<E: Send, F: Change<E>>(
+        &self,
+        id: RequestId,
+        charge: Option<&ChargeId>,
+        now: DateTime<Utc>,
+        change: F,
+    ) -> Result<Result<Option<RefundRequest>, E>, StoreError> {
+        let moved = in_tx!(self, tx => {
+            if let Some(charge) = charge {
+                // Every change that counts on the charge's money waits its turn on the charge.
+                tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&format!("charge/{charge}")])
+                    .await?;
+            }
+            let mut request = lock_request(&tx, id).await?.ok_or(StoreError::NotFound(id))?;
+            let holds = match charge {
+                Some(charge) => holds_on(&tx, charge, Some(id)).await?,
+                None => vec![],
+            };
+            match change(&mut request, &holds) {
+                Ok(Some(t)) => {
+                    let mut audit = AuditBatch::default();
+                    write_transition(&tx, &mut audit, &request, &t, now).await?;
+                    append_audit(&tx, audit, now).await?;
+                    Ok(Some(request))
+                }
+                Ok(None) => Ok(None),
+                Err(refused) => Err(refused),
+            }
+        })?;
+        if matches!(moved, Ok(Some(_))) {
+            self.added_jobs();
+        }
+        Ok(moved)
+    }
+
+    async fn update_request<F: Fn(&mut RefundRequest) + Send + Sync>(
+        &self,
+        id: RequestId,
+        change: F,
+    ) -> Result<RefundRequest, StoreError> {
+        in_tx!(self, tx => {
+            let mut request = lock_request(&tx, id).await?.ok_or(StoreError::NotFound(id))?;
+            change(&mut request);
+            write_request(&tx, &request).await?;
+            request
+        })
+    }
+
+    async fn submit_refund(
+        &self,
+        id: RequestId,
+        refund: RefundId,
+        stripe_status: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Result<RefundRequest, StateError>, StoreError> {
+        let out = in_tx!(self, tx => {
+            let mut request = lock_request(&tx, id).await?.ok_or(StoreError::NotFound(id))?;
+            match request.record_submitted(refund.clone(), stripe_status, now) {
+                Err(e) => Err(e),
+                Ok(t) => {
+                    let mut audit = AuditBatch::default();
+                    write_transition(&tx, &mut audit, &request, &t, now).await?;
+                    tx.execute(
+                        "INSERT INTO refund_ids (refund, request_id) VALUES ($1, $2)
+                         ON CONFLICT (refund) DO UPDATE SET request_id = excluded.request_id",
+                        &[&refund.as_str(), &id_param(id)],
+                    )
+                    .await?;
+                    append_audit(&tx, audit, now).await?;
+                    Ok(request)
+                }
+            }
+        })?;
+        if out.is_ok() {
+            self.added_jobs();
+        }
+        Ok(out)
+    }
+
+    async fn import_request(&self, request: &RefundRequest) -> Result<(), StoreError> {
+        in_tx!(self, tx => {
+            write_request(&tx, request).await?;
+            // The counter moves past what was imported: numbers are never handed out twice.
+            tx.execute(
+                "SELECT setval('request_numbers', GREATEST((SELECT last_value FROM request_numbers), $1))",
+                &[&id_param(request.id)],
+            )
+            .await?;
+        })
+    }
+
+    async fn get_request(&self, id: RequestId) -> Result<Option<RefundRequest>, StoreError> {
+        let client = self.client().await?;
+        client
+            .query_opt("SELECT body FROM requests WHERE id = $1", &[&id_param(id)])
+            .await?
+            .map(|r| request_of(&r))
+            .transpose()
+    }
+
+    async fn requests_with_status(
+        &self,
+        status: RequestStatus,
+        limit: usize,
+    ) -> Result<Vec<RefundRequest>, StoreError> {
+        self.requests_where(
+            "SELECT body FROM requests WHERE status = $1 ORDER BY id LIMIT $2",
+            &[&status_name(status), &(limit as i64)],
+        )
+        .await
+    }
+
+    async fn requests_of(&self, user: &str, limit: usize) -> Result<Vec<RefundRequest>, StoreError> {
+        self.requests_where(
+            "SELECT body FROM requests WHERE requester = $1 ORDER BY id DESC LIMIT $2",
+            &[&user, &(limit as i64)],
+        )
+        .await
+    }
+
+    async fn others_on_payment(
+        &self,
+        request: &RefundRequest,
+        limit: usize,
+    ) -> Result<(Vec<RefundRequest>, usize), StoreError> {
+        let client = self.client().await?;
+        let payments = payments_of(request);
+        let rows = client
+            .query(
+                "SELECT DISTINCT request_id FROM request_payments WHERE payment = ANY($1) AND request_id <> $2
+                 ORDER BY request_id",
+                &[&payments, &id_param(request.id)],
+            )
+            .await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let more = ids.len().saturating_sub(limit);
+        let shown: Vec<i64> = ids[more..].to_vec();
+        let others = client.query("SELECT body FROM requests WHERE id = ANY($1) ORDER BY id", &[&shown]).await?;
+        Ok((others.iter().map(request_of).collect::<Result<_, _>>()?, more))
+    }
+
+    async fn totals_on(&self, day: chrono::NaiveDate) -> Result<(u64, Vec<Money>), StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT what, n FROM day_totals WHERE day = $1 ORDER BY what", &[&day]).await?;
+        let mut requested = 0;
+        let mut refunded = vec![];
+        for row in rows {
+            let (what, n): (String, i64) = (row.get(0), row.get(1));
+            if what == "requested" {
+                requested = n.max(0) as u64;
+            } else if let Some(code) = what.strip_prefix("refunded/")
+                && let Ok(currency) = crate::domain::Currency::parse(code)
+                && n > 0
+            {
+                refunded.push(Money::new(n as u64, currency));
+            }
+        }
+        Ok((requested, refunded))
+    }
+
+    async fn all_requests(&self) -> Result<Vec<RefundRequest>, StoreError> {
+        self.requests_where("SELECT body FROM requests ORDER BY id", &[]).await
+    }
+
+    async fn oldest_open_since(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let open: Vec<String> = [
+            RequestStatus::Requested,
+            RequestStatus::AwaitingApproval,
+            RequestStatus::Approved,
+            RequestStatus::Submitted,
+            RequestStatus::Pending,
+        ]
+        .into_iter()
+        .map(status_name)
+        .collect();
+        let client = self.client().await?;
+        let row = client.query_one("SELECT min(created_at) FROM requests WHERE status = ANY($1)", &[&open]).await?;
+        Ok(row.get(0))
+    }
+
+    async fn audit_trail(&self) -> Result<AuditTrail, StoreError> {
+        // One snapshot for the trail and its head: a transition committing meanwhile must not
+        // look like a removed entry.
+        in_tx!(self, tx => {
+            tx.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY", &[]).await?;
+            let rows = tx.query("SELECT entry FROM audit ORDER BY seq", &[]).await?;
+            let entries = rows
+                .iter()
+                .map(|r| r.try_get::<_, Json<AuditEntry>>(0).map(|j| j.0).map_err(corrupt))
+                .collect::<Result<Vec<_>, _>>()?;
+            let head = tx
+                .query_opt("SELECT seq, hash FROM audit_head WHERE id = 1", &[])
+                .await?
+                .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)));
+            (entries, head)
+        })
+    }
+
+    async fn audit_of(&self, id: RequestId) -> Result<Vec<AuditEntry>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT entry FROM audit WHERE request_id = $1 ORDER BY seq", &[&id_param(id)]).await?;
+        rows.iter().map(|r| r.try_get::<_, Json<AuditEntry>>(0).map(|j| j.0).map_err(corrupt)).collect()
+    }
+
+    async fn apply_refund_updates(
+        &self,
+        event_id: Option<&str>,
+        updates: &[RefundUpdate],
+        now: DateTime<Utc>,
+    ) -> Result<EventOutcome, StoreError> {
+        let (outcome, added) = in_tx!(self, tx => {
+            // A second delivery of the event waits here for the first to commit, then finds it.
+            let fresh = match event_id {
+                Some(id) => {
+                    tx.execute(
+                        "INSERT INTO stripe_events (id, seen_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                        &[&id, &now],
+                    )
+                    .await?
+                        == 1
+                }
+                None => true,
+            };
+            if fresh {
+                let mut audit = AuditBatch::default();
+                let mut outcomes = vec![];
+                let mut added = false;
+                for news in updates {
+                    let (outcome, writes) =
+                        apply_refund_news(&mut NewsReads { tx: &tx }, news, &self.install_id, now).await?;
+                    added |= write_news(&tx, &mut audit, &writes, now).await?;
+                    outcomes.push(outcome);
+                }
+                append_audit(&tx, audit, now).await?;
+                (EventOutcome::Applied(outcomes), added)
+            } else {
+                (EventOutcome::Duplicate, false)
+            }
+        })?;
+        if added {
+            self.added_jobs();
+        }
+        Ok(outcome)
+    }
+
+    async fn stripe_event_seen(&self, event_id: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client.query_opt("SELECT 1 FROM stripe_events WHERE id = $1", &[&event_id]).await?.is_some())
+    }
+
+    async fn remember_slack_event(&self, event_id: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO slack_events (id, seen_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                &[&event_id, &now],
+            )
+            .await?;
+        Ok(inserted == 1)
+    }
+
+    async fn prune_seen_events(&self, cutoff: DateTime<Utc>) -> Result<usize, StoreError> {
+        let client = self.client().await?;
+        let stripe = client.execute("DELETE FROM stripe_events WHERE seen_at < $1", &[&cutoff]).await?;
+        let slack = client.execute("DELETE FROM slack_events WHERE seen_at < $1", &[&cutoff]).await?;
+        Ok((stripe + slack) as usize)
+    }
+
+    async fn events_cursor(&self) -> Result<Option<String>, StoreError> {
+        self.meta("stripe_events_cursor").await
+    }
+
+    async fn set_events_cursor(&self, event_id: Option<&str>) -> Result<(), StoreError> {
+        self.set_meta("stripe_events_cursor", event_id).await
+    }
+
+    async fn events_looked_back_at(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self.meta("stripe_events_looked_back_at").await?.and_then(|v| v.parse().ok()))
+    }
+
+    async fn set_events_looked_back_at(&self, at: i64) -> Result<(), StoreError> {
+        self.set_meta("stripe_events_looked_back_at", Some(&at.to_string())).await
+    }
+
+    async fn outside_refunds(&self) -> Result<Vec<OutsideRefund>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query("SELECT record FROM outside_refunds ORDER BY refund", &[]).await?;
+        rows.iter().map(|r| r.try_get::<_, Json<OutsideRefund>>(0).map(|j| j.0).map_err(corrupt)).collect()
+    }
+
+    async fn email_sent(&self, id: RequestId, kind: EmailKind) -> Result<Option<EmailRecord>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT record FROM emails WHERE request_id = $1 AND kind = $2",
+                &[&id_param(id), &kind.as_str()],
+            )
+            .await?;
+        row.map(|r| r.try_get::<_, Json<EmailRecord>>(0).map(|j| j.0).map_err(corrupt)).transpose()
+    }
+
+    async fn record_email_sent(
+        &self,
+        id: RequestId,
+        kind: EmailKind,
+        record: &EmailRecord,
+        effects: &[Effect],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        in_tx!(self, tx => {
+            tx.execute(
+                "INSERT INTO emails (request_id, kind, record) VALUES ($1, $2, $3)
+                 ON CONFLICT (request_id, kind) DO UPDATE SET record = excluded.record",
+                &[&id_param(id), &kind.as_str(), &Json(record)],
+            )
+            .await?;
+            insert_jobs(&tx, id, effects, now).await?;
+        })?;
+        if !effects.is_empty() {
+            self.added_jobs();
+        }
+        Ok(())
+    }
+
+    async fn claim_alert(
+        &self,
+        what: &str,
+        job_id: u64,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // One statement: the claim is taken if nobody holds it, it is this job's, or the last
+        // one is older than `since`. Two replicas racing: one row, one winner.
+        let client = self.client().await?;
+        let claimed = client
+            .query_opt(
+                "INSERT INTO alert_claims (what, job_id, at) VALUES ($1, $2, $3)
+                 ON CONFLICT (what) DO UPDATE SET job_id = excluded.job_id, at = excluded.at
+                 WHERE alert_claims.job_id = excluded.job_id OR alert_claims.at < $4
+                 RETURNING job_id",
+                &[&what, &(job_id as i64), &now, &since],
+            )
+            .await?;
+        Ok(claimed.is_some())
+    }
+
+    async fn release_alert(&self, what: &str, job_id: u64) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("DELETE FROM alert_claims WHERE what = $1 AND job_id = $2", &[&what, &(job_id as i64)]).await?;
+        Ok(())
+    }
+
+    async fn remember_home_user(&self, user: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO home_users (user_id, opened_at) VALUES ($1, $2)
+                 ON CONFLICT (user_id) DO UPDATE SET opened_at = excluded.opened_at",
+                &[&user, &now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn has_home(&self, user: &str) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        Ok(client.query_opt("SELECT 1 FROM home_users WHERE user_id = $1", &[&user]).await?.is_some())
+    }
+
+    async fn enqueue(&self, id: RequestId, effects: &[Effect], now: DateTime<Utc>) -> Result<(), StoreError> {
+        in_tx!(self, tx => insert_jobs(&tx, id, effects, now).await?)?;
+        self.added_jobs();
+        Ok(())
+    }
+
+    async fn all_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let client = self.client().await?;
+        let rows = client.query(&format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY request_id, lane, id"), &[]).await?;
+        rows.iter().map(job_of).collect()
+    }
+
+    async fn due_jobs(
+        &self,
+        wanted: &[(Lane, usize)],
+        now: DateTime<Utc>,
+        running: &HashSet<u64>,
+    ) -> Result<DueJobs, StoreError> {
+        let client = self.client().await?;
+        let running: Vec<i64> = running.iter().map(|&id| id as i64).collect();
+        let until = now + self.lease;
+        let mut found = DueJobs::default();
+        for &(lane, limit) in wanted {
+            let lane = i16::from(lane as u8);
+            // The heads of their lanes, due, not parked, held by no live lease; taken by this
+            // runner until `until`. Rows another replica is taking right now are skipped.
+            let rows = client
+                .query(
+                    &format!(
+                        "UPDATE jobs SET claimed_until = $3 WHERE id IN (
+                             SELECT j.id FROM jobs j
+                             WHERE j.lane = $1 AND NOT j.parked AND j.not_before <= $2
+                               AND (j.claimed_until IS NULL OR j.claimed_until <= $2)
+                               AND NOT (j.id = ANY($4))
+                               AND NOT EXISTS (SELECT 1 FROM jobs e
+                                               WHERE e.request_id = j.request_id AND e.lane = j.lane AND e.id < j.id)
+                             ORDER BY j.not_before, j.id
+                             LIMIT $5
+                             FOR UPDATE SKIP LOCKED)
+                         RETURNING {JOB_COLUMNS}"
+                    ),
+                    &[&lane, &now, &until, &running, &(limit as i64)],
+                )
+                .await?;
+            let mut jobs = rows.iter().map(job_of).collect::<Result<Vec<_>, _>>()?;
+            jobs.sort_by_key(|j| (j.not_before, j.id));
+            found.jobs.extend(jobs);
+            let next: Option<DateTime<Utc>> = client
+                .query_one(
+                    "SELECT min(j.not_before) FROM jobs j
+                     WHERE j.lane = $1 AND NOT j.parked AND j.not_before > $2
+                       AND NOT EXISTS (SELECT 1 FROM jobs e
+                                       WHERE e.request_id = j.request_id AND e.lane = j.lane AND e.id < j.id)",
+                    &[&lane, &now],
+                )
+                .await?
+                .get(0);
+            if let Some(at) = next {
+                found.next = Some(found.next.map_or(at, |n| n.min(at)));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn complete_job(&self, job: &Job) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("DELETE FROM jobs WHERE id = $1", &[&(job.id as i64)]).await?;
+        // The next job of the lane may be due now.
+        self.added_jobs();
+        Ok(())
+    }
+
+    async fn rewrite_job(&self, job: &Job) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let updated = client
+            .execute(
+                "UPDATE jobs SET attempts = $2, not_before = $3, last_error = $4, parked = $5,
+                                 posted_ts = COALESCE($6, posted_ts), claimed_until = NULL
+                 WHERE id = $1",
+                &[
+                    &(job.id as i64),
+                    &(job.attempts as i32),
+                    &job.not_before,
+                    &job.last_error,
+                    &job.parked,
+                    &job.posted_ts,
+                ],
+            )
+            .await?;
+        if updated == 1 {
+            self.added_jobs();
+        }
+        Ok(updated == 1)
+    }
+
+    async fn record_job_posted(&self, job: &Job, ts: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("UPDATE jobs SET posted_ts = $2 WHERE id = $1", &[&(job.id as i64), &ts]).await?;
+        Ok(())
+    }
+
+    async fn find_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        let client = self.client().await?;
+        let row = client.query_opt(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"), &[&(id as i64)]).await?;
+        row.map(|r| job_of(&r)).transpose()
+    }
+}
