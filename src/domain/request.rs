@@ -949,10 +949,18 @@ pub(crate) mod tests {
             now,
         );
         let usd = Currency::parse("usd").unwrap();
-        let facts = ChargeFacts {
-            charge: ChargeId::parse("ch_1").unwrap(),
+        r.accept(charge_facts("ch_1", 2500), Money::new(2500, usd), one_approval(), now).unwrap();
+        r
+    }
+
+    /// What Stripe says of an unrefunded USD charge of `amount` cents.
+    pub(crate) fn charge_facts(charge: &str, amount: u64) -> ChargeFacts {
+        let now = Utc::now();
+        let usd = Currency::parse("usd").unwrap();
+        ChargeFacts {
+            charge: ChargeId::parse(charge).unwrap(),
             payment_intent: None,
-            amount: Money::new(2500, usd),
+            amount: Money::new(amount, usd),
             amount_refunded: Money::new(0, usd),
             created: now,
             customer_email: None,
@@ -962,12 +970,10 @@ pub(crate) mod tests {
             fraud_warnings: vec![],
             disputes: vec![],
             unreadable: vec![],
-        };
-        r.accept(facts, Money::new(2500, usd), one_approval(), now).unwrap();
-        r
+        }
     }
 
-    fn one_approval() -> PolicyDecision {
+    pub(crate) fn one_approval() -> PolicyDecision {
         PolicyDecision { route: Route::Approvals(1), rule: "One approval".into(), warnings: vec![] }
     }
 

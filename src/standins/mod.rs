@@ -6,6 +6,7 @@
 
 pub mod driver;
 pub mod load;
+pub mod postgres;
 pub mod render;
 pub mod slack;
 pub mod smtp;

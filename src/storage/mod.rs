@@ -21,6 +21,8 @@
 pub mod postgres;
 pub mod sled;
 
+#[cfg(test)]
+mod contract;
 
 use crate::domain::policy::Hold;
 use crate::domain::{

@@ -289,8 +289,8 @@ async fn write_request(tx: &Transaction<'_>, request: &RefundRequest) -> Result<
 
 async fn add_to_total(tx: &Transaction<'_>, day: chrono::NaiveDate, what: &str, delta: i64) -> Result<(), StoreError> {
     tx.execute(
-        "INSERT INTO day_totals (day, what, n) VALUES ($1, $2, GREATEST($3, 0))
-         ON CONFLICT (day, what) DO UPDATE SET n = GREATEST(day_totals.n + $3, 0)",
+        "INSERT INTO day_totals (day, what, n) VALUES ($1, $2, GREATEST($3::bigint, 0))
+         ON CONFLICT (day, what) DO UPDATE SET n = GREATEST(day_totals.n + $3::bigint, 0)",
         &[&day, &what, &delta],
     )
     .await?;
@@ -549,7 +549,7 @@ impl Engine for PgStore {
             write_request(&tx, request).await?;
             // The counter moves past what was imported: numbers are never handed out twice.
             tx.execute(
-                "SELECT setval('request_numbers', GREATEST((SELECT last_value FROM request_numbers), $1))",
+                "SELECT setval('request_numbers', GREATEST((SELECT last_value FROM request_numbers), $1::bigint))",
                 &[&id_param(request.id)],
             )
             .await?;
@@ -939,5 +939,72 @@ impl Engine for PgStore {
         let client = self.client().await?;
         let row = client.query_opt(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"), &[&(id as i64)]).await?;
         row.map(|r| job_of(&r)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{PaymentRef, RefundReason, UserId};
+    use secrecy::ExposeSecret;
+
+    /// Two replicas on one fresh schema, holding jobs for `lease`.
+    async fn two_replicas(lease: Duration) -> Option<(PgStore, PgStore)> {
+        let url = crate::standins::postgres::fresh_database_url().await?;
+        let a = PgStore::connect(url.expose_secret(), lease).await.unwrap();
+        let b = PgStore::connect(url.expose_secret(), lease).await.unwrap();
+        Some((a, b))
+    }
+
+    fn new_request() -> NewRequest {
+        NewRequest::full_refund(
+            UserId::parse("UREQ").unwrap(),
+            "C1",
+            PaymentRef::parse("ch_1").unwrap(),
+            RefundReason::Duplicate,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_job_held_by_one_replica_is_taken_over_by_another_only_after_its_lease() {
+        let Some((a, b)) = two_replicas(Duration::from_secs(60)).await else { return };
+        assert_eq!(a.install_id(), b.install_id(), "one installation, whichever replica asks");
+        let now = Utc::now();
+        a.insert_request(new_request(), now).await.unwrap();
+        let wanted = [(Lane::Stripe, 10)];
+        let taken = a.due_jobs(&wanted, now, &HashSet::new()).await.unwrap().jobs;
+        assert_eq!(taken.len(), 1, "replica A takes the check");
+        // B, with nothing running of its own, finds it held.
+        assert!(
+            b.due_jobs(&wanted, now + chrono::Duration::seconds(59), &HashSet::new()).await.unwrap().jobs.is_empty()
+        );
+        // A died: once the lease is over, B takes it over.
+        let later = now + chrono::Duration::seconds(61);
+        let over = b.due_jobs(&wanted, later, &HashSet::new()).await.unwrap().jobs;
+        assert_eq!(over.iter().map(|j| j.id).collect::<Vec<_>>(), [taken[0].id]);
+        // Handed back (a retry put off): free for whoever asks when it is due.
+        let mut retry = over[0].clone();
+        retry.attempts = 1;
+        retry.not_before = later;
+        assert!(b.rewrite_job(&retry).await.unwrap());
+        assert_eq!(a.due_jobs(&wanted, later, &HashSet::new()).await.unwrap().jobs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn replicas_starting_together_apply_the_migrations_once() {
+        let Some(url) = crate::standins::postgres::fresh_database_url().await else { return };
+        let starts: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(
+                    async move { PgStore::connect(url.expose_secret(), DEFAULT_LEASE).await.map(|s| s.install_id) },
+                )
+            })
+            .collect();
+        let mut ids = HashSet::new();
+        for start in starts {
+            ids.insert(start.await.unwrap().unwrap());
+        }
+        assert_eq!(ids.len(), 1, "one install id: {ids:?}");
     }
 }

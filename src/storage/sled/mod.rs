@@ -626,6 +626,11 @@ impl SledStore {
     /// loading data into a database (migrations, tests, benchmarks). `flush` afterwards.
     pub fn import_request(&self, request: &RefundRequest) -> Result<(), StoreError> {
         self.requests.insert(request.id.to_key(), encode_plain(request)?)?;
+        // The counter moves past what was imported: numbers are never handed out twice.
+        self.meta.fetch_and_update(NEXT_REQUEST_KEY, |current| {
+            let next = current.and_then(|v| v.try_into().ok()).map_or(FIRST_REQUEST_NUMBER, u64::from_be_bytes);
+            Some(next.max(request.id.number() + 1).to_be_bytes().to_vec())
+        })?;
         self.index.insert(status_key(request.status, request.id), &[])?;
         self.index.insert(user_key(request.requester.as_str(), request.id), &[])?;
         for key in payment_keys(request) {
