@@ -13,7 +13,7 @@ use std::time::Duration;
 use url::Url;
 
 /// Every setting refund-desk reads, by its environment name.
-pub const KNOWN_SETTINGS: [&str; 26] = [
+pub const KNOWN_SETTINGS: [&str; 28] = [
     "STRIPE_EVENTS_POLL_SECS",
     "STRIPE_EVENTS_SWEEP_SECS",
     "REFUND_DESK_CACHE_MB",
@@ -26,6 +26,8 @@ pub const KNOWN_SETTINGS: [&str; 26] = [
     "REFUND_DESK_JOB_MAX_RETRY_SECS",
     "REFUND_DESK_LISTEN",
     "REFUND_DESK_DATA_DIR",
+    "DATABASE_URL",
+    "REFUND_DESK_JOB_LEASE_SECS",
     "SLACK_SIGNING_SECRET",
     "SLACK_BOT_TOKEN",
     "SLACK_APP_TOKEN",

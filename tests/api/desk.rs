@@ -219,6 +219,12 @@ async fn home_reads_the_indexes_so_a_store_of_100000_requests_shows_just_whats_w
     use refund_desk::domain::*;
     let app = TestApp::spawn().await;
     let store = app.store();
+    if store.as_sled().is_none() {
+        // What this proves (App Home reads the indexes, counted by the embedded engine) is
+        // sled's; PostgreSQL's queries use its indexes (see migrations).
+        eprintln!("skipped on PostgreSQL: the embedded engine's read counter is what this test reads");
+        return;
+    }
     let now = chrono::Utc::now();
     let usd = Currency::parse("usd").unwrap();
     let requester = |n: u64| UserId::parse(&format!("U0SUPPORT{:02}", n % 50)).unwrap();

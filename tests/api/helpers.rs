@@ -27,6 +27,9 @@ pub struct TestApp {
     pub smtp: SmtpSink,
     pub driver: SlackDriver,
     pub data_dir: TempDir,
+    /// A PostgreSQL schema of this test's own, when the suite runs on PostgreSQL
+    /// (`REFUND_DESK_TEST_DATABASE_URL`); the desk then keeps its store there, not in `data_dir`.
+    pub database: Option<secrecy::SecretString>,
     policy: refund_desk::domain::policy::Policy,
     /// Applied to the settings at every start.
     customize: fn(&mut refund_desk::config::Settings),
@@ -60,6 +63,11 @@ impl TestApp {
         let table: toml::Table = policy_toml.parse().expect("valid TOML");
         let policy =
             refund_desk::config::parse_policy(table.get("policy").and_then(|p| p.as_table())).expect("valid policy");
+        let database = if refund_desk::standins::postgres::integration_on_postgres() {
+            refund_desk::standins::postgres::fresh_database_url().await
+        } else {
+            None
+        };
         let mut test = TestApp {
             app: None,
             driver: SlackDriver::new(String::new()),
@@ -67,6 +75,7 @@ impl TestApp {
             stripe,
             smtp,
             data_dir,
+            database,
             policy,
             customize: |_| {},
         };
@@ -85,6 +94,10 @@ impl TestApp {
             fast_jobs(),
         );
         settings.policy = self.policy.clone();
+        if let Some(url) = &self.database {
+            settings.store =
+                refund_desk::config::StoreSettings::Postgres { url: url.clone(), lease: Duration::from_secs(60) };
+        }
         (self.customize)(&mut settings);
         let app = Application::build(settings).await.unwrap();
         let base = format!("http://{}", app.local_addr());
@@ -108,6 +121,20 @@ impl TestApp {
     pub async fn stop(&mut self) {
         if let Some(app) = self.app.take() {
             app.stop().await.unwrap();
+        }
+    }
+
+    /// The desk's store, opened afresh with no desk running: from its files (sled) or its
+    /// database (PostgreSQL).
+    pub async fn open_store_stopped(&self) -> Store {
+        match &self.database {
+            Some(url) => {
+                use secrecy::ExposeSecret;
+                let store =
+                    refund_desk::storage::postgres::PgStore::connect(url.expose_secret(), Duration::from_secs(60));
+                Store::Postgres(store.await.expect("the database opens"))
+            }
+            None => Store::open(self.data_dir.path()).expect("the store's files open"),
         }
     }
 

@@ -17,6 +17,7 @@ mod pacing;
 mod policy;
 mod process;
 mod randomized;
+mod replicas;
 mod restart;
 mod same_payment;
 mod signatures;

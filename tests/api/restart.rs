@@ -36,8 +36,8 @@ async fn a_request_acknowledged_in_slack_is_stored_and_carries_on_after_a_stop_a
     let charge = app.add_charge(Default::default());
     let id = app.request_refund(&format!("{charge} 5")).await;
     app.stop().await;
-    // Straight from the files, with no desk running.
-    let store = refund_desk::storage::Store::open(app.data_dir.path()).unwrap();
+    // Straight from the files (or the database), with no desk running.
+    let store = app.open_store_stopped().await;
     assert!(store.get_request(id).await.unwrap().is_some(), "acknowledged means stored");
     drop(store);
     app.restart().await;

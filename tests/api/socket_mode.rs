@@ -202,6 +202,6 @@ async fn stopping_a_desk_on_socket_mode_closes_the_sockets_and_releases_the_stor
     app.stop().await;
     assert!(socket.wait_until(DEADLINE, |s| s.connections_open() == 0).await, "the sockets were closed");
     // The listener's tasks hold no store: it opens again in this process at once.
-    let store = refund_desk::storage::Store::open(app.data_dir.path()).expect("the store was released");
+    let store = app.open_store_stopped().await;
     assert!(store.get_request(id).await.unwrap().is_some());
 }

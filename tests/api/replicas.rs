@@ -1,0 +1,233 @@
+//! Two real `refund-desk serve` processes on one PostgreSQL database behave as one desk: clicks
+//! split between them refund once, a replica killed mid-refund leaves the refund to the other
+//! after its lease, one Stripe event delivered to both is applied once, and a reminder fires
+//! once. These need a database: without `REFUND_DESK_TEST_DATABASE_URL` they say they were
+//! skipped (and fail under `REFUND_DESK_REQUIRE_POSTGRES`, as in `.ci/run`).
+
+use crate::helpers::{KillOnDrop, desk_command, free_port, wait_until_ready};
+use refund_desk::domain::{RequestId, RequestStatus};
+use refund_desk::standins::driver::{self, SlackDriver};
+use refund_desk::standins::stripe::Fault;
+use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for, wait_for_async};
+use refund_desk::storage::Store;
+use secrecy::{ExposeSecret, SecretString};
+use std::process::Stdio;
+use std::time::Duration;
+
+const REQUESTER: &str = "U0REQUEST1";
+const APPROVER: &str = "U0APPROVE1";
+const DEADLINE: Duration = Duration::from_secs(30);
+/// How long a replica holds a job; short, so a dead one's work is taken over within the test.
+const LEASE_SECS: &str = "3";
+
+struct Replica {
+    port: u16,
+    driver: SlackDriver,
+    process: Option<KillOnDrop>,
+    _dir: tempfile::TempDir,
+}
+
+struct Desk {
+    slack: FakeSlack,
+    stripe: FakeStripe,
+    smtp: SmtpSink,
+    database: SecretString,
+    store: Store,
+    replicas: Vec<Replica>,
+    config: tempfile::NamedTempFile,
+}
+
+impl Desk {
+    /// The stand-ins and a fresh database; `None` when there is no test database.
+    async fn new(policy: &str) -> Option<Desk> {
+        let database = refund_desk::standins::postgres::fresh_database_url().await?;
+        let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
+        let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
+        let smtp = SmtpSink::start().await.unwrap();
+        let store = Store::Postgres(
+            refund_desk::storage::postgres::PgStore::connect(database.expose_secret(), Duration::from_secs(3))
+                .await
+                .unwrap(),
+        );
+        let config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(config.path(), policy).unwrap();
+        Some(Desk { slack, stripe, smtp, database, store, replicas: vec![], config })
+    }
+
+    /// Starts one more replica on the same database; returns its index.
+    async fn start_replica(&mut self) -> usize {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let child = desk_command(&self.slack.url, &self.stripe.url, dir.path())
+            .env("DATABASE_URL", self.database.expose_secret())
+            .env("REFUND_DESK_JOB_LEASE_SECS", LEASE_SECS)
+            .env("REFUND_DESK_CONFIG", self.config.path())
+            .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{port}"))
+            .env("SMTP_URL", self.smtp.url())
+            .env("EMAIL_FROM", driver::EMAIL_FROM)
+            .env("STRIPE_TIMEOUT_SECS", "60")
+            .env("REFUND_DESK_JOB_FIRST_RETRY_MS", "50")
+            .env("REFUND_DESK_JOB_MAX_RETRY_SECS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = Some(KillOnDrop(child));
+        wait_until_ready(port, DEADLINE).await;
+        let driver = SlackDriver::new(format!("http://127.0.0.1:{port}"));
+        self.replicas.push(Replica { port, driver, process, _dir: dir });
+        self.replicas.len() - 1
+    }
+
+    /// SIGKILL: no shutdown, nothing handed back.
+    fn kill(&mut self, replica: usize) {
+        if let Some(mut process) = self.replicas[replica].process.take() {
+            process.0.kill().unwrap();
+            process.0.wait().unwrap();
+        }
+    }
+
+    async fn request(&self, replica: usize, text: &str) -> RequestId {
+        let (status, body) = self.replicas[replica].driver.slash(REQUESTER, text).await;
+        assert_eq!(status, 200, "{body}");
+        let answer = body["text"].as_str().unwrap_or_default().to_string();
+        answer.split(|c: char| c == '*' || c.is_whitespace()).find_map(|w| RequestId::parse(w).ok()).expect("an id")
+    }
+
+    async fn card_ts(&self, id: RequestId) -> String {
+        let marker = format!("Refund request {id}");
+        wait_for(DEADLINE, || {
+            self.slack.messages_in(driver::FINANCE_CHANNEL).into_iter().find(|m| m.text.starts_with(&marker))
+        })
+        .await
+        .unwrap_or_else(|| panic!("no card for {id}"))
+        .ts
+    }
+
+    async fn wait_for_status(&self, id: RequestId, status: RequestStatus) {
+        let reached = wait_for_async(DEADLINE, || async {
+            self.store.get_request(id).await.unwrap().filter(|r| r.status == status)
+        })
+        .await;
+        assert!(reached.is_some(), "{id} never reached {status:?}");
+    }
+
+    /// Waits until no job is left that is due within a minute: whatever was going to happen
+    /// has happened, on whichever replica.
+    async fn wait_until_idle(&self) {
+        let later = || chrono::Utc::now() + chrono::Duration::seconds(60);
+        let idle = wait_for_async(DEADLINE, || async {
+            self.store.all_jobs().await.unwrap().iter().all(|j| j.parked || j.not_before > later()).then_some(())
+        })
+        .await;
+        assert!(idle.is_some(), "jobs still queued: {:?}", self.store.all_jobs().await.unwrap());
+    }
+
+    fn refunds_for(&self, id: RequestId) -> Vec<serde_json::Value> {
+        self.stripe.refunds().into_iter().filter(|r| r["metadata"]["refund_request_id"] == id.to_string()).collect()
+    }
+}
+
+#[tokio::test]
+async fn twenty_approve_clicks_split_between_two_replicas_make_exactly_one_refund() {
+    let Some(mut desk) = Desk::new("").await else { return };
+    let (a, b) = (desk.start_replica().await, desk.start_replica().await);
+    let charge = desk.stripe.add_charge(ChargeSpec::default()).0;
+    let id = desk.request(a, &format!("{charge} 25.00 duplicate")).await;
+    let card = desk.card_ts(id).await;
+    let clicks: Vec<_> = (0..20)
+        .map(|n| {
+            let driver = desk.replicas[if n % 2 == 0 { a } else { b }].driver.clone();
+            let card = card.clone();
+            tokio::spawn(async move { driver.click(APPROVER, "refund_approve", &id.to_string(), &card).await })
+        })
+        .collect();
+    for click in clicks {
+        assert_eq!(click.await.unwrap(), 200, "every click is answered");
+    }
+    desk.wait_for_status(id, RequestStatus::Submitted).await;
+    desk.wait_until_idle().await;
+    assert_eq!(desk.refunds_for(id).len(), 1, "exactly one refund");
+    assert_eq!(desk.stripe.refund_posts().len(), 1, "asked of Stripe once");
+    let approvals = desk.store.audit_of(id).await.unwrap().into_iter().filter(|e| e.to == RequestStatus::Approved);
+    assert_eq!(approvals.count(), 1);
+    assert_eq!(desk.store.verify_audit().await.unwrap().problem, None);
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_refund_leaves_the_refund_to_the_other_once_after_its_lease() {
+    let Some(mut desk) = Desk::new("").await else { return };
+    let a = desk.start_replica().await;
+    let charge = desk.stripe.add_charge(ChargeSpec::default()).0;
+    let id = desk.request(a, &format!("{charge} 25.00 duplicate")).await;
+    let card = desk.card_ts(id).await;
+    // Stripe makes the refund, then keeps A waiting for its answer.
+    desk.stripe.fail_next_refund(Fault::ApplyThenHang(Duration::from_secs(120)));
+    assert_eq!(desk.replicas[a].driver.click(APPROVER, "refund_approve", &id.to_string(), &card).await, 200);
+    wait_for(DEADLINE, || desk.stripe.refund_posts().first().cloned()).await.expect("A asked Stripe");
+    let b = desk.start_replica().await;
+    desk.kill(a);
+    // B takes the job over once A's lease is over, and finds the refund A made: not a second.
+    desk.wait_for_status(id, RequestStatus::Submitted).await;
+    desk.wait_until_idle().await;
+    assert_eq!(desk.refunds_for(id).len(), 1, "exactly one refund");
+    let keys: std::collections::HashSet<_> =
+        desk.stripe.refund_posts().into_iter().map(|p| p.idempotency_key).collect();
+    assert_eq!(keys.len(), 1, "B asked with A's idempotency key, if it asked at all: {keys:?}");
+    assert!(desk.slack.thread(&card).iter().any(|m| m.text.contains("Submitted to Stripe")));
+    let _ = b;
+}
+
+#[tokio::test]
+async fn one_stripe_event_delivered_to_both_replicas_at_once_is_applied_once() {
+    let Some(mut desk) = Desk::new("").await else { return };
+    let (a, b) = (desk.start_replica().await, desk.start_replica().await);
+    let charge = desk.stripe.add_charge(ChargeSpec::default()).0;
+    let id = desk.request(a, &format!("{charge} 25.00 duplicate")).await;
+    let card = desk.card_ts(id).await;
+    assert_eq!(desk.replicas[b].driver.click(APPROVER, "refund_approve", &id.to_string(), &card).await, 200);
+    desk.wait_for_status(id, RequestStatus::Submitted).await;
+    let refund = desk.refunds_for(id).pop().expect("a refund");
+    let event = desk.stripe.refund_event(refund["id"].as_str().unwrap(), "refund.updated", "succeeded", None).unwrap();
+    let body = serde_json::to_vec(&event).unwrap();
+    let http = reqwest::Client::new();
+    let deliver = |port: u16| {
+        let (http, body) = (http.clone(), body.clone());
+        async move {
+            let signature =
+                refund_desk::stripe::webhook::sign(&body, driver::WEBHOOK_SECRET, chrono::Utc::now().timestamp());
+            http.post(format!("http://127.0.0.1:{port}/stripe/webhook"))
+                .header("content-type", "application/json")
+                .header("stripe-signature", signature)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let (to_a, to_b) = tokio::join!(deliver(desk.replicas[a].port), deliver(desk.replicas[b].port));
+    assert_eq!((to_a, to_b), (200, 200), "both acknowledge");
+    desk.wait_for_status(id, RequestStatus::Succeeded).await;
+    desk.wait_until_idle().await;
+    let succeeded = desk.store.audit_of(id).await.unwrap().into_iter().filter(|e| e.to == RequestStatus::Succeeded);
+    assert_eq!(succeeded.count(), 1, "applied once");
+    let emails = desk.smtp.messages().into_iter().filter(|m| m.body().contains(refund["id"].as_str().unwrap()));
+    assert_eq!(emails.count(), 1, "the customer is emailed once");
+}
+
+#[tokio::test]
+async fn a_reminder_fires_once_whichever_replica_is_up() {
+    let Some(mut desk) = Desk::new("[policy]\nremind_after = \"2s\"\n").await else { return };
+    let (a, _b) = (desk.start_replica().await, desk.start_replica().await);
+    let charge = desk.stripe.add_charge(ChargeSpec::default()).0;
+    let id = desk.request(a, &format!("{charge} 25.00 duplicate")).await;
+    let card = desk.card_ts(id).await;
+    let reminders = || desk.slack.thread(&card).into_iter().filter(|m| m.text.contains("has been waiting for approval")).count();
+    wait_for(DEADLINE, || (reminders() > 0).then_some(())).await.expect("a reminder");
+    desk.wait_until_idle().await;
+    assert_eq!(reminders(), 1, "{:?}", desk.slack.thread(&card));
+    let reminded = desk.store.get_request(id).await.unwrap().unwrap().reminded_at;
+    assert!(reminded.is_some());
+}
