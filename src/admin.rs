@@ -1,5 +1,5 @@
 //! Operator commands that work on the database directly: listing and retrying jobs, checking
-//! and exporting the audit trail.
+//! and exporting the audit trail, copying the embedded store into PostgreSQL.
 //!
 //! On PostgreSQL they work while the service runs. sled allows one process per database, so
 //! there they run while the service is stopped; the error says so when it is not.
@@ -33,6 +33,52 @@ pub fn open(dir: &Path) -> anyhow::Result<Store> {
         }
         _ => anyhow::anyhow!("could not open the database in {}: {e}", dir.display()),
     })
+}
+
+/// `migrate`: copies the embedded store in `from` into the empty PostgreSQL database at `to`,
+/// then reads it back and checks it: the audit chain verifies, and requests, audit entries, jobs
+/// and the installation id are what was copied. Returns what was copied, in one line.
+pub async fn migrate(from: &Path, to: &str) -> anyhow::Result<String> {
+    let source = open(from)?;
+    let Some(sled) = source.as_sled() else { unreachable!("a data directory opens the embedded engine") };
+    let report = sled.verify_audit()?;
+    if let Some(problem) = report.problem {
+        anyhow::bail!(
+            "the audit trail in {} was altered ({problem}); nothing was copied. `refund-desk audit verify` shows it",
+            from.display()
+        );
+    }
+    let copy = sled.export_copy()?;
+    drop(source);
+    crate::storage::postgres::PgStore::import_copy(to, &copy).await.map_err(|e| match e {
+        StoreError::NotEmpty(why) => {
+            anyhow::anyhow!("{why}; nothing was copied. Migrate into an empty database, before any desk starts on it")
+        }
+        e => anyhow::anyhow!("could not copy into the database: {e}; nothing was copied"),
+    })?;
+    let target = crate::storage::postgres::PgStore::connect(to, crate::storage::postgres::DEFAULT_LEASE).await?;
+    let target = Store::Postgres(target);
+    let entries = target.audit_entries().await?;
+    let checks = [
+        ("the installation id", target.install_id() == copy.install_id),
+        ("the requests", target.all_requests().await? == copy.requests),
+        ("the audit trail", entries == copy.audit.0),
+        ("the jobs", crate::storage::copy::same_jobs(&target.all_jobs().await?, &copy.jobs)),
+    ];
+    if let Some((what, _)) = checks.iter().find(|(_, same)| !same) {
+        anyhow::bail!("{what}: what the database holds differs from what was copied");
+    }
+    let verified = target.verify_audit().await?;
+    if let Some(problem) = verified.problem {
+        anyhow::bail!("the copied audit trail does not verify: {problem}");
+    }
+    Ok(format!(
+        "Copied {} into PostgreSQL; the audit trail verifies ({} entries). Start refund-desk with DATABASE_URL set; \
+         keep {} until you no longer need it.",
+        copy.summary(),
+        verified.entries,
+        from.display()
+    ))
 }
 
 fn line(job: &Job) -> String {

@@ -24,15 +24,27 @@ enum Cmd {
     },
     /// Validate the configuration and reach Slack, Stripe and the mail server.
     Check,
-    /// List or retry the jobs that ran out of attempts (on sled, with the service stopped).
+    /// List or retry the jobs that ran out of attempts (on sled with the service stopped; on
+    /// PostgreSQL at any time).
     Jobs {
         #[command(subcommand)]
         action: JobsCmd,
     },
-    /// Check or export the audit trail (on sled, with the service stopped).
+    /// Check or export the audit trail (on sled with the service stopped; on PostgreSQL at any
+    /// time).
     Audit {
         #[command(subcommand)]
         action: AuditCmd,
+    },
+    /// Copy the embedded store (a data directory, service stopped) into an empty PostgreSQL
+    /// database, then check the copy.
+    Migrate {
+        /// The data directory the desk ran on (REFUND_DESK_DATA_DIR).
+        #[arg(long, value_name = "DIR")]
+        from_data_dir: std::path::PathBuf,
+        /// The database to copy into: postgres://... (as DATABASE_URL).
+        #[arg(long, value_name = "URL")]
+        to: String,
     },
     /// Print the Slack app manifest: for Socket Mode (no public address), or for a public URL.
     Manifest {
@@ -98,7 +110,9 @@ async fn run_jobs_command(action: JobsCmd) -> anyhow::Result<String> {
 
 fn init_tracing(default: &str) {
     // slack-morphism's Socket Mode logs its connection URL, whose ticket is a credential.
-    let default = format!("{default},slack_morphism::hyper_tokio::socket_mode=off");
+    // The database driver's notices and the migration runner's chatter stay out unless asked for.
+    let default =
+        format!("{default},slack_morphism::hyper_tokio::socket_mode=off,tokio_postgres=warn,refinery_core=warn");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -184,6 +198,18 @@ fn main() -> ExitCode {
             eprintln!("refund-desk: {e:#}");
             ExitCode::FAILURE
         }),
+        Cmd::Migrate { from_data_dir, to } => {
+            match runtime.block_on(refund_desk::admin::migrate(&from_data_dir, &to)) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("refund-desk: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Manifest { url, socket_mode } => match manifest(url.as_deref(), socket_mode) {
             Ok(m) => {
                 println!("{m}");

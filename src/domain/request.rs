@@ -385,6 +385,13 @@ impl EmailKind {
             EmailKind::RefundFailed => "refund_failed",
         }
     }
+
+    /// The kind [`EmailKind::as_str`] names.
+    pub fn parse(name: &str) -> Option<EmailKind> {
+        [EmailKind::RefundSucceeded, EmailKind::RequestDenied, EmailKind::RefundFailed]
+            .into_iter()
+            .find(|k| k.as_str() == name)
+    }
 }
 
 /// A side effect a transition causes; each becomes a durable job.

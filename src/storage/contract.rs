@@ -388,3 +388,84 @@ contract!(
     emails_home_users_and_the_events_cursor_are_kept,
     an_imported_request_keeps_its_number_and_new_ones_follow_it,
 );
+
+/// `refund-desk migrate`: a sled store's whole content, copied into PostgreSQL, reads the same
+/// there through every query the desk makes, and the desk's counters and chain go on from it.
+mod copy_to_postgres {
+    use super::*;
+    use crate::storage::copy::same_jobs;
+    use crate::storage::postgres::{DEFAULT_LEASE, PgStore};
+    use secrecy::ExposeSecret;
+
+    #[tokio::test]
+    async fn everything_a_sled_store_holds_reads_the_same_from_postgres_after_a_copy() {
+        let Some(url) = crate::standins::postgres::fresh_database_url().await else { return };
+        let url = url.expose_secret().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = Utc::now();
+        let done = submitted(&store).await;
+        store.apply_stripe_event("evt_1", &[refund_news("re_1", done.id, "succeeded")], now).await.unwrap();
+        let open = waiting(&store, "ch_1", 1000).await;
+        let outside = RefundUpdate { request_hint: None, ..refund_news("re_dash", open.id, "succeeded") };
+        store.apply_refund_updates(None, &[outside], now).await.unwrap();
+        let record = EmailRecord { to: "j***@example.com".into(), sent_at: now, message_id: "<m1@desk>".into() };
+        store.record_email_sent(done.id, EmailKind::RefundSucceeded, &record, &[], now).await.unwrap();
+        store.remember_slack_event("Ev1", now).await.unwrap();
+        store.remember_home_user("U1", now).await.unwrap();
+        store.set_events_cursor(Some("evt_9")).await.unwrap();
+        store.set_events_looked_back_at(1_700_000_000).await.unwrap();
+        let since = now - Span::hours(1);
+        assert!(store.claim_alert("stripe_down", 7, since, now).await.unwrap());
+        let mut parked = store.all_jobs().await.unwrap().remove(0);
+        (parked.parked, parked.attempts, parked.last_error) = (true, 12, Some("HTTP 503".into()));
+        store.reschedule_job(&parked).await.unwrap();
+        let copy = store.as_sled().unwrap().export_copy().unwrap();
+
+        PgStore::import_copy(&url, &copy).await.unwrap();
+        let pg = Store::Postgres(PgStore::connect(&url, DEFAULT_LEASE).await.unwrap());
+        assert_eq!(pg.install_id(), store.install_id(), "idempotency keys stay the same");
+        assert_eq!(pg.all_requests().await.unwrap(), store.all_requests().await.unwrap());
+        assert_eq!(pg.audit_entries().await.unwrap(), store.audit_entries().await.unwrap());
+        assert!(same_jobs(&pg.all_jobs().await.unwrap(), &store.all_jobs().await.unwrap()));
+        assert!(pg.find_job(parked.id).await.unwrap().unwrap().parked);
+        assert!(pg.stripe_event_seen("evt_1").await.unwrap());
+        assert!(!pg.remember_slack_event("Ev1", now).await.unwrap(), "a Slack retry is still a retry");
+        assert_eq!(pg.email_sent(done.id, EmailKind::RefundSucceeded).await.unwrap(), Some(record));
+        assert!(pg.has_home("U1").await.unwrap());
+        assert_eq!(pg.events_cursor().await.unwrap().as_deref(), Some("evt_9"));
+        assert_eq!(pg.events_looked_back_at().await.unwrap(), Some(1_700_000_000));
+        assert_eq!(pg.outside_refunds().await.unwrap(), store.outside_refunds().await.unwrap());
+        let today = now.date_naive();
+        assert_eq!(pg.totals_on(today).await.unwrap(), store.totals_on(today).await.unwrap());
+        assert!(!pg.claim_alert("stripe_down", 8, since, now).await.unwrap(), "the alert's claim came along");
+        // A refund re_1 reported again is known as the request's, not a refund made outside.
+        let again = pg.apply_refund_updates(None, &[refund_news("re_1", done.id, "succeeded")], now).await.unwrap();
+        assert!(
+            !matches!(&again, EventOutcome::Applied(o) if o.iter().any(|o| matches!(o, RefundOutcome::NotOurs(_))))
+        );
+
+        // Numbers, job ids and the chain go on from where the copy left them.
+        let next = pg.insert_request(new_request("ch_2"), Utc::now()).await.unwrap();
+        assert_eq!(next.id.number(), copy.next_request_number);
+        let newest = pg.all_jobs().await.unwrap().into_iter().filter(|j| j.request_id == next.id).map(|j| j.id);
+        assert!(newest.min().unwrap() > copy.jobs.iter().map(|j| j.id).max().unwrap());
+        let later = Utc::now();
+        pg.transition(open.id, later, |r| r.approve(&user("UFIN"), &approvers(), later).map(Some))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(pg.verify_audit().await.unwrap().problem, None, "the chain goes on from the copied head");
+
+        // A database holding a copy, or one a desk has started on, is refused, unchanged.
+        let held = PgStore::import_copy(&url, &copy).await;
+        assert!(matches!(held, Err(StoreError::NotEmpty(_))), "{held:?}");
+        assert_eq!(pg.all_requests().await.unwrap().len(), copy.requests.len() + 1);
+        let Some(started) = crate::standins::postgres::fresh_database_url().await else { return };
+        let started = started.expose_secret().to_string();
+        let desk = PgStore::connect(&started, DEFAULT_LEASE).await.unwrap();
+        let refused = PgStore::import_copy(&started, &copy).await;
+        assert!(matches!(refused, Err(StoreError::NotEmpty(_))), "{refused:?}");
+        assert!(Store::Postgres(desk).all_requests().await.unwrap().is_empty());
+    }
+}

@@ -18,6 +18,7 @@
 //!   handed to one runner at a time;
 //! - an event id, an email and an alert claim are recorded once, however many deliveries race.
 
+pub mod copy;
 pub mod postgres;
 pub mod sled;
 
@@ -58,6 +59,9 @@ pub enum StoreError {
     Files(#[from] std::io::Error),
     #[error("the database's schema could not be brought up to date: {0}")]
     Migration(String),
+    /// A copy was refused: the target holds data of its own.
+    #[error("the target is not empty: {0}")]
+    NotEmpty(String),
 }
 
 /// One line of the audit trail: who moved which request from where to where.

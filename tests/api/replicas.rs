@@ -24,7 +24,7 @@ struct Replica {
     port: u16,
     driver: SlackDriver,
     process: Option<KillOnDrop>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 struct Desk {
@@ -32,7 +32,9 @@ struct Desk {
     stripe: FakeStripe,
     smtp: SmtpSink,
     database: SecretString,
-    store: Store,
+    /// The database as the tests read it, opened on first use (opening it makes the
+    /// installation's id, so a migration test opens it only after copying into it).
+    store: tokio::sync::OnceCell<Store>,
     replicas: Vec<Replica>,
     config: tempfile::NamedTempFile,
 }
@@ -44,22 +46,39 @@ impl Desk {
         let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
         let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
         let smtp = SmtpSink::start().await.unwrap();
-        let store = Store::Postgres(
-            refund_desk::storage::postgres::PgStore::connect(database.expose_secret(), Duration::from_secs(3))
-                .await
-                .unwrap(),
-        );
+        let store = tokio::sync::OnceCell::new();
         let config = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(config.path(), policy).unwrap();
         Some(Desk { slack, stripe, smtp, database, store, replicas: vec![], config })
     }
 
+    async fn store(&self) -> &Store {
+        self.store
+            .get_or_init(|| async {
+                let url = self.database.expose_secret();
+                let store = refund_desk::storage::postgres::PgStore::connect(url, Duration::from_secs(3));
+                Store::Postgres(store.await.expect("the test database opens"))
+            })
+            .await
+    }
+
     /// Starts one more replica on the same database; returns its index.
     async fn start_replica(&mut self) -> usize {
-        let port = free_port();
         let dir = tempfile::tempdir().unwrap();
-        let child = desk_command(&self.slack.url, &self.stripe.url, dir.path())
-            .env("DATABASE_URL", self.database.expose_secret())
+        let mut command = desk_command(&self.slack.url, &self.stripe.url, dir.path());
+        command.env("DATABASE_URL", self.database.expose_secret());
+        self.start(command, Some(dir)).await
+    }
+
+    /// Starts a desk on the embedded store in `dir` instead, as before a migration.
+    async fn start_on_sled(&mut self, dir: &std::path::Path) -> usize {
+        let command = desk_command(&self.slack.url, &self.stripe.url, dir);
+        self.start(command, None).await
+    }
+
+    async fn start(&mut self, mut command: std::process::Command, dir: Option<tempfile::TempDir>) -> usize {
+        let port = free_port();
+        let child = command
             .env("REFUND_DESK_JOB_LEASE_SECS", LEASE_SECS)
             .env("REFUND_DESK_CONFIG", self.config.path())
             .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{port}"))
@@ -106,7 +125,7 @@ impl Desk {
 
     async fn wait_for_status(&self, id: RequestId, status: RequestStatus) {
         let reached = wait_for_async(DEADLINE, || async {
-            self.store.get_request(id).await.unwrap().filter(|r| r.status == status)
+            self.store().await.get_request(id).await.unwrap().filter(|r| r.status == status)
         })
         .await;
         assert!(reached.is_some(), "{id} never reached {status:?}");
@@ -117,10 +136,17 @@ impl Desk {
     async fn wait_until_idle(&self) {
         let later = || chrono::Utc::now() + chrono::Duration::seconds(60);
         let idle = wait_for_async(DEADLINE, || async {
-            self.store.all_jobs().await.unwrap().iter().all(|j| j.parked || j.not_before > later()).then_some(())
+            self.store()
+                .await
+                .all_jobs()
+                .await
+                .unwrap()
+                .iter()
+                .all(|j| j.parked || j.not_before > later())
+                .then_some(())
         })
         .await;
-        assert!(idle.is_some(), "jobs still queued: {:?}", self.store.all_jobs().await.unwrap());
+        assert!(idle.is_some(), "jobs still queued: {:?}", self.store().await.all_jobs().await.unwrap());
     }
 
     fn refunds_for(&self, id: RequestId) -> Vec<serde_json::Value> {
@@ -149,9 +175,10 @@ async fn twenty_approve_clicks_split_between_two_replicas_make_exactly_one_refun
     desk.wait_until_idle().await;
     assert_eq!(desk.refunds_for(id).len(), 1, "exactly one refund");
     assert_eq!(desk.stripe.refund_posts().len(), 1, "asked of Stripe once");
-    let approvals = desk.store.audit_of(id).await.unwrap().into_iter().filter(|e| e.to == RequestStatus::Approved);
+    let approvals =
+        desk.store().await.audit_of(id).await.unwrap().into_iter().filter(|e| e.to == RequestStatus::Approved);
     assert_eq!(approvals.count(), 1);
-    assert_eq!(desk.store.verify_audit().await.unwrap().problem, None);
+    assert_eq!(desk.store().await.verify_audit().await.unwrap().problem, None);
 }
 
 #[tokio::test]
@@ -211,7 +238,8 @@ async fn one_stripe_event_delivered_to_both_replicas_at_once_is_applied_once() {
     assert_eq!((to_a, to_b), (200, 200), "both acknowledge");
     desk.wait_for_status(id, RequestStatus::Succeeded).await;
     desk.wait_until_idle().await;
-    let succeeded = desk.store.audit_of(id).await.unwrap().into_iter().filter(|e| e.to == RequestStatus::Succeeded);
+    let succeeded =
+        desk.store().await.audit_of(id).await.unwrap().into_iter().filter(|e| e.to == RequestStatus::Succeeded);
     assert_eq!(succeeded.count(), 1, "applied once");
     let emails = desk.smtp.messages().into_iter().filter(|m| m.body().contains(refund["id"].as_str().unwrap()));
     assert_eq!(emails.count(), 1, "the customer is emailed once");
@@ -224,10 +252,78 @@ async fn a_reminder_fires_once_whichever_replica_is_up() {
     let charge = desk.stripe.add_charge(ChargeSpec::default()).0;
     let id = desk.request(a, &format!("{charge} 25.00 duplicate")).await;
     let card = desk.card_ts(id).await;
-    let reminders = || desk.slack.thread(&card).into_iter().filter(|m| m.text.contains("has been waiting for approval")).count();
+    let reminders =
+        || desk.slack.thread(&card).into_iter().filter(|m| m.text.contains("has been waiting for approval")).count();
     wait_for(DEADLINE, || (reminders() > 0).then_some(())).await.expect("a reminder");
     desk.wait_until_idle().await;
     assert_eq!(reminders(), 1, "{:?}", desk.slack.thread(&card));
-    let reminded = desk.store.get_request(id).await.unwrap().unwrap().reminded_at;
+    let reminded = desk.store().await.get_request(id).await.unwrap().unwrap().reminded_at;
     assert!(reminded.is_some());
+}
+
+/// `refund-desk` itself, run as an operator would.
+fn operator(args: &[&str], database: &SecretString) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_refund-desk"))
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", database.expose_secret())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_sled_store_migrated_to_postgres_carries_on_there_and_its_refund_in_flight_is_made_once() {
+    let Some(mut desk) = Desk::new("").await else { return };
+    let data = tempfile::tempdir().unwrap();
+    let old = desk.start_on_sled(data.path()).await;
+    let (first, second) =
+        (desk.stripe.add_charge(ChargeSpec::default()).0, desk.stripe.add_charge(ChargeSpec::default()).0);
+    let waiting = desk.request(old, &format!("{first} 10.00 duplicate")).await;
+    let waiting_card = desk.card_ts(waiting).await;
+    // The second is approved; Stripe makes its refund, and the desk dies before hearing back.
+    let in_flight = desk.request(old, &format!("{second} 25.00 duplicate")).await;
+    let card = desk.card_ts(in_flight).await;
+    desk.stripe.fail_next_refund(Fault::ApplyThenHang(Duration::from_secs(120)));
+    assert_eq!(desk.replicas[old].driver.click(APPROVER, "refund_approve", &in_flight.to_string(), &card).await, 200);
+    wait_for(DEADLINE, || desk.stripe.refund_posts().first().cloned()).await.expect("the desk asked Stripe");
+    desk.kill(old);
+
+    let url = desk.database.expose_secret().to_string();
+    let from = data.path().to_str().unwrap();
+    let copied = operator(&["migrate", "--from-data-dir", from, "--to", &url], &desk.database);
+    let said = String::from_utf8_lossy(&copied.stdout);
+    assert!(copied.status.success(), "{said}{}", String::from_utf8_lossy(&copied.stderr));
+    assert!(said.contains("Copied 2 requests") && said.contains("audit trail verifies"), "{said}");
+    assert!(!said.contains(&url) && !String::from_utf8_lossy(&copied.stderr).contains("refund_desk:"), "no password");
+    let again = operator(&["migrate", "--from-data-dir", from, "--to", &url], &desk.database);
+    assert!(!again.status.success(), "a second copy into a database that holds one is refused");
+    let refused = String::from_utf8_lossy(&again.stderr);
+    assert!(refused.contains("nothing was copied"), "{refused}");
+
+    // A desk on PostgreSQL takes over: the refund in flight is asked again under the same key
+    // (the installation id came along), so Stripe makes it once.
+    let new = desk.start_replica().await;
+    desk.wait_for_status(in_flight, RequestStatus::Submitted).await;
+    assert_eq!(desk.refunds_for(in_flight).len(), 1, "exactly one refund");
+    let keys: std::collections::HashSet<_> =
+        desk.stripe.refund_posts().into_iter().map(|p| p.idempotency_key).collect();
+    assert_eq!(keys.len(), 1, "asked under the key the old desk used: {keys:?}");
+    // What waited can be decided there, and numbering goes on.
+    let driver = &desk.replicas[new].driver;
+    assert_eq!(driver.click(APPROVER, "refund_approve", &waiting.to_string(), &waiting_card).await, 200);
+    desk.wait_for_status(waiting, RequestStatus::Submitted).await;
+    let third = desk.request(new, &format!("{first} 5.00 duplicate")).await;
+    assert_eq!(third.number(), in_flight.number() + 1);
+    desk.wait_until_idle().await;
+
+    // The operator commands work while the desk runs on PostgreSQL.
+    let verify = operator(&["audit", "verify"], &desk.database);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("intact"));
+    let jobs = operator(&["jobs", "list", "--all"], &desk.database);
+    assert!(jobs.status.success(), "{}", String::from_utf8_lossy(&jobs.stderr));
+    let trail = desk.store().await.audit_of(in_flight).await.unwrap();
+    let states: Vec<_> = trail.iter().map(|e| e.to).collect();
+    assert_eq!(states.iter().filter(|s| **s == RequestStatus::Approved).count(), 1, "{states:?}");
+    assert_eq!(states.last(), Some(&RequestStatus::Submitted), "{states:?}");
 }

@@ -21,6 +21,7 @@ use crate::domain::{
     ChargeId, Effect, EmailKind, Lane, Money, NewRequest, RefundId, RefundRequest, RequestId, RequestStatus,
     StateError, Transition,
 };
+use crate::storage::copy::StoreCopy;
 use crate::storage::{
     AuditEntry, AuditTrail, Change, DueJobs, EmailRecord, Engine, EventOutcome, Job, OutsideRefund, RefundUpdate,
     StoreError, payments_of, refunded_change,
@@ -120,20 +121,7 @@ impl PgStore {
     /// Connects to `url` (`postgres://...`), brings the schema up to date and reads (or makes)
     /// this installation's id. A runner holds a job for `lease` before another may take it.
     pub async fn connect(url: &str, lease: Duration) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
-        let manager = deadpool_postgres::Manager::from_config(
-            config,
-            tls()?,
-            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager).max_size(16).build().map_err(|e| StoreError::Pool(e.to_string()))?;
-        let store = PgStore {
-            pool,
-            install_id: String::new(),
-            jobs_added: Arc::new(Notify::new()),
-            lease: chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60)),
-        };
-        store.migrate().await?;
+        let store = PgStore::migrated(url, lease).await?;
         let install_id = store.ensure_install_id().await?;
         let store = PgStore { install_id, ..store };
         // Another replica's jobs wake nobody here: look for them now and then. The task ends
@@ -149,6 +137,152 @@ impl PgStore {
             }
         });
         Ok(store)
+    }
+
+    /// A pool on `url` with the schema brought up to date, and no installation id read yet.
+    async fn migrated(url: &str, lease: Duration) -> Result<PgStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tls()?,
+            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager).max_size(16).build().map_err(|e| StoreError::Pool(e.to_string()))?;
+        let store = PgStore {
+            pool,
+            install_id: String::new(),
+            jobs_added: Arc::new(Notify::new()),
+            lease: chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60)),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Writes `copy` (another store's whole content) into the database at `url`, in one
+    /// transaction, keeping its numbers, ids, hashes and installation id. Refuses a database
+    /// that holds anything, or that a desk has already started on (it has an installation id of
+    /// its own, which that desk would go on using): nothing is written then.
+    pub async fn import_copy(url: &str, copy: &StoreCopy) -> Result<(), StoreError> {
+        let store = PgStore::migrated(url, DEFAULT_LEASE).await?;
+        let mut client = store.client().await?;
+        let tx = client.transaction().await?;
+        // The installation id first: a desk starting meanwhile waits on this key, then reads it.
+        let claimed = tx
+            .execute(
+                "INSERT INTO meta (key, value) VALUES ('install_id', $1) ON CONFLICT (key) DO NOTHING",
+                &[&copy.install_id],
+            )
+            .await?;
+        if claimed == 0 {
+            return Err(StoreError::NotEmpty(
+                "a refund-desk has already started on this database (it has an installation id of its own)".into(),
+            ));
+        }
+        let used: Vec<String> = tx
+            .query(
+                "SELECT t FROM (VALUES
+                    ('requests', EXISTS (SELECT 1 FROM requests)),
+                    ('audit entries', EXISTS (SELECT 1 FROM audit)),
+                    ('jobs', EXISTS (SELECT 1 FROM jobs)),
+                    ('Stripe event ids', EXISTS (SELECT 1 FROM stripe_events)),
+                    ('Slack event ids', EXISTS (SELECT 1 FROM slack_events)),
+                    ('email records', EXISTS (SELECT 1 FROM emails))
+                 ) AS held (t, present) WHERE present",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !used.is_empty() {
+            return Err(StoreError::NotEmpty(format!("the database already holds {}", used.join(", "))));
+        }
+        for request in &copy.requests {
+            write_request(&tx, request).await?;
+        }
+        let refund_ids = tx.prepare("INSERT INTO refund_ids (refund, request_id) VALUES ($1, $2)").await?;
+        for (refund, id) in &copy.refund_ids {
+            tx.execute(&refund_ids, &[refund, &id_param(*id)]).await?;
+        }
+        let audit = tx.prepare("INSERT INTO audit (seq, request_id, entry) VALUES ($1, $2, $3)").await?;
+        for entry in &copy.audit.0 {
+            tx.execute(&audit, &[&(entry.seq as i64), &id_param(entry.request_id), &Json(entry)]).await?;
+        }
+        if let Some((seq, hash)) = &copy.audit.1 {
+            tx.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2)", &[&(*seq as i64), hash]).await?;
+        }
+        let jobs = tx
+            .prepare(
+                "INSERT INTO jobs (id, request_id, lane, effect, attempts, not_before, created_at, last_error, parked, posted_ts)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .await?;
+        for job in &copy.jobs {
+            tx.execute(
+                &jobs,
+                &[
+                    &(job.id as i64),
+                    &id_param(job.request_id),
+                    &i16::from(job.lane() as u8),
+                    &Json(&job.effect),
+                    &(job.attempts as i32),
+                    &job.not_before,
+                    &job.created_at,
+                    &job.last_error,
+                    &job.parked,
+                    &job.posted_ts,
+                ],
+            )
+            .await?;
+        }
+        for (table, column, rows) in [
+            ("stripe_events", "id, seen_at", &copy.stripe_events),
+            ("slack_events", "id, seen_at", &copy.slack_events),
+            ("home_users", "user_id, opened_at", &copy.home_users),
+        ] {
+            let insert = tx.prepare(&format!("INSERT INTO {table} ({column}) VALUES ($1, $2)")).await?;
+            for (key, at) in rows {
+                tx.execute(&insert, &[key, at]).await?;
+            }
+        }
+        for (id, kind, record) in &copy.emails {
+            tx.execute(
+                "INSERT INTO emails (request_id, kind, record) VALUES ($1, $2, $3)",
+                &[&id_param(*id), &kind.as_str(), &Json(record)],
+            )
+            .await?;
+        }
+        for record in &copy.outside_refunds {
+            tx.execute(
+                "INSERT INTO outside_refunds (refund, record) VALUES ($1, $2)",
+                &[&record.refund.as_str(), &Json(record)],
+            )
+            .await?;
+        }
+        for (day, what, n) in &copy.day_totals {
+            tx.execute("INSERT INTO day_totals (day, what, n) VALUES ($1, $2, $3)", &[day, what, &(*n as i64)]).await?;
+        }
+        for (what, job, at) in &copy.alert_claims {
+            tx.execute("INSERT INTO alert_claims (what, job_id, at) VALUES ($1, $2, $3)", &[what, &(*job as i64), at])
+                .await?;
+        }
+        let meta = [
+            ("stripe_events_cursor", copy.events_cursor.clone()),
+            ("stripe_events_looked_back_at", copy.events_looked_back_at.map(|at| at.to_string())),
+        ];
+        for (key, value) in meta {
+            if let Some(value) = value {
+                tx.execute("INSERT INTO meta (key, value) VALUES ($1, $2)", &[&key, &value]).await?;
+            }
+        }
+        // The counters go on from where the copy's did: `false` makes the next value this one.
+        tx.execute("SELECT setval('request_numbers', $1::bigint, false)", &[&(copy.next_request_number as i64)])
+            .await?;
+        let next_job = copy.jobs.iter().map(|j| j.id + 1).max().unwrap_or(1);
+        tx.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1::bigint, false)", &[&(next_job as i64)])
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {

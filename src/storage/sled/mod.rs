@@ -622,6 +622,77 @@ impl SledStore {
         Ok((requested, refunded))
     }
 
+    /// Everything in the store, for copying it to another engine. Run it with the desk stopped
+    /// (sled's lock makes sure of that for another process): the trees are read one by one.
+    pub fn export_copy(&self) -> Result<crate::storage::copy::StoreCopy, StoreError> {
+        fn text(bytes: &[u8]) -> String {
+            String::from_utf8_lossy(bytes).into_owned()
+        }
+        let seen = |tree: &Tree| -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+            tree.iter()
+                .map(|kv| {
+                    let (k, v) = kv?;
+                    Ok((text(&k), decode(&v)?))
+                })
+                .collect()
+        };
+        let mut emails = vec![];
+        for kv in self.emails.iter() {
+            let (key, value) = kv?;
+            let key = text(&key);
+            let parsed = key
+                .split_once('/')
+                .and_then(|(id, kind)| Some((RequestId::parse(id).ok()?, crate::domain::EmailKind::parse(kind)?)));
+            let (id, kind) = parsed.ok_or_else(|| StoreError::Corrupt(format!("an email record's key {key:?}")))?;
+            emails.push((id, kind, decode(&value)?));
+        }
+        let mut refund_ids = vec![];
+        for kv in self.refund_ids.iter() {
+            let (refund, id) = kv?;
+            let id =
+                RequestId::from_key(&id).ok_or_else(|| StoreError::Corrupt(format!("refund {}", text(&refund))))?;
+            refund_ids.push((text(&refund), id));
+        }
+        let mut day_totals = vec![];
+        for kv in self.index.scan_prefix(b"d") {
+            let (key, value) = kv?;
+            let key = text(&key);
+            let parsed = key.strip_prefix('d').and_then(|rest| rest.split_once('/')).and_then(|(day, what)| {
+                let n = u64::from_be_bytes(value.as_ref().try_into().ok()?);
+                Some((chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").ok()?, what.to_string(), n))
+            });
+            day_totals.push(parsed.ok_or_else(|| StoreError::Corrupt(format!("a day's total {key:?}")))?);
+        }
+        let mut alert_claims = vec![];
+        for kv in self.meta.scan_prefix(b"alert/") {
+            let (key, value) = kv?;
+            let (at, job): (DateTime<Utc>, u64) = decode(&value)?;
+            alert_claims.push((text(&key["alert/".len()..]), job, at));
+        }
+        let next_request_number = self
+            .meta
+            .get(NEXT_REQUEST_KEY)?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map_or(FIRST_REQUEST_NUMBER, u64::from_be_bytes);
+        Ok(crate::storage::copy::StoreCopy {
+            install_id: self.install_id.clone(),
+            next_request_number,
+            requests: self.all_requests()?,
+            refund_ids,
+            audit: self.audit_trail()?,
+            jobs: self.all_jobs()?,
+            stripe_events: seen(&self.stripe_events)?,
+            slack_events: seen(&self.slack_events)?,
+            home_users: seen(&self.home_users)?,
+            emails,
+            outside_refunds: self.outside_refunds()?,
+            events_cursor: self.events_cursor()?,
+            events_looked_back_at: self.events_looked_back_at()?,
+            day_totals,
+            alert_claims,
+        })
+    }
+
     /// Writes a request and its index entries directly, without audit, jobs or a flush: for
     /// loading data into a database (migrations, tests, benchmarks). `flush` afterwards.
     pub fn import_request(&self, request: &RefundRequest) -> Result<(), StoreError> {
