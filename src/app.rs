@@ -106,6 +106,22 @@ pub struct AppContext {
     /// A std lock: read and replaced whole, never held across an await.
     approvers: std::sync::RwLock<crate::domain::Approvers>,
     pub clock: Clock,
+    /// This process among the replicas on one database: who holds a lease.
+    pub replica: String,
+}
+
+/// The leases periodic work runs under (see [`AppContext::holds_lease`]).
+pub const LEASES: [&str; 3] = [EVENTS_LEASE, APPROVERS_LEASE, PRUNE_LEASE];
+pub const EVENTS_LEASE: &str = "stripe_events";
+pub const APPROVERS_LEASE: &str = "approver_group";
+pub const PRUNE_LEASE: &str = "prune_event_ids";
+/// Where the approver group's holder shares the members it read.
+const APPROVERS_SHARED: &str = "approver_group_members";
+
+/// How long a lease on work done every `every` lasts: two rounds, so the holder renews it in
+/// time, and another replica takes over within two rounds of the holder's death.
+pub fn lease_span(every: Duration) -> Duration {
+    (every * 2).max(Duration::from_secs(30))
 }
 
 impl AppContext {
@@ -124,20 +140,60 @@ impl AppContext {
         self.approvers.read().map(|a| a.clone()).unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Reads the approver group again; on failure keeps the last members read.
+    /// Whether this replica holds the lease `name` for the next `span`, taking or renewing it.
+    /// On a store error it does not: the work waits for the next round rather than running
+    /// twice.
+    pub async fn holds_lease(&self, name: &str, span: Duration) -> bool {
+        let now = Utc::now();
+        let until = now + chrono::Duration::from_std(span).unwrap_or(chrono::Duration::seconds(60));
+        match self.store.take_lease(name, &self.replica, now, until).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, lease = name, "could not take or renew a lease");
+                false
+            }
+        }
+    }
+
+    /// Reads the approver group from Slack again and shares the members with the other
+    /// replicas; on failure keeps the last members read.
     pub async fn refresh_approvers(&self) {
         let Some(group) = &self.settings.slack.approver_group else { return };
         match self.slack.usergroup_members(&group.as_str().into()).await {
             Ok(members) => {
-                let named = self.settings.slack.approvers.iter().cloned();
-                let members = members.iter().filter_map(|m| UserId::parse(&m.0).ok());
-                let all = crate::domain::Approvers::new(named.chain(members));
-                tracing::info!(approvers = all.iter().count(), "approver group read");
-                if let Ok(mut a) = self.approvers.write() {
-                    *a = all;
+                let members: Vec<UserId> = members.iter().filter_map(|m| UserId::parse(&m.0).ok()).collect();
+                self.use_approver_group(&members);
+                let shared = serde_json::to_string(&members).unwrap_or_default();
+                if let Err(e) = self.store.set_shared_value(APPROVERS_SHARED, &shared).await {
+                    tracing::warn!(error = %e, "could not share the approver group's members with the other replicas");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not read the approver group; keeping the last members read"),
+        }
+    }
+
+    /// Takes the approver group's members as another replica last read them; reads Slack
+    /// itself when none has yet.
+    async fn load_shared_approvers(&self) {
+        let shared = match self.store.shared_value(APPROVERS_SHARED).await {
+            Ok(shared) => shared,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the approver group's members; keeping the last read");
+                return;
+            }
+        };
+        match shared.and_then(|s| serde_json::from_str::<Vec<UserId>>(&s).ok()) {
+            Some(members) => self.use_approver_group(&members),
+            None => self.refresh_approvers().await,
+        }
+    }
+
+    fn use_approver_group(&self, members: &[UserId]) {
+        let named = self.settings.slack.approvers.iter().cloned();
+        let all = crate::domain::Approvers::new(named.chain(members.iter().cloned()));
+        tracing::debug!(approvers = all.iter().count(), "approver group members in use");
+        if let Ok(mut a) = self.approvers.write() {
+            *a = all;
         }
     }
 
@@ -250,6 +306,7 @@ impl Application {
             workers_running: AtomicBool::new(false),
             approvers,
             clock: Clock::default(),
+            replica: hex::encode(rand::random::<[u8; 8]>()),
         });
 
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -310,6 +367,12 @@ impl Application {
             Err(_) => tracing::warn!("open connections did not close in time"),
         }
         self.worker.await.context("the job runner panicked")?;
+        // Another replica takes the periodic work over at once, not when the leases run out.
+        for lease in LEASES {
+            if let Err(e) = self.ctx.store.release_lease(lease, &self.ctx.replica).await {
+                tracing::warn!(error = %e, lease, "could not give up a lease; another replica takes it when it runs out");
+            }
+        }
         self.ctx.store.flush().await?;
         // Wait for short-lived tasks (private notes) to let go, so the database is closed and
         // its lock released when this returns.
@@ -336,15 +399,18 @@ const EVENT_ID_RETENTION_DAYS: i64 = 30;
 
 /// Forgets event ids older than the retention, at start and then daily.
 async fn prune_seen_events_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    let every = Duration::from_secs(24 * 3600);
     loop {
-        let cutoff = ctx.now() - chrono::Duration::days(EVENT_ID_RETENTION_DAYS);
-        match ctx.store.prune_seen_events(cutoff).await {
-            Ok(n) if n > 0 => tracing::info!(forgotten = n, "old event ids forgotten"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not prune old event ids"),
+        if ctx.holds_lease(PRUNE_LEASE, lease_span(every)).await {
+            let cutoff = ctx.now() - chrono::Duration::days(EVENT_ID_RETENTION_DAYS);
+            match ctx.store.prune_seen_events(cutoff).await {
+                Ok(n) if n > 0 => tracing::info!(forgotten = n, "old event ids forgotten"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not prune old event ids"),
+            }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }
@@ -364,11 +430,20 @@ async fn run_metrics_upkeep_until_stopped(mut stop: watch::Receiver<bool>) {
 }
 
 /// Keeps the approver group's members fresh until shutdown.
+/// The replica holding the lease reads the group from Slack and shares it; the others take
+/// what it shared, and look more often, so all follow a change within a round or two.
 async fn refresh_approvers_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    let every = ctx.settings.slack.approver_refresh;
     loop {
-        ctx.refresh_approvers().await;
+        let wait = if ctx.holds_lease(APPROVERS_LEASE, lease_span(every)).await {
+            ctx.refresh_approvers().await;
+            every
+        } else {
+            ctx.load_shared_approvers().await;
+            every.min(Duration::from_secs(30))
+        };
         tokio::select! {
-            _ = tokio::time::sleep(ctx.settings.slack.approver_refresh) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -345,6 +345,17 @@ async fn an_imported_request_keeps_its_number_and_new_ones_follow_it(store: Stor
     assert!(next.id.number() > 5000, "{} would reuse a number", next.id);
 }
 
+async fn a_lease_is_its_holders_to_renew_and_a_shared_value_is_read_back(store: Store) {
+    let now = Utc::now();
+    assert!(store.take_lease("work", "replica-a", now, now + Span::seconds(30)).await.unwrap());
+    assert!(store.take_lease("work", "replica-a", now, now + Span::seconds(60)).await.unwrap(), "renewed");
+    store.release_lease("work", "replica-a").await.unwrap();
+    assert_eq!(store.shared_value("members").await.unwrap(), None);
+    store.set_shared_value("members", "[\"U1\"]").await.unwrap();
+    store.set_shared_value("members", "[\"U1\",\"U2\"]").await.unwrap();
+    assert_eq!(store.shared_value("members").await.unwrap().as_deref(), Some("[\"U1\",\"U2\"]"));
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod on_sled {
@@ -387,6 +398,7 @@ contract!(
     the_queries_behind_app_home_and_the_card_read_what_was_written,
     emails_home_users_and_the_events_cursor_are_kept,
     an_imported_request_keeps_its_number_and_new_ones_follow_it,
+    a_lease_is_its_holders_to_renew_and_a_shared_value_is_read_back,
 );
 
 /// `refund-desk migrate`: a sled store's whole content, copied into PostgreSQL, reads the same

@@ -343,6 +343,23 @@ pub trait Engine: Send + Sync {
     /// Gives up job `job_id`'s claim on the alert about `what`.
     fn release_alert(&self, what: &str, job_id: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Takes the lease `name` for `holder` until `until`, or renews it: `false` while another
+    /// holder's lease runs past `now`. Periodic work (reading Stripe's events, the approver
+    /// group, pruning) runs on the replica holding its lease; one that dies is replaced when its
+    /// lease runs out. A sled store belongs to one process, so there the lease is always taken.
+    fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Gives up `holder`'s lease on `name`, if it holds it, so another replica takes it at once.
+    fn release_lease(&self, name: &str, holder: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A value the replicas share (what a lease holder read for all of them).
+    fn shared_value(&self, key: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    fn set_shared_value(&self, key: &str, value: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     fn remember_home_user(&self, user: &str, now: DateTime<Utc>)
     -> impl Future<Output = Result<(), StoreError>> + Send;
     fn has_home(&self, user: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
@@ -693,6 +710,28 @@ impl Store {
 
     pub async fn find_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         engine!(self, e => Engine::find_job(e, id).await)
+    }
+
+    pub async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        engine!(self, e => e.take_lease(name, holder, now, until).await)
+    }
+
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        engine!(self, e => e.release_lease(name, holder).await)
+    }
+
+    pub async fn shared_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        engine!(self, e => e.shared_value(key).await)
+    }
+
+    pub async fn set_shared_value(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        engine!(self, e => e.set_shared_value(key, value).await)
     }
 
     /// Puts a parked job back in the queue with fresh attempts; `false` if there is no such job.

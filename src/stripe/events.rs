@@ -142,16 +142,20 @@ pub async fn read_events_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Re
             _ = stop.wait_for(|s| *s) => return,
         }
     }
+    let span = crate::app::lease_span(ctx.settings.stripe.events_every);
     loop {
-        tokio::select! {
-            result = read_new_events(&ctx) => match result {
-                Ok(n) => tracing::debug!(listed = n, "Stripe events read"),
-                Err(e) => {
-                    metrics::counter!("refund_desk_stripe_event_reads_failed_total").increment(1);
-                    tracing::warn!(error = %e, "could not read Stripe's events; trying again at the next read");
-                }
-            },
-            _ = stop.wait_for(|s| *s) => return,
+        // One replica reads at a time; the others take over if it dies.
+        if ctx.holds_lease(crate::app::EVENTS_LEASE, span).await {
+            tokio::select! {
+                result = read_new_events(&ctx) => match result {
+                    Ok(n) => tracing::debug!(listed = n, "Stripe events read"),
+                    Err(e) => {
+                        metrics::counter!("refund_desk_stripe_event_reads_failed_total").increment(1);
+                        tracing::warn!(error = %e, "could not read Stripe's events; trying again at the next read");
+                    }
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(ctx.settings.stripe.events_every) => {}

@@ -1074,6 +1074,42 @@ impl Engine for PgStore {
         let row = client.query_opt(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"), &[&(id as i64)]).await?;
         row.map(|r| job_of(&r)).transpose()
     }
+
+    async fn take_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        // One statement: taken if free, already this holder's, or run out. Two replicas racing:
+        // one row, one winner.
+        let client = self.client().await?;
+        let taken = client
+            .query_opt(
+                "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+                 WHERE leases.holder = excluded.holder OR leases.until <= $4
+                 RETURNING holder",
+                &[&name, &holder, &until, &now],
+            )
+            .await?;
+        Ok(taken.is_some())
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client.execute("DELETE FROM leases WHERE name = $1 AND holder = $2", &[&name, &holder]).await?;
+        Ok(())
+    }
+
+    async fn shared_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.meta(&format!("shared/{key}")).await
+    }
+
+    async fn set_shared_value(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.set_meta(&format!("shared/{key}"), Some(value)).await
+    }
 }
 
 #[cfg(test)]
@@ -1122,6 +1158,30 @@ mod tests {
         retry.not_before = later;
         assert!(b.rewrite_job(&retry).await.unwrap());
         assert_eq!(a.due_jobs(&wanted, later, &HashSet::new()).await.unwrap().jobs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn periodic_work_is_leased_to_one_replica_until_its_lease_runs_out_or_is_given_up() {
+        let Some((a, b)) = two_replicas(DEFAULT_LEASE).await else { return };
+        let now = Utc::now();
+        let lease = |from: DateTime<Utc>| from + chrono::Duration::seconds(30);
+        let racing = tokio::join!(
+            a.take_lease("stripe_events", "A", now, lease(now)),
+            b.take_lease("stripe_events", "B", now, lease(now))
+        );
+        assert!(racing.0.as_ref().unwrap() ^ racing.1.as_ref().unwrap(), "one of two racing replicas: {racing:?}");
+        let (holder, other, (h, o)) = if racing.0.unwrap() { (&a, &b, ("A", "B")) } else { (&b, &a, ("B", "A")) };
+        let soon = now + chrono::Duration::seconds(20);
+        assert!(!other.take_lease("stripe_events", o, soon, lease(soon)).await.unwrap(), "held, not run out");
+        assert!(holder.take_lease("stripe_events", h, soon, lease(soon)).await.unwrap(), "its holder renews it");
+        assert!(other.take_lease("approver_group", o, soon, lease(soon)).await.unwrap(), "leases are by name");
+        // The holder died: after its lease, the other takes the work over.
+        let after = lease(soon);
+        assert!(other.take_lease("stripe_events", o, after, lease(after)).await.unwrap());
+        assert!(!holder.take_lease("stripe_events", h, after, lease(after)).await.unwrap(), "no longer the holder's");
+        // Given up at a stop: taken at once.
+        other.release_lease("stripe_events", o).await.unwrap();
+        assert!(holder.take_lease("stripe_events", h, after, lease(after)).await.unwrap());
     }
 
     #[tokio::test]

@@ -1229,6 +1229,27 @@ impl crate::storage::Engine for SledStore {
     async fn find_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         SledStore::find_job(self, id)
     }
+
+    async fn take_lease(&self, _: &str, _: &str, _: DateTime<Utc>, _: DateTime<Utc>) -> Result<bool, StoreError> {
+        // sled's lock on the directory is the lease: no other process holds this store.
+        Ok(true)
+    }
+
+    async fn release_lease(&self, _: &str, _: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn shared_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let value = self.meta.get(format!("shared/{key}").as_bytes())?;
+        Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    async fn set_shared_value(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let permit = self.commit.write_permit().await;
+        self.meta.insert(format!("shared/{key}").as_bytes(), value.as_bytes())?;
+        drop(permit);
+        self.flush().await
+    }
 }
 
 #[cfg(test)]
