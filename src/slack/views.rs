@@ -273,6 +273,11 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
                 escape(r.deny_reason.as_deref().unwrap_or(""))
             )
         }
+        // Posted after Stripe already reported the outcome (its event can beat this post): the
+        // outcome has its own message, so this one does not say "waiting" beside it.
+        (Notice::Submitted, _) if r.status != RequestStatus::Submitted => {
+            format!(":outbox_tray: Submitted to Stripe as {refund_id}.")
+        }
         (Notice::Submitted, _) => {
             let status = r.refund.as_ref().map(|f| f.stripe_status.as_str()).unwrap_or("unknown");
             format!(
@@ -616,6 +621,24 @@ mod tests {
 
     fn json(content: &SlackMessageContent) -> String {
         serde_json::to_string(content).unwrap()
+    }
+
+    #[test]
+    fn the_submitted_reply_waits_for_stripe_only_while_stripe_has_not_answered() {
+        let mut r = request();
+        r.refund = Some(crate::domain::RefundRecord {
+            id: RefundId::parse("re_1").unwrap(),
+            stripe_status: "pending".into(),
+            failure_reason: None,
+        });
+        r.status = RequestStatus::Submitted;
+        let posted_in_time = notice_text(&r, &Notice::Submitted, Audience::Thread);
+        assert!(posted_in_time.contains("(Stripe says: pending). Waiting for Stripe to confirm."), "{posted_in_time}");
+        // Stripe's event beat the post: the outcome has its own reply, so no "waiting" here.
+        r.status = RequestStatus::Succeeded;
+        r.refund.as_mut().unwrap().stripe_status = "succeeded".into();
+        let posted_late = notice_text(&r, &Notice::Submitted, Audience::Thread);
+        assert_eq!(posted_late, ":outbox_tray: Submitted to Stripe as `re_1`.");
     }
 
     #[test]

@@ -16,7 +16,7 @@ async fn the_same_stripe_event_twice_sends_one_email() {
     app.wait_until_idle().await;
     assert_eq!(app.smtp.messages().len(), 1);
     let succeeded_replies = app.thread_texts(&card).iter().filter(|t| t.contains("succeeded")).count();
-    assert_eq!(succeeded_replies, 1);
+    assert_eq!(succeeded_replies, 1, "one reply says it succeeded: {:#?}", app.thread_texts(&card));
 }
 
 #[tokio::test]
