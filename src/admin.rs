@@ -4,7 +4,7 @@
 //! On PostgreSQL they work while the service runs. sled allows one process per database, so
 //! there they run while the service is stopped; the error says so when it is not.
 
-use crate::storage::{Job, Store, StoreError};
+use crate::storage::{Job, Retry, Store, StoreError};
 use crate::stripe::StripeError;
 use crate::worker::describe;
 use chrono::Utc;
@@ -49,7 +49,9 @@ pub async fn migrate(from: &Path, to: &str) -> anyhow::Result<String> {
         );
     }
     let copy = sled.export_copy()?;
-    drop(source);
+    if let Some(at) = sled.migrated_at()? {
+        anyhow::bail!("the store in {} was already copied to PostgreSQL on {at}; nothing was copied", from.display());
+    }
     crate::storage::postgres::PgStore::import_copy(to, &copy).await.map_err(|e| match e {
         StoreError::NotEmpty(why) => {
             anyhow::anyhow!("{why}; nothing was copied. Migrate into an empty database, before any desk starts on it")
@@ -72,9 +74,12 @@ pub async fn migrate(from: &Path, to: &str) -> anyhow::Result<String> {
     if let Some(problem) = verified.problem {
         anyhow::bail!("the copied audit trail does not verify: {problem}");
     }
+    // Held until now, so no desk started on the old store meanwhile; from now on none will.
+    sled.mark_migrated(Utc::now()).await?;
+    drop(source);
     Ok(format!(
-        "Copied {} into PostgreSQL; the audit trail verifies ({} entries). Start refund-desk with DATABASE_URL set; \
-         keep {} until you no longer need it.",
+        "Copied {} into PostgreSQL; the audit trail verifies ({} entries). Start refund-desk with DATABASE_URL set. \
+         {} is kept as it was, as an archive: `audit` commands still read it, and no desk starts on it again.",
         copy.summary(),
         verified.entries,
         from.display()
@@ -114,10 +119,14 @@ pub async fn jobs_list(store: &Store, all: bool) -> anyhow::Result<String> {
 
 /// Puts job `id` back in the queue with fresh attempts.
 pub async fn jobs_retry(store: &Store, id: u64) -> anyhow::Result<String> {
-    if store.retry_job(id, Utc::now()).await? {
-        Ok(format!("Job {id} is queued again; it runs when refund-desk next runs."))
-    } else {
-        anyhow::bail!("there is no job {id}; `refund-desk jobs list --all` shows the jobs waiting")
+    match store.retry_job(id, Utc::now()).await? {
+        Retry::Queued => Ok(format!("Job {id} is queued again; a running refund-desk takes it up at once.")),
+        Retry::NotParked => anyhow::bail!(
+            "job {id} is not parked: it is waiting for its time or running, and is left alone. Only parked jobs are retried"
+        ),
+        Retry::NoSuchJob => {
+            anyhow::bail!("there is no job {id}; `refund-desk jobs list --all` shows the jobs waiting")
+        }
     }
 }
 

@@ -115,8 +115,11 @@ pub const LEASES: [&str; 3] = [EVENTS_LEASE, APPROVERS_LEASE, PRUNE_LEASE];
 pub const EVENTS_LEASE: &str = "stripe_events";
 pub const APPROVERS_LEASE: &str = "approver_group";
 pub const PRUNE_LEASE: &str = "prune_event_ids";
-/// Where the approver group's holder shares the members it read.
-const APPROVERS_SHARED: &str = "approver_group_members";
+/// Where the approver group's holder shares the members it read, by group: replicas started
+/// with another group (a deploy that changes it) never take each other's members.
+fn approvers_shared(group: &str) -> String {
+    format!("approver_group_members/{group}")
+}
 
 /// How long a lease on work done every `every` lasts: two rounds, so the holder renews it in
 /// time, and another replica takes over within two rounds of the holder's death.
@@ -164,7 +167,7 @@ impl AppContext {
                 let members: Vec<UserId> = members.iter().filter_map(|m| UserId::parse(&m.0).ok()).collect();
                 self.use_approver_group(&members);
                 let shared = serde_json::to_string(&members).unwrap_or_default();
-                if let Err(e) = self.store.set_shared_value(APPROVERS_SHARED, &shared).await {
+                if let Err(e) = self.store.set_shared_value(&approvers_shared(group.as_str()), &shared).await {
                     tracing::warn!(error = %e, "could not share the approver group's members with the other replicas");
                 }
             }
@@ -175,7 +178,8 @@ impl AppContext {
     /// Takes the approver group's members as another replica last read them; reads Slack
     /// itself when none has yet.
     async fn load_shared_approvers(&self) {
-        let shared = match self.store.shared_value(APPROVERS_SHARED).await {
+        let Some(group) = &self.settings.slack.approver_group else { return };
+        let shared = match self.store.shared_value(&approvers_shared(group.as_str())).await {
             Ok(shared) => shared,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the approver group's members; keeping the last read");
@@ -465,8 +469,17 @@ async fn open_store(settings: &crate::config::StoreSettings) -> anyhow::Result<S
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match crate::storage::sled::SledStore::open_with(dir, cache_mb).map(Store::Sled) {
-            Ok(store) => return Ok(store),
+        match crate::storage::sled::SledStore::open_with(dir, cache_mb) {
+            Ok(store) => {
+                if let Some(at) = store.migrated_at()? {
+                    anyhow::bail!(
+                        "the store in {} was copied to PostgreSQL on {at} (refund-desk migrate): set DATABASE_URL to run on \
+                         the copy. A desk on both would give different refunds the same idempotency keys",
+                        dir.display()
+                    );
+                }
+                return Ok(Store::Sled(store));
+            }
             // sled reports a held lock as an `Other` error with this text; its flusher thread can
             // hold the file a moment after the last handle of a stopped desk is dropped.
             Err(crate::storage::StoreError::Sled(sled::Error::Io(e)))

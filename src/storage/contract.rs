@@ -182,12 +182,15 @@ async fn a_parked_job_waits_for_a_person_to_retry_it(store: Store) {
     job.attempts = 12;
     store.reschedule_job(&job).await.unwrap();
     assert!(store.due_jobs(&[(Lane::Stripe, 10)], Utc::now(), &HashSet::new()).await.unwrap().jobs.is_empty());
-    assert!(store.retry_job(job.id, Utc::now()).await.unwrap());
+    assert_eq!(store.retry_job(job.id, Utc::now()).await.unwrap(), Retry::Queued);
     let again = store.find_job(job.id).await.unwrap().unwrap();
     assert_eq!((again.attempts, again.parked), (0, false));
     let due = store.due_jobs(&[(Lane::Stripe, 10)], Utc::now(), &HashSet::new()).await.unwrap().jobs;
     assert_eq!(due.len(), 1);
-    assert!(!store.retry_job(999_999, Utc::now()).await.unwrap());
+    // Now handed out (running): a retry leaves it alone rather than queue it a second time.
+    assert_eq!(store.retry_job(job.id, Utc::now()).await.unwrap(), Retry::NotParked);
+    assert_eq!(store.find_job(job.id).await.unwrap().unwrap(), again);
+    assert_eq!(store.retry_job(999_999, Utc::now()).await.unwrap(), Retry::NoSuchJob);
 }
 
 fn refund_news(refund: &str, request: RequestId, status: &str) -> RefundUpdate {
@@ -243,6 +246,27 @@ async fn a_refund_made_outside_the_desk_is_recorded_and_announced_once(store: St
     store.apply_refund_updates(None, std::slice::from_ref(&outside), Utc::now()).await.unwrap();
     assert_eq!(announced(&store.all_jobs().await.unwrap()), 1, "seen again: not announced again");
     assert_eq!(store.get_request(r.id).await.unwrap().unwrap().status, RequestStatus::AwaitingApproval);
+}
+
+async fn a_refund_made_outside_the_desk_reported_by_two_events_at_once_is_announced_once(store: Store) {
+    let r = waiting(&store, "ch_1", 1000).await;
+    let outside = RefundUpdate { request_hint: None, ..refund_news("re_dash", r.id, "succeeded") };
+    // Stripe sends charge.refunded and refund.created for one refund: two event ids, at once.
+    let deliver = |event: &'static str| {
+        let (store, outside) = (store.clone(), outside.clone());
+        tokio::spawn(async move { store.apply_stripe_event(event, &[outside], Utc::now()).await.unwrap() })
+    };
+    let (a, b) = tokio::join!(deliver("evt_charge_refunded"), deliver("evt_refund_created"));
+    let not_ours = EventOutcome::Applied(vec![RefundOutcome::NotOurs(outside.refund.clone())]);
+    assert_eq!((a.unwrap(), b.unwrap()), (not_ours.clone(), not_ours));
+    let announced = store
+        .all_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|j| matches!(&j.effect, Effect::ThreadReply(Notice::OutsideRefund { .. })))
+        .count();
+    assert_eq!(announced, 1, "announced once, whichever event came first");
 }
 
 async fn slack_event_ids_and_alert_claims_are_taken_once(store: Store) {
@@ -393,6 +417,7 @@ contract!(
     a_parked_job_waits_for_a_person_to_retry_it,
     a_stripe_event_delivered_twice_at_once_is_applied_once,
     a_refund_made_outside_the_desk_is_recorded_and_announced_once,
+    a_refund_made_outside_the_desk_reported_by_two_events_at_once_is_announced_once,
     slack_event_ids_and_alert_claims_are_taken_once,
     the_audit_chain_stays_a_chain_under_concurrent_writers,
     the_queries_behind_app_home_and_the_card_read_what_was_written,
@@ -461,7 +486,10 @@ mod copy_to_postgres {
         let next = pg.insert_request(new_request("ch_2"), Utc::now()).await.unwrap();
         assert_eq!(next.id.number(), copy.next_request_number);
         let newest = pg.all_jobs().await.unwrap().into_iter().filter(|j| j.request_id == next.id).map(|j| j.id);
-        assert!(newest.min().unwrap() > copy.jobs.iter().map(|j| j.id).max().unwrap());
+        let newest = newest.min().unwrap();
+        assert!(newest > copy.jobs.iter().map(|j| j.id).max().unwrap());
+        // Past finished jobs' ids too, which alert claims and parked-job reports name.
+        assert!(newest >= copy.next_job_id && copy.next_job_id > 7, "{newest} vs {}", copy.next_job_id);
         let later = Utc::now();
         pg.transition(open.id, later, |r| r.approve(&user("UFIN"), &approvers(), later).map(Some))
             .await

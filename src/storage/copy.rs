@@ -24,6 +24,9 @@ pub struct StoreCopy {
     pub audit: AuditTrail,
     /// Outstanding jobs, parked ones included.
     pub jobs: Vec<Job>,
+    /// Above every job id the store has handed out, finished jobs included.
+    #[serde(default)]
+    pub next_job_id: u64,
     /// Stripe event ids applied (or found not ours), with when.
     pub stripe_events: Vec<(String, DateTime<Utc>)>,
     /// Slack event ids seen, with when.

@@ -343,6 +343,13 @@ pub trait Engine: Send + Sync {
     /// Gives up job `job_id`'s claim on the alert about `what`.
     fn release_alert(&self, what: &str, job_id: u64) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Extends this runner's claim on jobs `ids` (running now) by a lease from `now`, so a job
+    /// that runs long on a live replica is never taken over; a claim another runner took
+    /// meanwhile is left alone.
+    fn renew_claims(&self, ids: &[u64], now: DateTime<Utc>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Lets go of every job this runner still claims (at a stop), so another replica may run
+    /// them at once.
+    fn release_claims(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Takes the lease `name` for `holder` until `until`, or renews it: `false` while another
     /// holder's lease runs past `now`. Periodic work (reading Stripe's events, the approver
     /// group, pruning) runs on the replica holding its lease; one that dies is replaced when its
@@ -712,6 +719,14 @@ impl Store {
         engine!(self, e => Engine::find_job(e, id).await)
     }
 
+    pub async fn renew_claims(&self, ids: &[u64], now: DateTime<Utc>) -> Result<(), StoreError> {
+        engine!(self, e => e.renew_claims(ids, now).await)
+    }
+
+    pub async fn release_claims(&self) -> Result<(), StoreError> {
+        engine!(self, e => e.release_claims().await)
+    }
+
     pub async fn take_lease(
         &self,
         name: &str,
@@ -734,14 +749,28 @@ impl Store {
         engine!(self, e => e.set_shared_value(key, value).await)
     }
 
-    /// Puts a parked job back in the queue with fresh attempts; `false` if there is no such job.
-    pub async fn retry_job(&self, id: u64, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let Some(mut job) = self.find_job(id).await? else { return Ok(false) };
+    /// Puts parked job `id` back in the queue with fresh attempts. A job that is not parked is
+    /// left alone: it is waiting for its time, or running (perhaps on another replica), and
+    /// queueing it again could run it twice at once.
+    pub async fn retry_job(&self, id: u64, now: DateTime<Utc>) -> Result<Retry, StoreError> {
+        let Some(mut job) = self.find_job(id).await? else { return Ok(Retry::NoSuchJob) };
+        if !job.parked {
+            return Ok(Retry::NotParked);
+        }
         job.parked = false;
         job.attempts = 0;
         job.not_before = now;
-        engine!(self, e => Engine::rewrite_job(e, &job).await)
+        let found = engine!(self, e => Engine::rewrite_job(e, &job).await)?;
+        Ok(if found { Retry::Queued } else { Retry::NoSuchJob })
     }
+}
+
+/// What [`Store::retry_job`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    Queued,
+    NotParked,
+    NoSuchJob,
 }
 
 /// The payments a request is on: what it named, and (once checked) its charge and intent. The

@@ -103,6 +103,7 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
     // is never held across an await.
     let running: Arc<Mutex<HashSet<u64>>> = Arc::default();
     let jobs_added = ctx.store.jobs_added();
+    let heartbeat = keep_claims(&ctx, &running);
     let mut tasks = JoinSet::new();
     loop {
         if *shutdown.borrow() {
@@ -148,6 +149,34 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.abort();
+    }
+    // What did not finish is handed back now, not when its claims run out.
+    if let Err(e) = ctx.store.release_claims().await {
+        tracing::warn!(error = %e, "could not hand back the jobs left unfinished; other replicas take them when their claims run out");
+    }
+}
+
+/// On a store shared by replicas, renews the claim on every job running here three times a
+/// lease, so a job that runs long (Stripe slow, a large backlog) is never taken over by another
+/// replica while this one is alive and still running it.
+fn keep_claims(ctx: &Arc<AppContext>, running: &Arc<Mutex<HashSet<u64>>>) -> Option<tokio::task::JoinHandle<()>> {
+    let crate::config::StoreSettings::Postgres { lease, .. } = &ctx.settings.store else { return None };
+    let every = *lease / 3;
+    let (ctx, running) = (ctx.clone(), running.clone());
+    Some(tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let ids: Vec<u64> = running.lock().map(|r| r.iter().copied().collect()).unwrap_or_default();
+            if ids.is_empty() {
+                continue;
+            }
+            if let Err(e) = ctx.store.renew_claims(&ids, ctx.now()).await {
+                tracing::warn!(error = %e, "could not renew the claims on running jobs");
+            }
+        }
+    }))
 }
 
 /// A job marked as running; unmarked when dropped, however the task ends (finished, panicked

@@ -183,7 +183,7 @@ async fn a_job_that_runs_out_of_attempts_is_parked_reported_and_can_be_retried()
 
     // Stripe is back; a person retries the job.
     app.stripe.set_refunds_down(false);
-    assert!(store.retry_job(parked.id, chrono::Utc::now()).await.unwrap());
+    assert_eq!(store.retry_job(parked.id, chrono::Utc::now()).await.unwrap(), refund_desk::storage::Retry::Queued);
     app.wait_for_status(id, RequestStatus::Submitted).await;
     assert_eq!(app.stripe.refunds().len(), 1);
 }

@@ -299,6 +299,14 @@ async fn a_sled_store_migrated_to_postgres_carries_on_there_and_its_refund_in_fl
     assert!(!again.status.success(), "a second copy into a database that holds one is refused");
     let refused = String::from_utf8_lossy(&again.stderr);
     assert!(refused.contains("nothing was copied"), "{refused}");
+    // The old store is an archive now: a desk no longer starts on it.
+    let restarted = desk_command(&desk.slack.url, &desk.stripe.url, data.path())
+        .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert!(!restarted.status.success(), "a desk started on the migrated store");
+    let why = String::from_utf8_lossy(&restarted.stderr);
+    assert!(why.contains("copied to PostgreSQL") && why.contains("DATABASE_URL"), "{why}");
 
     // A desk on PostgreSQL takes over: the refund in flight is asked again under the same key
     // (the installation id came along), so Stripe makes it once.

@@ -45,6 +45,8 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(500);
 /// The advisory lock replicas take to apply migrations one at a time.
 const MIGRATION_LOCK: i64 = 0x7265_6675_6e64_0001;
+/// How long to wait for a connection, new or from the pool.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times a transaction PostgreSQL aborted as a conflict is run again.
 const CONFLICT_RETRIES: u32 = 8;
 
@@ -55,6 +57,8 @@ pub struct PgStore {
     install_id: String,
     jobs_added: Arc<Notify>,
     lease: chrono::Duration,
+    /// This process's job runner, as the holder of the jobs it claims.
+    runner: String,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -141,18 +145,30 @@ impl PgStore {
 
     /// A pool on `url` with the schema brought up to date, and no installation id read yet.
     async fn migrated(url: &str, lease: Duration) -> Result<PgStore, StoreError> {
-        let config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(StoreError::Postgres)?;
+        // A database that does not answer fails the call that needs it, rather than hang it.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = deadpool_postgres::Manager::from_config(
             config,
             tls()?,
             deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
         );
-        let pool = Pool::builder(manager).max_size(16).build().map_err(|e| StoreError::Pool(e.to_string()))?;
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .recycle_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
         let store = PgStore {
             pool,
             install_id: String::new(),
             jobs_added: Arc::new(Notify::new()),
             lease: chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(60)),
+            runner: hex::encode(rand::random::<[u8; 8]>()),
         };
         store.migrate().await?;
         Ok(store)
@@ -278,7 +294,9 @@ impl PgStore {
         // The counters go on from where the copy's did: `false` makes the next value this one.
         tx.execute("SELECT setval('request_numbers', $1::bigint, false)", &[&(copy.next_request_number as i64)])
             .await?;
-        let next_job = copy.jobs.iter().map(|j| j.id + 1).max().unwrap_or(1);
+        // Past every id the old store ever handed out (alerts and parked-job reports name
+        // finished jobs by id), not only past the jobs still waiting.
+        let next_job = copy.jobs.iter().map(|j| j.id + 1).max().unwrap_or(1).max(copy.next_job_id);
         tx.execute("SELECT setval(pg_get_serial_sequence('jobs', 'id'), $1::bigint, false)", &[&(next_job as i64)])
             .await?;
         tx.commit().await?;
@@ -295,7 +313,9 @@ impl PgStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
-        let report = embedded::migrations::runner().run_async(&mut **client).await;
+        // A replica of the previous version, started while a newer one has added a migration
+        // (a rolling deploy, a rollback), runs on: migrations only add to the schema.
+        let report = embedded::migrations::runner().set_abort_missing(false).run_async(&mut **client).await;
         client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
         let report = report.map_err(|e| StoreError::Migration(e.to_string()))?;
         for applied in report.applied_migrations() {
@@ -380,6 +400,15 @@ async fn lock_request(tx: &Transaction<'_>, id: RequestId) -> Result<Option<Refu
         .await?
         .map(|row| request_of(&row))
         .transpose()
+}
+
+/// Locks the request's row for the rest of the transaction without reading it. Every write that
+/// adds jobs for a request holds this lock first, so job ids (handed out at insert, seen at
+/// commit) follow commit order within a request: a lane's head is never a job inserted after
+/// one still uncommitted.
+async fn lock_request_row(tx: &Transaction<'_>, id: RequestId) -> Result<(), StoreError> {
+    tx.execute("SELECT 1 FROM requests WHERE id = $1 FOR UPDATE", &[&id_param(id)]).await?;
+    Ok(())
 }
 
 /// The money held by the open requests on `charge` other than `except`.
@@ -823,6 +852,15 @@ impl Engine for PgStore {
                 None => true,
             };
             if fresh {
+                // Each refund's news waits its turn on that refund, whichever event or read-back
+                // brings it: a refund made outside the desk, not yet recorded, has no row to
+                // lock. Taken in one order, so two events cannot wait on each other.
+                let mut refunds: Vec<String> = updates.iter().map(|u| format!("refund/{}", u.refund)).collect();
+                refunds.sort();
+                refunds.dedup();
+                for refund in &refunds {
+                    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[refund]).await?;
+                }
                 let mut audit = AuditBatch::default();
                 let mut outcomes = vec![];
                 let mut added = false;
@@ -909,6 +947,7 @@ impl Engine for PgStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         in_tx!(self, tx => {
+            lock_request_row(&tx, id).await?;
             tx.execute(
                 "INSERT INTO emails (request_id, kind, record) VALUES ($1, $2, $3)
                  ON CONFLICT (request_id, kind) DO UPDATE SET record = excluded.record",
@@ -969,7 +1008,10 @@ impl Engine for PgStore {
     }
 
     async fn enqueue(&self, id: RequestId, effects: &[Effect], now: DateTime<Utc>) -> Result<(), StoreError> {
-        in_tx!(self, tx => insert_jobs(&tx, id, effects, now).await?)?;
+        in_tx!(self, tx => {
+            lock_request_row(&tx, id).await?;
+            insert_jobs(&tx, id, effects, now).await?
+        })?;
         self.added_jobs();
         Ok(())
     }
@@ -997,7 +1039,7 @@ impl Engine for PgStore {
             let rows = client
                 .query(
                     &format!(
-                        "UPDATE jobs SET claimed_until = $3 WHERE id IN (
+                        "UPDATE jobs SET claimed_until = $3, claimed_by = $6 WHERE id IN (
                              SELECT j.id FROM jobs j
                              WHERE j.lane = $1 AND NOT j.parked AND j.not_before <= $2
                                AND (j.claimed_until IS NULL OR j.claimed_until <= $2)
@@ -1009,7 +1051,7 @@ impl Engine for PgStore {
                              FOR UPDATE SKIP LOCKED)
                          RETURNING {JOB_COLUMNS}"
                     ),
-                    &[&lane, &now, &until, &running, &(limit as i64)],
+                    &[&lane, &now, &until, &running, &(limit as i64), &self.runner],
                 )
                 .await?;
             let mut jobs = rows.iter().map(job_of).collect::<Result<Vec<_>, _>>()?;
@@ -1045,8 +1087,8 @@ impl Engine for PgStore {
         let updated = client
             .execute(
                 "UPDATE jobs SET attempts = $2, not_before = $3, last_error = $4, parked = $5,
-                                 posted_ts = COALESCE($6, posted_ts), claimed_until = NULL
-                 WHERE id = $1",
+                                 posted_ts = COALESCE($6, posted_ts), claimed_until = NULL, claimed_by = NULL
+                 WHERE id = $1 AND (claimed_by IS NULL OR claimed_by = $7)",
                 &[
                     &(job.id as i64),
                     &(job.attempts as i32),
@@ -1054,6 +1096,7 @@ impl Engine for PgStore {
                     &job.last_error,
                     &job.parked,
                     &job.posted_ts,
+                    &self.runner,
                 ],
             )
             .await?;
@@ -1073,6 +1116,26 @@ impl Engine for PgStore {
         let client = self.client().await?;
         let row = client.query_opt(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"), &[&(id as i64)]).await?;
         row.map(|r| job_of(&r)).transpose()
+    }
+
+    async fn renew_claims(&self, ids: &[u64], now: DateTime<Utc>) -> Result<(), StoreError> {
+        let ids: Vec<i64> = ids.iter().map(|&id| id as i64).collect();
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE jobs SET claimed_until = $2 WHERE id = ANY($1) AND claimed_by = $3",
+                &[&ids, &(now + self.lease), &self.runner],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("UPDATE jobs SET claimed_until = NULL, claimed_by = NULL WHERE claimed_by = $1", &[&self.runner])
+            .await?;
+        Ok(())
     }
 
     async fn take_lease(
@@ -1158,6 +1221,51 @@ mod tests {
         retry.not_before = later;
         assert!(b.rewrite_job(&retry).await.unwrap());
         assert_eq!(a.due_jobs(&wanted, later, &HashSet::new()).await.unwrap().jobs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_running_job_whose_claim_is_renewed_is_never_taken_over_and_a_stale_runner_cannot_free_it() {
+        let Some((a, b)) = two_replicas(Duration::from_secs(60)).await else { return };
+        let now = Utc::now();
+        a.insert_request(new_request(), now).await.unwrap();
+        let wanted = [(Lane::Stripe, 10)];
+        let job = a.due_jobs(&wanted, now, &HashSet::new()).await.unwrap().jobs.remove(0);
+        let at = |s: i64| now + chrono::Duration::seconds(s);
+        // A is alive and still running it: it renews at 50 s, so at 61 s it is still A's.
+        a.renew_claims(&[job.id], at(50)).await.unwrap();
+        assert!(b.due_jobs(&wanted, at(61), &HashSet::new()).await.unwrap().jobs.is_empty(), "renewed");
+        // A stalls past its renewed claim: B takes the job over; A's renewal no longer holds it.
+        let taken = b.due_jobs(&wanted, at(111), &HashSet::new()).await.unwrap().jobs;
+        assert_eq!(taken.iter().map(|j| j.id).collect::<Vec<_>>(), [job.id]);
+        a.renew_claims(&[job.id], at(112)).await.unwrap();
+        // A's late outcome does not free B's claim for a third runner.
+        let mut late = job.clone();
+        late.attempts = 1;
+        late.not_before = at(112);
+        assert!(!a.rewrite_job(&late).await.unwrap(), "not A's job any more");
+        assert!(a.due_jobs(&wanted, at(120), &HashSet::new()).await.unwrap().jobs.is_empty(), "still B's");
+        // B stops: it hands its jobs back at once.
+        b.release_claims().await.unwrap();
+        assert_eq!(a.due_jobs(&wanted, at(121), &HashSet::new()).await.unwrap().jobs.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn two_replicas_claiming_at_once_never_take_the_same_job() {
+        let Some((a, b)) = two_replicas(DEFAULT_LEASE).await else { return };
+        let now = Utc::now();
+        for _ in 0..40 {
+            a.insert_request(new_request(), now).await.unwrap();
+        }
+        let wanted = [(Lane::Stripe, 3)];
+        let mut taken: Vec<u64> = vec![];
+        let none = HashSet::new();
+        for _ in 0..20 {
+            let (x, y) = tokio::join!(a.due_jobs(&wanted, now, &none), b.due_jobs(&wanted, now, &none));
+            taken.extend(x.unwrap().jobs.iter().chain(y.unwrap().jobs.iter()).map(|j| j.id));
+        }
+        let distinct: HashSet<u64> = taken.iter().copied().collect();
+        assert_eq!(distinct.len(), taken.len(), "a job handed to both: {taken:?}");
+        assert_eq!(distinct.len(), 40, "every request's check was handed out once");
     }
 
     #[tokio::test]

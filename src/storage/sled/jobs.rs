@@ -299,15 +299,6 @@ impl SledStore {
     pub fn find_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         Ok(self.all_jobs()?.into_iter().find(|j| j.id == id))
     }
-
-    /// Puts a parked job back in the queue with fresh attempts; `false` if there is no such job.
-    pub async fn retry_job(&self, id: u64, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        let Some(mut job) = self.find_job(id)? else { return Ok(false) };
-        job.parked = false;
-        job.attempts = 0;
-        job.not_before = now;
-        self.rewrite_job(&job).await
-    }
 }
 
 #[cfg(test)]
@@ -398,12 +389,14 @@ mod tests {
         store.reschedule_job(&job).await.unwrap();
         let stripe = [(Lane::Stripe, 10)];
         assert!(store.due_jobs(&stripe, Utc::now(), &HashSet::new()).unwrap().jobs.is_empty());
-        assert!(store.retry_job(job.id, Utc::now()).await.unwrap());
+        let retried = crate::storage::Store::Sled(store.clone()).retry_job(job.id, Utc::now()).await.unwrap();
+        assert_eq!(retried, crate::storage::Retry::Queued);
         let found = store.due_jobs(&stripe, Utc::now(), &HashSet::new()).unwrap().jobs;
         assert_eq!(found.iter().map(|j| j.id).collect::<Vec<_>>(), vec![job.id]);
         let again = store.find_job(job.id).unwrap().unwrap();
         assert_eq!((again.attempts, again.parked), (0, false));
-        assert!(!store.retry_job(999, Utc::now()).await.unwrap());
+        let missing = crate::storage::Store::Sled(store.clone()).retry_job(999, Utc::now()).await.unwrap();
+        assert_eq!(missing, crate::storage::Retry::NoSuchJob);
     }
 
     #[tokio::test]

@@ -49,6 +49,7 @@ const NEXT_REQUEST_KEY: &[u8] = b"next_request_number";
 const INSTALL_ID_KEY: &[u8] = b"install_id";
 const EVENTS_CURSOR_KEY: &[u8] = b"stripe_events_cursor";
 const EVENTS_LOOKED_BACK_KEY: &[u8] = b"stripe_events_looked_back_at";
+const MIGRATED_KEY: &[u8] = b"migrated_to_postgres_at";
 
 /// The key of the audit chain's head: (last sequence, last hash).
 const AUDIT_HEAD: &[u8] = b"head";
@@ -622,6 +623,21 @@ impl SledStore {
         Ok((requested, refunded))
     }
 
+    /// When `refund-desk migrate` copied this store to PostgreSQL, if it did.
+    pub fn migrated_at(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.meta.get(MIGRATED_KEY)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records that this store was copied to PostgreSQL; durable on return. A desk no longer
+    /// starts on it: two live stores with one installation id would hand out the same request
+    /// numbers, and so the same idempotency keys, for different refunds.
+    pub async fn mark_migrated(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let permit = self.commit.write_permit().await;
+        self.meta.insert(MIGRATED_KEY, at.to_rfc3339().as_bytes())?;
+        drop(permit);
+        self.flush().await
+    }
+
     /// Everything in the store, for copying it to another engine. Run it with the desk stopped
     /// (sled's lock makes sure of that for another process): the trees are read one by one.
     pub fn export_copy(&self) -> Result<crate::storage::copy::StoreCopy, StoreError> {
@@ -674,7 +690,10 @@ impl SledStore {
             .get(NEXT_REQUEST_KEY)?
             .and_then(|v| v.as_ref().try_into().ok())
             .map_or(FIRST_REQUEST_NUMBER, u64::from_be_bytes);
+        // Job ids come from sled's counter for the whole database: one more is past all of them.
+        let next_job_id = self.db.generate_id()?;
         Ok(crate::storage::copy::StoreCopy {
+            next_job_id,
             install_id: self.install_id.clone(),
             next_request_number,
             requests: self.all_requests()?,
@@ -1228,6 +1247,15 @@ impl crate::storage::Engine for SledStore {
 
     async fn find_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         SledStore::find_job(self, id)
+    }
+
+    async fn renew_claims(&self, _: &[u64], _: DateTime<Utc>) -> Result<(), StoreError> {
+        // One runner per store: what it runs is in its own `running` set, not in the store.
+        Ok(())
+    }
+
+    async fn release_claims(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn take_lease(&self, _: &str, _: &str, _: DateTime<Utc>, _: DateTime<Utc>) -> Result<bool, StoreError> {
