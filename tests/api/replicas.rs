@@ -206,6 +206,23 @@ async fn a_replica_killed_mid_refund_leaves_the_refund_to_the_other_once_after_i
 }
 
 #[tokio::test]
+async fn a_refund_slower_than_the_lease_on_a_live_replica_is_not_taken_over_by_the_other() {
+    let Some(mut desk) = Desk::new("").await else { return };
+    let (a, _b) = (desk.start_replica().await, desk.start_replica().await);
+    let charge = desk.stripe.add_charge(ChargeSpec::default()).0;
+    let id = desk.request(a, &format!("{charge} 25.00 duplicate")).await;
+    let card = desk.card_ts(id).await;
+    // Stripe answers after more than two leases; A is alive and waiting for it the whole time.
+    desk.stripe.fail_next_refund(Fault::ApplyThenHang(Duration::from_secs(8)));
+    let driver = &desk.replicas[a].driver;
+    assert_eq!(driver.click(APPROVER, "refund_approve", &id.to_string(), &card).await, 200);
+    desk.wait_for_status(id, RequestStatus::Submitted).await;
+    desk.wait_until_idle().await;
+    assert_eq!(desk.stripe.refund_posts().len(), 1, "B never ran the refund A was still running");
+    assert_eq!(desk.refunds_for(id).len(), 1);
+}
+
+#[tokio::test]
 async fn one_stripe_event_delivered_to_both_replicas_at_once_is_applied_once() {
     let Some(mut desk) = Desk::new("").await else { return };
     let (a, b) = (desk.start_replica().await, desk.start_replica().await);
@@ -300,12 +317,18 @@ async fn a_sled_store_migrated_to_postgres_carries_on_there_and_its_refund_in_fl
     let refused = String::from_utf8_lossy(&again.stderr);
     assert!(refused.contains("nothing was copied"), "{refused}");
     // The old store is an archive now: a desk no longer starts on it.
-    let restarted = desk_command(&desk.slack.url, &desk.stripe.url, data.path())
-        .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{}", free_port()))
-        .output()
-        .unwrap();
-    assert!(!restarted.status.success(), "a desk started on the migrated store");
-    let why = String::from_utf8_lossy(&restarted.stderr);
+    let mut restarted = KillOnDrop(
+        desk_command(&desk.slack.url, &desk.stripe.url, data.path())
+            .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ended = wait_for(DEADLINE, || restarted.0.try_wait().unwrap()).await;
+    assert!(ended.is_some_and(|status| !status.success()), "a desk started on the migrated store");
+    let mut why = String::new();
+    std::io::Read::read_to_string(&mut restarted.0.stderr.take().unwrap(), &mut why).unwrap();
     assert!(why.contains("copied to PostgreSQL") && why.contains("DATABASE_URL"), "{why}");
 
     // A desk on PostgreSQL takes over: the refund in flight is asked again under the same key
