@@ -191,7 +191,13 @@ impl TestApp {
         let charge = self.add_charge(ChargeSpec::default());
         let id = self.request_refund(&format!("{charge} 25.00 duplicate customer charged twice")).await;
         self.wait_for_status(id, RequestStatus::AwaitingApproval).await;
-        (id, self.card(id).await)
+        let card = self.card(id).await;
+        // Slack shows the card a moment before the desk records where it is; jobs that reply in
+        // its thread need the record.
+        let store = self.store();
+        let recorded = wait_for_async(DEADLINE, || async { store.get_request(id).await.unwrap()?.card }).await;
+        assert_eq!(recorded.map(|c| c.ts), Some(card.ts.clone()), "the desk records the card it posted");
+        (id, card)
     }
 
     /// A request approved and submitted to Stripe; returns it and its card.
