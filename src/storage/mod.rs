@@ -95,6 +95,17 @@ impl AuditEntry {
             Some((seq, hash)) => (seq + 1, hash),
             None => (1, String::new()),
         };
+        AuditEntry::new(seq, prev_hash, request, transition, now)
+    }
+
+    /// The entry numbered `seq` after the entry whose hash is `prev_hash`, hashed.
+    pub fn new(
+        seq: u64,
+        prev_hash: String,
+        request: &RefundRequest,
+        transition: &Transition,
+        now: DateTime<Utc>,
+    ) -> Result<AuditEntry, serde_json::Error> {
         let mut entry = AuditEntry {
             seq,
             at: now,

@@ -1178,7 +1178,7 @@ impl Engine for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{PaymentRef, RefundReason, UserId};
+    use crate::storage::sled::tests::new_request;
     use secrecy::ExposeSecret;
 
     /// Two replicas on one fresh schema, holding jobs for `lease`.
@@ -1187,15 +1187,6 @@ mod tests {
         let a = PgStore::connect(url.expose_secret(), lease).await.unwrap();
         let b = PgStore::connect(url.expose_secret(), lease).await.unwrap();
         Some((a, b))
-    }
-
-    fn new_request() -> NewRequest {
-        NewRequest::full_refund(
-            UserId::parse("UREQ").unwrap(),
-            "C1",
-            PaymentRef::parse("ch_1").unwrap(),
-            RefundReason::Duplicate,
-        )
     }
 
     #[tokio::test]

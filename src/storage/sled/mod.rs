@@ -233,19 +233,8 @@ fn write_transition<E>(
         Some(head) => serde_json::from_slice::<(u64, String)>(&head).map_err(corrupt)?.1,
         None => String::new(),
     };
-    let mut entry = AuditEntry {
-        seq,
-        at: now,
-        request_id: request.id,
-        actor: transition.actor.clone(),
-        from: transition.from,
-        to: request.status,
-        amount: request.amount,
-        detail: transition.detail.clone(),
-        prev_hash,
-        hash: String::new(),
-    };
-    entry.hash = entry.compute_hash().map_err(corrupt)?;
+    // sled numbers entries from its id counter (gaps after a restart); the chain is the hashes.
+    let entry = AuditEntry::new(seq, prev_hash, request, transition, now).map_err(corrupt)?;
     audit.insert(&seq.to_be_bytes(), encode(&entry).map_err(corrupt)?)?;
     audit.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)).map_err(corrupt)?)?;
     enqueue_in(jobs, tx.queue, request.id, &effects, now)
@@ -1281,7 +1270,7 @@ impl crate::storage::Engine for SledStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::{PaymentRef, RefundReason, UserId};
 
@@ -1319,7 +1308,7 @@ mod tests {
         }
     }
 
-    pub(super) fn new_request() -> NewRequest {
+    pub(crate) fn new_request() -> NewRequest {
         NewRequest::full_refund(
             UserId::parse("UREQ").unwrap(),
             "C1",
