@@ -1,7 +1,8 @@
-//! Wiring: the shared context, the HTTP router, start-up and graceful shutdown.
+//! Wiring: builds the context, the HTTP router, the periodic tasks; start-up and graceful
+//! shutdown.
 
 use crate::config::Settings;
-use crate::domain::UserId;
+use crate::context::{APPROVERS_LEASE, AppContext, LEASES, PRUNE_LEASE, lease_span};
 use crate::email::Mailer;
 use crate::slack::SlackApi;
 use crate::storage::Store;
@@ -11,10 +12,9 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use chrono::{DateTime, Utc};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -74,158 +74,6 @@ async fn time_slack_answers(request: axum::extract::Request, next: axum::middlew
 
 /// Slack and Stripe bodies are small; anything larger is refused with 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// The time, as the desk sees it: the system clock, moved forward only by tests.
-#[derive(Debug, Default)]
-pub struct Clock {
-    offset_ms: std::sync::atomic::AtomicI64,
-}
-
-impl Clock {
-    pub fn now(&self) -> DateTime<Utc> {
-        Utc::now() + chrono::Duration::milliseconds(self.offset_ms.load(Ordering::Relaxed))
-    }
-
-    /// Moves the desk's time forward (tests of reminders and expiry).
-    pub fn advance(&self, by: Duration) {
-        self.offset_ms.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
-    }
-}
-
-/// What every handler and job can reach.
-pub struct AppContext {
-    pub settings: Settings,
-    pub store: Store,
-    pub slack: SlackApi,
-    pub stripe: StripeClient,
-    /// `None` when `SMTP_URL` is not set.
-    pub mailer: Option<Mailer>,
-    /// Set while the job runner runs; `/readyz` reads it.
-    pub workers_running: AtomicBool,
-    /// Who may approve now: `SLACK_APPROVERS` plus the members of `SLACK_APPROVER_GROUP`.
-    /// A std lock: read and replaced whole, never held across an await.
-    approvers: std::sync::RwLock<crate::domain::Approvers>,
-    pub clock: Clock,
-    /// This process among the replicas on one database: who holds a lease.
-    pub replica: String,
-}
-
-/// The leases periodic work runs under (see [`AppContext::holds_lease`]).
-pub const LEASES: [&str; 3] = [EVENTS_LEASE, APPROVERS_LEASE, PRUNE_LEASE];
-pub const EVENTS_LEASE: &str = "stripe_events";
-pub const APPROVERS_LEASE: &str = "approver_group";
-pub const PRUNE_LEASE: &str = "prune_event_ids";
-/// Where the approver group's holder shares the members it read, by group: replicas started
-/// with another group (a deploy that changes it) never take each other's members.
-fn approvers_shared(group: &str) -> String {
-    format!("approver_group_members/{group}")
-}
-
-/// How long a lease on work done every `every` lasts: two rounds, so the holder renews it in
-/// time, and another replica takes over within two rounds of the holder's death.
-pub fn lease_span(every: Duration) -> Duration {
-    (every * 2).max(Duration::from_secs(30))
-}
-
-impl AppContext {
-    pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
-    }
-
-    /// Moves the desk's time forward and wakes the job runner to look again.
-    pub fn advance_clock(&self, by: Duration) {
-        self.clock.advance(by);
-        self.store.jobs_added().notify_one();
-    }
-
-    /// The approvers as last read.
-    pub fn approvers(&self) -> crate::domain::Approvers {
-        self.approvers.read().map(|a| a.clone()).unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// Whether this replica holds the lease `name` for the next `span`, taking or renewing it.
-    /// On a store error it does not: the work waits for the next round rather than running
-    /// twice.
-    pub async fn holds_lease(&self, name: &str, span: Duration) -> bool {
-        let now = Utc::now();
-        let until = now + chrono::Duration::from_std(span).unwrap_or(chrono::Duration::seconds(60));
-        match self.store.take_lease(name, &self.replica, now, until).await {
-            Ok(held) => held,
-            Err(e) => {
-                tracing::warn!(error = %e, lease = name, "could not take or renew a lease");
-                false
-            }
-        }
-    }
-
-    /// Reads the approver group from Slack again and shares the members with the other
-    /// replicas; on failure keeps the last members read.
-    pub async fn refresh_approvers(&self) {
-        let Some(group) = &self.settings.slack.approver_group else { return };
-        match self.slack.usergroup_members(&group.as_str().into()).await {
-            Ok(members) => {
-                let members: Vec<UserId> = members.iter().filter_map(|m| UserId::parse(&m.0).ok()).collect();
-                self.use_approver_group(&members);
-                let shared = serde_json::to_string(&members).unwrap_or_default();
-                if let Err(e) = self.store.set_shared_value(&approvers_shared(group.as_str()), &shared).await {
-                    tracing::warn!(error = %e, "could not share the approver group's members with the other replicas");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not read the approver group; keeping the last members read"),
-        }
-    }
-
-    /// Takes the approver group's members as another replica last read them; reads Slack
-    /// itself when none has yet.
-    async fn load_shared_approvers(&self) {
-        let Some(group) = &self.settings.slack.approver_group else { return };
-        let shared = match self.store.shared_value(&approvers_shared(group.as_str())).await {
-            Ok(shared) => shared,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the approver group's members; keeping the last read");
-                return;
-            }
-        };
-        match shared.and_then(|s| serde_json::from_str::<Vec<UserId>>(&s).ok()) {
-            Some(members) => self.use_approver_group(&members),
-            None => self.refresh_approvers().await,
-        }
-    }
-
-    fn use_approver_group(&self, members: &[UserId]) {
-        let named = self.settings.slack.approvers.iter().cloned();
-        let all = crate::domain::Approvers::new(named.chain(members.iter().cloned()));
-        tracing::debug!(approvers = all.iter().count(), "approver group members in use");
-        if let Ok(mut a) = self.approvers.write() {
-            *a = all;
-        }
-    }
-
-    /// Tells `user` something privately: an ephemeral message in `channel`, or a direct
-    /// message when there is no channel (a click in App Home). It does not hold up the caller
-    /// and is not durable: these are answers to a click, worthless minutes later.
-    pub fn tell_privately(
-        self: &Arc<Self>,
-        channel: Option<slack_morphism::SlackChannelId>,
-        user: UserId,
-        text: String,
-    ) {
-        let ctx = self.clone();
-        tokio::spawn(async move {
-            let sent = match &channel {
-                Some(channel) => ctx.slack.post_ephemeral(channel, &(&user).into(), text).await,
-                None => ctx
-                    .slack
-                    .post_message(&crate::slack::direct_message(&user), crate::slack::views::text_message(text), None)
-                    .await
-                    .map(|_| ()),
-            };
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, slack_user = %user, "could not send a private note");
-            }
-        });
-    }
-}
 
 /// The HTTP surface, as the contract lists it.
 pub fn router(ctx: Arc<AppContext>) -> Router {
@@ -300,18 +148,7 @@ impl Application {
             .await
             .with_context(|| format!("could not listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
-        let approvers = std::sync::RwLock::new(settings.slack.approvers.clone());
-        let ctx = Arc::new(AppContext {
-            settings,
-            store,
-            slack,
-            stripe,
-            mailer,
-            workers_running: AtomicBool::new(false),
-            approvers,
-            clock: Clock::default(),
-            replica: hex::encode(rand::random::<[u8; 8]>()),
-        });
+        let ctx = Arc::new(AppContext::new(settings, store, slack, stripe, mailer));
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let worker_ctx = ctx.clone();

@@ -3,12 +3,13 @@
 //! A map of the crate:
 //! - [`domain`]: money, ids, the `/refund` grammar, a request's state machine (no I/O);
 //! - [`config`]: settings from the environment and the TOML file, secrets wrapped;
-//! - [`storage`]: sled trees, transactional transitions, the durable job queue;
+//! - [`storage`]: the storage port and its engines (sled, PostgreSQL), the durable job queue;
 //! - [`slack`]: inbound routes and signature checks, Block Kit views, the Web API client;
 //! - [`stripe`]: the API client, webhook verification and parsing;
 //! - [`email`]: SMTP and the customer's messages;
 //! - [`worker`]: the job runner and one handler per effect;
-//! - [`app`]: wiring, HTTP router, graceful shutdown;
+//! - [`context`]: what every adapter, job and periodic task works with (`AppContext`);
+//! - [`app`]: wiring, HTTP router, start-up and graceful shutdown;
 //! - [`standins`]: local Slack, Stripe and SMTP stand-ins for the demo and the tests;
 //! - [`demo`]: the offline end-to-end demo;
 //! - [`manifest`]: the Slack app manifest;
@@ -17,6 +18,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod context;
 pub mod demo;
 pub mod domain;
 pub mod email;

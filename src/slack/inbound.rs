@@ -12,7 +12,7 @@
 
 use super::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature};
 use super::views::{self, APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, DENY_REASON_ACTION, DENY_REASON_BLOCK};
-use crate::app::AppContext;
+use crate::context::AppContext;
 use crate::domain::command::{parse_command, usage};
 use crate::domain::{Command, DecisionError, NewRequest, RequestId, UserId, capitalised};
 use crate::storage::StoreError;

@@ -5,7 +5,7 @@
 //! wrote is on disk, so an acknowledgement means the same here as over HTTP.
 
 use super::inbound::{handle_command, handle_event_callback, handle_interaction};
-use crate::app::AppContext;
+use crate::context::AppContext;
 use secrecy::{ExposeSecret, SecretString};
 use slack_morphism::prelude::*;
 use std::sync::Arc;

@@ -11,7 +11,7 @@
 
 use super::webhook::REFUND_EVENTS;
 use super::{EventPage, StripeError};
-use crate::app::AppContext;
+use crate::context::AppContext;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -142,10 +142,10 @@ pub async fn read_events_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Re
             _ = stop.wait_for(|s| *s) => return,
         }
     }
-    let span = crate::app::lease_span(ctx.settings.stripe.events_every);
+    let span = crate::context::lease_span(ctx.settings.stripe.events_every);
     loop {
         // One replica reads at a time; the others take over if it dies.
-        if ctx.holds_lease(crate::app::EVENTS_LEASE, span).await {
+        if ctx.holds_lease(crate::context::EVENTS_LEASE, span).await {
             tokio::select! {
                 result = read_new_events(&ctx) => match result {
                     Ok(n) => tracing::debug!(listed = n, "Stripe events read"),

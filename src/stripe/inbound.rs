@@ -3,7 +3,7 @@
 
 use super::types::Event;
 use super::webhook::{REFUND_EVENTS, TOLERANCE_SECS, refund_updates, verify_signature};
-use crate::app::AppContext;
+use crate::context::AppContext;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

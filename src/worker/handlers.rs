@@ -2,7 +2,7 @@
 //! already stored (a posted card, a recorded refund, a sent email) and the Stripe call carries
 //! an idempotency key fixed per request.
 
-use crate::app::AppContext;
+use crate::context::AppContext;
 use crate::domain::policy::{Plan, plan};
 use crate::domain::{
     CardFacts, ChargeFacts, ChargeId, Currency, Effect, EmailKind, MessageRef, Money, Notice, PaymentIntentId,

@@ -3,7 +3,7 @@
 
 pub mod handlers;
 
-use crate::app::AppContext;
+use crate::context::AppContext;
 use crate::domain::{Effect, Lane};
 use crate::storage::{DueJobs, Job};
 use backon::{BackoffBuilder, ExponentialBuilder};
