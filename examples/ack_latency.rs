@@ -5,8 +5,8 @@
 
 use refund_desk::app::Application;
 use refund_desk::config::JobSettings;
-use refund_desk::standins::driver::{self, SlackDriver};
-use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe};
+use refund_desk_standins::driver::{self, SlackDriver};
+use refund_desk_standins::{ChargeSpec, FakeSlack, FakeStripe};
 use std::time::{Duration, Instant};
 
 #[tokio::main]
@@ -16,8 +16,14 @@ async fn main() -> anyhow::Result<()> {
     let slack = FakeSlack::start(driver::BOT_TOKEN).await?;
     let stripe = FakeStripe::start(driver::STRIPE_KEY).await?;
     let dir = tempfile::tempdir()?;
-    let settings =
-        driver::desk_settings(&slack.url, &stripe.url, None, dir.path(), "U0APPROVE1", JobSettings::default());
+    let settings = refund_desk::demo::desk_settings(
+        &slack.url,
+        &stripe.url,
+        None,
+        dir.path(),
+        "U0APPROVE1",
+        JobSettings::default(),
+    );
     let app = Application::build(settings).await?;
     let desk = SlackDriver::new(format!("http://{}", app.local_addr()));
     let (charge, _) = stripe.add_charge(ChargeSpec { amount: 99_999_999, ..ChargeSpec::default() });

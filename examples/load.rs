@@ -16,9 +16,9 @@
 //! does) and only the answers to Slack are measured: the backlog, which drains at Stripe's pace,
 //! is not waited for.
 
-use refund_desk::standins::driver;
-use refund_desk::standins::load::{LoadPlan, LoadReport, run_load};
-use refund_desk::standins::{FakeSlack, FakeStripe};
+use refund_desk_standins::driver;
+use refund_desk_standins::load::{LoadPlan, LoadReport, run_load};
+use refund_desk_standins::{FakeSlack, FakeStripe};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

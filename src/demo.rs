@@ -3,13 +3,46 @@
 //! approval and Stripe's webhooks go through it, and the transcript shows what each person sees.
 
 use crate::app::Application;
-use crate::config::JobSettings;
+use crate::config::{JobSettings, Settings, Sources};
 use crate::domain::{RequestId, RequestStatus};
-use crate::standins::driver::{self, SlackDriver};
-use crate::standins::render::{blocks_to_text, humanize};
-use crate::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for, wait_for_async};
 use anyhow::{Context, anyhow};
+use refund_desk_standins::driver::{self, SlackDriver};
+use refund_desk_standins::render::{blocks_to_text, humanize};
+use refund_desk_standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for, wait_for_async};
+use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
+
+/// Settings for a desk on port 0 that talks to the given stand-ins.
+pub fn desk_settings(
+    slack_url: &str,
+    stripe_url: &str,
+    smtp_url: Option<&str>,
+    data_dir: &Path,
+    approvers: &str,
+    jobs: JobSettings,
+) -> Settings {
+    let mut vars: HashMap<&str, String> = HashMap::from([
+        ("REFUND_DESK_LISTEN", "127.0.0.1:0".to_string()),
+        ("REFUND_DESK_DATA_DIR", data_dir.display().to_string()),
+        ("SLACK_SIGNING_SECRET", driver::SIGNING_SECRET.to_string()),
+        ("SLACK_BOT_TOKEN", driver::BOT_TOKEN.to_string()),
+        ("SLACK_API_URL", slack_url.to_string()),
+        ("SLACK_FINANCE_CHANNEL", driver::FINANCE_CHANNEL.to_string()),
+        ("SLACK_APPROVERS", approvers.to_string()),
+        ("STRIPE_SECRET_KEY", driver::STRIPE_KEY.to_string()),
+        ("STRIPE_WEBHOOK_SECRET", driver::WEBHOOK_SECRET.to_string()),
+        ("STRIPE_API_URL", stripe_url.to_string()),
+    ]);
+    if let Some(url) = smtp_url {
+        vars.insert("SMTP_URL", url.to_string());
+        vars.insert("EMAIL_FROM", driver::EMAIL_FROM.to_string());
+    }
+    let sources = Sources::from_lookup(|name| vars.get(name).cloned()).expect("no config file is named");
+    let mut settings = Settings::from_sources(&sources).expect("the stand-in settings are complete");
+    settings.jobs = jobs;
+    settings
+}
 
 const AGENT: &str = "U0SAMAGENT";
 const APPROVER: &str = "U0FATIMAFN";
@@ -36,7 +69,7 @@ enum Transport {
     /// Signed HTTP requests and webhooks, as with a public address.
     Http(SlackDriver),
     /// Socket Mode for Slack, and Stripe's events read from its API: no public address.
-    Outbound(crate::standins::socket::SocketModeStandIn),
+    Outbound(refund_desk_standins::socket::SocketModeStandIn),
 }
 
 impl Transport {
@@ -91,7 +124,7 @@ async fn run_in(dir: &std::path::Path, socket_mode: bool) -> anyhow::Result<()> 
     let stripe = FakeStripe::start(driver::STRIPE_KEY).await?;
     let smtp = SmtpSink::start().await?;
     let jobs = JobSettings { first_retry: Duration::from_millis(100), ..JobSettings::default() };
-    let mut settings = driver::desk_settings(&slack.url, &stripe.url, Some(&smtp.url()), dir, APPROVER, jobs);
+    let mut settings = desk_settings(&slack.url, &stripe.url, Some(&smtp.url()), dir, APPROVER, jobs);
     let socket = if socket_mode {
         settings.slack.app_token = Some(secrecy::SecretString::from(APP_TOKEN.to_string()));
         settings.slack.signing_secret = None;

@@ -10,8 +10,8 @@
 //! - [`worker`]: the job runner and one handler per effect;
 //! - [`context`]: what every adapter, job and periodic task works with (`AppContext`);
 //! - [`app`]: wiring, HTTP router, start-up and graceful shutdown;
-//! - [`standins`]: local Slack, Stripe and SMTP stand-ins for the demo and the tests;
-//! - [`demo`]: the offline end-to-end demo;
+//! - `demo` (the `demo` feature, on by default): the offline end-to-end demo, against the
+//!   stand-ins of `tests/standins` (a crate of their own);
 //! - [`manifest`]: the Slack app manifest;
 //! - [`admin`]: operator commands on the database (jobs list, retry).
 
@@ -19,12 +19,12 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod context;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod domain;
 pub mod email;
 pub mod manifest;
 pub mod slack;
-pub mod standins;
 pub mod storage;
 pub mod stripe;
 pub mod worker;

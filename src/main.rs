@@ -160,6 +160,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "demo")]
         Cmd::Demo { socket_mode } => {
             init_tracing("warn");
             match runtime.block_on(refund_desk::demo::run(socket_mode)) {
@@ -169,6 +170,11 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        #[cfg(not(feature = "demo"))]
+        Cmd::Demo { .. } => {
+            eprintln!("refund-desk: this build has no demo (built without the `demo` feature)");
+            ExitCode::from(2)
         }
         Cmd::Jobs { action } => match runtime.block_on(run_jobs_command(action)) {
             Ok(text) => {

@@ -396,7 +396,7 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     use secrecy::ExposeSecret;
-                    let Some(url) = crate::standins::postgres::fresh_database_url().await else { return };
+                    let Some(url) = refund_desk_standins::postgres::fresh_database_url().await else { return };
                     let lease = std::time::Duration::from_secs(60);
                     let store = crate::storage::postgres::PgStore::connect(url.expose_secret(), lease).await.unwrap();
                     super::$name(super::Store::Postgres(store)).await;
@@ -436,7 +436,7 @@ mod copy_to_postgres {
 
     #[tokio::test]
     async fn everything_a_sled_store_holds_reads_the_same_from_postgres_after_a_copy() {
-        let Some(url) = crate::standins::postgres::fresh_database_url().await else { return };
+        let Some(url) = refund_desk_standins::postgres::fresh_database_url().await else { return };
         let url = url.expose_secret().to_string();
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -501,7 +501,7 @@ mod copy_to_postgres {
         let held = PgStore::import_copy(&url, &copy).await;
         assert!(matches!(held, Err(StoreError::NotEmpty(_))), "{held:?}");
         assert_eq!(pg.all_requests().await.unwrap().len(), copy.requests.len() + 1);
-        let Some(started) = crate::standins::postgres::fresh_database_url().await else { return };
+        let Some(started) = refund_desk_standins::postgres::fresh_database_url().await else { return };
         let started = started.expose_secret().to_string();
         let desk = PgStore::connect(&started, DEFAULT_LEASE).await.unwrap();
         let refused = PgStore::import_copy(&started, &copy).await;

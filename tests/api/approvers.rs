@@ -1,6 +1,6 @@
 use crate::helpers::*;
 use refund_desk::domain::{Approvers, RequestStatus, UserId};
-use refund_desk::standins::wait_for;
+use refund_desk_standins::wait_for;
 use std::time::Duration;
 
 const GROUP: &str = "S0FINANCE1";

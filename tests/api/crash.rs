@@ -2,9 +2,9 @@
 //! directory: every request still ends with exactly one refund and a finished thread.
 
 use refund_desk::domain::RequestId;
-use refund_desk::standins::driver::{self, SlackDriver};
-use refund_desk::standins::stripe::Fault;
-use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for};
+use refund_desk_standins::driver::{self, SlackDriver};
+use refund_desk_standins::stripe::Fault;
+use refund_desk_standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::wait_for;
+use refund_desk_standins::wait_for;
 
 #[tokio::test]
 async fn denying_with_a_reason_never_calls_stripe_and_tells_everyone_why() {

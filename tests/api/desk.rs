@@ -1,7 +1,7 @@
 use crate::helpers::*;
 use refund_desk::domain::{RequestId, RequestStatus};
 use refund_desk::slack::views::{AMOUNT_BLOCK, CHARGE_BLOCK, EMAIL_BLOCK, NOTE_BLOCK, REASON_BLOCK, REQUEST_CALLBACK};
-use refund_desk::standins::{ChargeSpec, wait_for};
+use refund_desk_standins::{ChargeSpec, wait_for};
 use std::time::Duration;
 
 fn id_in(text: &str) -> RequestId {
@@ -282,11 +282,7 @@ async fn an_events_api_retry_with_the_same_event_id_is_acknowledged_and_ignored(
                 .header("x-slack-request-timestamp", ts.to_string())
                 .header(
                     "x-slack-signature",
-                    refund_desk::slack::verify::sign(
-                        refund_desk::standins::driver::SIGNING_SECRET,
-                        ts,
-                        body.as_bytes(),
-                    ),
+                    refund_desk::slack::verify::sign(refund_desk_standins::driver::SIGNING_SECRET, ts, body.as_bytes()),
                 );
             if let Some(n) = retry {
                 req = req.header("x-slack-retry-num", n).header("x-slack-retry-reason", "http_timeout");

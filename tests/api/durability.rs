@@ -5,8 +5,8 @@
 use crate::helpers::{
     HEAVY, KillOnDrop, REQUESTER, children_of, desk_command, free_port, wait_for_exit, wait_until_ready,
 };
-use refund_desk::standins::driver::{self, SlackDriver};
-use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe};
+use refund_desk_standins::driver::{self, SlackDriver};
+use refund_desk_standins::{ChargeSpec, FakeSlack, FakeStripe};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 

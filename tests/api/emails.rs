@@ -1,6 +1,6 @@
 use crate::helpers::*;
 use refund_desk::domain::{Effect, EmailKind, RequestStatus};
-use refund_desk::standins::{ChargeSpec, SmtpSink, wait_for};
+use refund_desk_standins::{ChargeSpec, SmtpSink, wait_for};
 
 /// Approves, lets Stripe confirm, and waits for the desk to finish.
 async fn refunded(app: &TestApp, spec: ChargeSpec, asked: &str) -> refund_desk::domain::RequestId {

@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::{ChargeSpec, wait_for};
+use refund_desk_standins::{ChargeSpec, wait_for};
 use std::time::Duration;
 
 /// No webhook secret: no webhook route, and Stripe's events read every 200 ms.

@@ -1,7 +1,7 @@
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::stripe::Fault;
-use refund_desk::standins::{ChargeSpec, wait_for};
+use refund_desk_standins::stripe::Fault;
+use refund_desk_standins::{ChargeSpec, wait_for};
 
 #[tokio::test]
 async fn a_slack_rate_limit_delays_the_card_but_posts_it_once() {

@@ -1,6 +1,6 @@
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::{ChargeSpec, wait_for};
+use refund_desk_standins::{ChargeSpec, wait_for};
 
 #[tokio::test]
 async fn a_refund_goes_from_slash_command_to_one_stripe_refund_and_one_customer_email() {

@@ -3,11 +3,11 @@
 use refund_desk::app::Application;
 use refund_desk::config::JobSettings;
 use refund_desk::domain::{RefundRequest, RequestId, RequestStatus};
-use refund_desk::standins::driver::{self, SlackDriver};
-use refund_desk::standins::slack::Posted;
-pub use refund_desk::standins::wait_for_async;
-use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for};
 use refund_desk::storage::Store;
+use refund_desk_standins::driver::{self, SlackDriver};
+use refund_desk_standins::slack::Posted;
+pub use refund_desk_standins::wait_for_async;
+use refund_desk_standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for};
 use serde_json::Value;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -63,8 +63,8 @@ impl TestApp {
         let table: toml::Table = policy_toml.parse().expect("valid TOML");
         let policy =
             refund_desk::config::parse_policy(table.get("policy").and_then(|p| p.as_table())).expect("valid policy");
-        let database = if refund_desk::standins::postgres::integration_on_postgres() {
-            refund_desk::standins::postgres::fresh_database_url().await
+        let database = if refund_desk_standins::postgres::integration_on_postgres() {
+            refund_desk_standins::postgres::fresh_database_url().await
         } else {
             None
         };
@@ -85,7 +85,7 @@ impl TestApp {
 
     async fn start(&mut self) {
         let approvers = format!("{APPROVER},{APPROVER_2},{REQUESTER}");
-        let mut settings = driver::desk_settings(
+        let mut settings = refund_desk::demo::desk_settings(
             &self.slack.url,
             &self.stripe.url,
             Some(&self.smtp.url()),

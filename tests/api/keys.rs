@@ -4,7 +4,7 @@
 
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::ChargeSpec;
+use refund_desk_standins::ChargeSpec;
 
 /// Everything the desk reads or writes, as a restricted key's permissions.
 const ALL: [&str; 6] = [
@@ -26,7 +26,7 @@ fn calls_to(app: &TestApp, method: &str, path: &str) -> usize {
 }
 
 /// The card's whole content, blocks included.
-fn card_content(card: &refund_desk::standins::slack::Posted) -> String {
+fn card_content(card: &refund_desk_standins::slack::Posted) -> String {
     format!("{} {}", card.text, card.blocks)
 }
 
@@ -158,7 +158,7 @@ async fn refused_for_the_key(app: &TestApp) -> refund_desk::domain::RequestId {
 }
 
 /// The alerts in the finance channel about what the Stripe key may not do.
-fn key_alerts(app: &TestApp) -> Vec<refund_desk::standins::slack::Posted> {
+fn key_alerts(app: &TestApp) -> Vec<refund_desk_standins::slack::Posted> {
     app.slack.messages_in(FINANCE).into_iter().filter(|m| m.text.contains("Stripe key may not")).collect()
 }
 

@@ -2,9 +2,9 @@
 //! sync, every accepted request carded exactly once, and a clean stop in the middle of it all.
 
 use crate::helpers::{APPROVER, HEAVY, KillOnDrop, REQUESTER, desk_command, free_port, terminate, wait_until_ready};
-use refund_desk::standins::driver;
-use refund_desk::standins::load::{LoadPlan, run_load};
-use refund_desk::standins::{FakeSlack, FakeStripe, wait_for};
+use refund_desk_standins::driver;
+use refund_desk_standins::load::{LoadPlan, run_load};
+use refund_desk_standins::{FakeSlack, FakeStripe, wait_for};
 use std::process::Stdio;
 use std::time::Duration;
 

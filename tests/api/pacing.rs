@@ -1,7 +1,7 @@
 //! Stripe's rate limit: the stand-in enforces it as Stripe does, and the desk's pace stays under it.
 
 use crate::helpers::{HEAVY, TestApp};
-use refund_desk::standins::{ChargeSpec, FakeStripe, driver};
+use refund_desk_standins::{ChargeSpec, FakeStripe, driver};
 
 #[tokio::test]
 async fn the_stripe_stand_in_refuses_calls_past_twenty_five_a_second_as_stripe_does_in_test_mode() {

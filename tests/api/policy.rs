@@ -1,6 +1,6 @@
 use crate::helpers::*;
 use refund_desk::domain::{Actor, RequestStatus};
-use refund_desk::standins::{ChargeSpec, wait_for};
+use refund_desk_standins::{ChargeSpec, wait_for};
 
 const POLICY: &str = r#"
 [policy]

@@ -1,7 +1,7 @@
 //! The real binary: start-up errors and graceful shutdown.
 
-use refund_desk::standins::driver;
-use refund_desk::standins::{FakeSlack, FakeStripe};
+use refund_desk_standins::driver;
+use refund_desk_standins::{FakeSlack, FakeStripe};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -154,7 +154,7 @@ async fn audit_verify_passes_an_untouched_trail_and_catches_an_edit_made_behind_
 async fn check_reaches_slack_stripe_and_smtp_and_says_which_fails() {
     let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
     let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
-    let smtp = refund_desk::standins::SmtpSink::start().await.unwrap();
+    let smtp = refund_desk_standins::SmtpSink::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let check = |bot_token: &str| {
         let mut cmd = crate::helpers::desk_command(&slack.url, &stripe.url, dir.path());

@@ -7,8 +7,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use refund_desk::domain::{Actor, RequestId, RequestStatus, UserId};
-use refund_desk::standins::ChargeSpec;
-use refund_desk::standins::stripe::Fault;
+use refund_desk_standins::ChargeSpec;
+use refund_desk_standins::stripe::Fault;
 use std::collections::HashMap;
 
 const POLICY: &str = r#"

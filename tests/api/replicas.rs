@@ -6,10 +6,10 @@
 
 use crate::helpers::{KillOnDrop, desk_command, free_port, wait_until_ready};
 use refund_desk::domain::{RequestId, RequestStatus};
-use refund_desk::standins::driver::{self, SlackDriver};
-use refund_desk::standins::stripe::Fault;
-use refund_desk::standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for, wait_for_async};
 use refund_desk::storage::Store;
+use refund_desk_standins::driver::{self, SlackDriver};
+use refund_desk_standins::stripe::Fault;
+use refund_desk_standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for, wait_for_async};
 use secrecy::{ExposeSecret, SecretString};
 use std::process::Stdio;
 use std::time::Duration;
@@ -42,7 +42,7 @@ struct Desk {
 impl Desk {
     /// The stand-ins and a fresh database; `None` when there is no test database.
     async fn new(policy: &str) -> Option<Desk> {
-        let database = refund_desk::standins::postgres::fresh_database_url().await?;
+        let database = refund_desk_standins::postgres::fresh_database_url().await?;
         let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
         let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
         let smtp = SmtpSink::start().await.unwrap();

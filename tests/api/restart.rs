@@ -1,6 +1,6 @@
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::wait_for;
+use refund_desk_standins::wait_for;
 
 #[tokio::test]
 async fn a_restart_between_approval_and_the_stripe_call_still_refunds_once() {

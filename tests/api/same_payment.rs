@@ -3,9 +3,9 @@
 
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::{ChargeSpec, wait_for};
+use refund_desk_standins::{ChargeSpec, wait_for};
 
-fn content(m: &refund_desk::standins::slack::Posted) -> String {
+fn content(m: &refund_desk_standins::slack::Posted) -> String {
     format!("{} {}", m.text, m.blocks)
 }
 

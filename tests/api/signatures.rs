@@ -1,6 +1,6 @@
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::driver::{SIGNING_SECRET, SlackDriver};
+use refund_desk_standins::driver::{SIGNING_SECRET, SlackDriver};
 
 const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -106,7 +106,7 @@ async fn a_forged_stripe_event_gets_400_and_changes_nothing() {
         ("wrong secret", Some(refund_desk::stripe::webhook::sign(&body, "whsec_forged", now))),
         (
             "too old",
-            Some(refund_desk::stripe::webhook::sign(&body, refund_desk::standins::driver::WEBHOOK_SECRET, now - 301)),
+            Some(refund_desk::stripe::webhook::sign(&body, refund_desk_standins::driver::WEBHOOK_SECRET, now - 301)),
         ),
         ("missing", None),
     ] {

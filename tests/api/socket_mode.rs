@@ -3,9 +3,9 @@
 
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::driver::SlackDriver;
-use refund_desk::standins::socket::SocketModeStandIn;
-use refund_desk::standins::{ChargeSpec, wait_for};
+use refund_desk_standins::driver::SlackDriver;
+use refund_desk_standins::socket::SocketModeStandIn;
+use refund_desk_standins::{ChargeSpec, wait_for};
 use serde_json::{Value, json};
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 use crate::helpers::*;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::{ChargeSpec, wait_for};
+use refund_desk_standins::{ChargeSpec, wait_for};
 
 #[tokio::test]
 async fn malformed_commands_get_usage_privately_and_store_nothing() {

@@ -1,8 +1,8 @@
 use crate::helpers::*;
 use refund_desk::domain::RequestId;
 use refund_desk::domain::RequestStatus;
-use refund_desk::standins::slack::Posted;
-use refund_desk::standins::wait_for;
+use refund_desk_standins::slack::Posted;
+use refund_desk_standins::wait_for;
 
 #[tokio::test]
 async fn the_same_stripe_event_twice_sends_one_email() {

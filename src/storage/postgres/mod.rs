@@ -1183,7 +1183,7 @@ mod tests {
 
     /// Two replicas on one fresh schema, holding jobs for `lease`.
     async fn two_replicas(lease: Duration) -> Option<(PgStore, PgStore)> {
-        let url = crate::standins::postgres::fresh_database_url().await?;
+        let url = refund_desk_standins::postgres::fresh_database_url().await?;
         let a = PgStore::connect(url.expose_secret(), lease).await.unwrap();
         let b = PgStore::connect(url.expose_secret(), lease).await.unwrap();
         Some((a, b))
@@ -1285,7 +1285,7 @@ mod tests {
 
     #[tokio::test]
     async fn replicas_starting_together_apply_the_migrations_once() {
-        let Some(url) = crate::standins::postgres::fresh_database_url().await else { return };
+        let Some(url) = refund_desk_standins::postgres::fresh_database_url().await else { return };
         let starts: Vec<_> = (0..4)
             .map(|_| {
                 let url = url.clone();

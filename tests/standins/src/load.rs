@@ -140,7 +140,7 @@ async fn run_client(
                 && let Some(card) = slack.messages_with_button(&id).first()
             {
                 to_approve.pop_front();
-                match driver.try_click(approver, crate::slack::views::APPROVE_ACTION, &id, &card.ts).await {
+                match driver.try_click(approver, crate::driver::APPROVE_ACTION, &id, &card.ts).await {
                     Ok(200) => {
                         approved.push_back(id);
                         record(&mut |r| r.clicks += 1);

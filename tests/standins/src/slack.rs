@@ -52,7 +52,7 @@ struct SlackState {
     /// Channels the bot may not post in (`not_in_channel`).
     closed_channels: std::collections::HashSet<String>,
     /// Socket Mode: the app-level token `apps.connections.open` takes, and where it sends the app.
-    socket_mode: Option<(String, crate::standins::socket::SocketModeStandIn)>,
+    socket_mode: Option<(String, crate::socket::SocketModeStandIn)>,
     /// Posts to `response_url`s: (the URL's path, the body).
     responses: Vec<(String, Value)>,
     responses_expired: bool,
@@ -113,7 +113,7 @@ impl FakeSlack {
     }
 
     /// The base of the `response_url`s this stand-in takes (give it to
-    /// [`crate::standins::driver::SlackDriver::with_response_urls`]).
+    /// [`crate::driver::SlackDriver::with_response_urls`]).
     pub fn response_url_base(&self) -> String {
         format!("{}/response", self.url.trim_end_matches("/api"))
     }
@@ -130,11 +130,8 @@ impl FakeSlack {
 
     /// Serves Socket Mode to an app holding `app_token` (`xapp-...`); returns the WebSocket
     /// side, which sends envelopes and records acknowledgements.
-    pub async fn enable_socket_mode(
-        &self,
-        app_token: &str,
-    ) -> std::io::Result<crate::standins::socket::SocketModeStandIn> {
-        let socket = crate::standins::socket::SocketModeStandIn::start().await?;
+    pub async fn enable_socket_mode(&self, app_token: &str) -> std::io::Result<crate::socket::SocketModeStandIn> {
+        let socket = crate::socket::SocketModeStandIn::start().await?;
         self.lock().socket_mode = Some((app_token.to_string(), socket.clone()));
         Ok(socket)
     }

@@ -14,7 +14,20 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-const OBJECTS: &str = include_str!("../../tests/fixtures/stripe/objects.json");
+/// The API version the stand-in's events carry, as the desk's client pins it.
+const API_VERSION: &str = "2024-10-28.acacia";
+
+/// `Stripe-Signature` for `body` at time `t`, as Stripe computes it (HMAC-SHA256 over
+/// `t.body`), written here independently of the desk's verifier.
+pub fn sign_webhook(body: &[u8], secret: &str, t: i64) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+const OBJECTS: &str = include_str!("../../fixtures/stripe/objects.json");
 
 fn template(name: &str) -> Value {
     let all: Value = serde_json::from_str(OBJECTS).expect("the fixture file is valid JSON");
@@ -165,16 +178,38 @@ fn no_such(kind: &str, id: &str) -> Response {
     error(404, "invalid_request_error", Some("resource_missing"), &format!("No such {kind}: '{id}'"), Some("id"))
 }
 
+/// An amount as Stripe's messages write it: `$25.00`, `¥1200`, `1.250 KWD`.
 fn format_amount(minor: u64, currency: &str) -> String {
-    crate::domain::Currency::parse(currency)
-        .map(|c| crate::domain::Money::new(minor, c).to_string())
-        .unwrap_or_else(|_| minor.to_string())
+    const ZERO_DECIMAL: [&str; 16] = [
+        "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
+    ];
+    const THREE_DECIMAL: [&str; 5] = ["bhd", "jod", "kwd", "omr", "tnd"];
+    let currency = currency.to_ascii_lowercase();
+    let decimals = if ZERO_DECIMAL.contains(&currency.as_str()) {
+        0
+    } else if THREE_DECIMAL.contains(&currency.as_str()) {
+        3
+    } else {
+        2
+    };
+    let scale = 10u64.pow(decimals);
+    let number = match decimals {
+        0 => minor.to_string(),
+        d => format!("{}.{:0width$}", minor / scale, minor % scale, width = d as usize),
+    };
+    match currency.as_str() {
+        "usd" | "cad" | "aud" => format!("${number}"),
+        "eur" => format!("€{number}"),
+        "gbp" => format!("£{number}"),
+        "jpy" => format!("¥{number}"),
+        other => format!("{number} {}", other.to_ascii_uppercase()),
+    }
 }
 
 impl FakeStripe {
     /// Starts on 127.0.0.1, accepting `api_key`.
     pub async fn start(api_key: &str) -> std::io::Result<FakeStripe> {
-        crate::app::install_crypto_provider();
+        crate::install_crypto_provider();
         let state = Arc::new(Mutex::new(StripeState {
             api_key: api_key.to_string(),
             charges: HashMap::new(),
@@ -454,7 +489,7 @@ impl FakeStripe {
     pub async fn deliver(&self, event: &Value) -> Result<u16, String> {
         let (url, secret) = self.lock().webhook.clone().ok_or("no webhook endpoint configured")?;
         let body = serde_json::to_vec(event).map_err(|e| e.to_string())?;
-        let signature = crate::stripe::webhook::sign(&body, &secret, chrono::Utc::now().timestamp());
+        let signature = sign_webhook(&body, &secret, chrono::Utc::now().timestamp());
         let response = self
             .http
             .post(url)
@@ -721,7 +756,7 @@ fn new_event(s: &mut StripeState, kind: &str, object: Value) -> Value {
     event["id"] = format!("evt_Standin{:08}", s.counter).into();
     event["type"] = kind.into();
     event["created"] = chrono::Utc::now().timestamp().into();
-    event["api_version"] = crate::stripe::client::API_VERSION.into();
+    event["api_version"] = API_VERSION.into();
     event["data"] = json!({ "object": object });
     s.events.push(event.clone());
     event
