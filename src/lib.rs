@@ -7,6 +7,8 @@
 //! - [`slack`]: inbound routes and signature checks, Block Kit views, the Web API client;
 //! - [`stripe`]: the API client, webhook verification and parsing;
 //! - [`email`]: SMTP and the customer's messages;
+//! - [`desk`]: the use cases (ask, decide, Stripe's news), the one layer combining the store,
+//!   the clients and the domain for what people and Stripe do;
 //! - [`worker`]: the job runner and one handler per effect;
 //! - [`context`]: what every adapter, job and periodic task works with (`AppContext`);
 //! - [`app`]: wiring, HTTP router, start-up and graceful shutdown;
@@ -21,6 +23,7 @@ pub mod config;
 pub mod context;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod desk;
 pub mod domain;
 pub mod email;
 pub mod manifest;

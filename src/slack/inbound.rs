@@ -13,6 +13,7 @@
 use super::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature};
 use super::views::{self, APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, DENY_REASON_ACTION, DENY_REASON_BLOCK};
 use crate::context::AppContext;
+use crate::desk::decide::Decided;
 use crate::domain::command::{parse_command, usage};
 use crate::domain::{Command, DecisionError, NewRequest, RequestId, UserId, capitalised};
 use crate::storage::StoreError;
@@ -160,23 +161,12 @@ async fn list_text(ctx: &AppContext, user: &UserId) -> String {
     }
 }
 
-/// `SLACK_REQUESTERS`, when set, limits who may ask for refunds.
-fn may_request(ctx: &AppContext, user: &UserId) -> Result<(), String> {
-    match &ctx.settings.slack.requesters {
-        Some(allowed) if !allowed.contains(user) => Err(
-            "You are not on the list of people who may ask for refunds, so nothing was stored. Ask finance to add you."
-                .into(),
-        ),
-        _ => Ok(()),
-    }
-}
-
 /// Checks who is asking and parses the text; `Err` is the answer to give.
 fn ready_command(ctx: &AppContext, cmd: &SlackCommandEvent) -> Result<(UserId, Command), String> {
     let Ok(user) = UserId::parse(&cmd.user_id.0) else {
         return Err("Slack did not say who you are, so nothing was done. Try again.".into());
     };
-    may_request(ctx, &user)?;
+    crate::desk::ask::may_ask(ctx, &user)?;
     let command = parse_command(cmd.text.as_deref().unwrap_or_default())
         .map_err(|e| format!(":warning: {}\nNothing was stored.\n\n{}", capitalised(&e.to_string()), usage()))?;
     Ok((user, command))
@@ -224,8 +214,9 @@ async fn store_request(
         customer_email: None,
         response_url: trusted_response_url(ctx, &cmd.response_url),
     };
-    match ctx.store.insert_request(new, ctx.now()).await {
-        Ok(r) => {
+    match crate::desk::ask::ask(ctx, new, views::OTHERS_SHOWN).await {
+        Ok(asked) => {
+            let r = &asked.request;
             let mut text = format!(
                 "Got it: *{}*, a refund of {} on `{}` ({}). I am checking the charge at Stripe; then it goes to finance for approval. You will hear the outcome in a direct message.",
                 r.id,
@@ -233,17 +224,9 @@ async fn store_request(
                 r.target,
                 r.reason.label()
             );
-            // Only requests numbered before this one: they were written no later than it, so the
-            // sync it waited for covers them too.
-            match ctx.store.others_on_payment(&r, crate::slack::views::OTHERS_SHOWN).await {
-                Ok((mut others, _)) => {
-                    others.retain(|o| o.id < r.id);
-                    if let Some(notice) = crate::slack::views::others_notice(&others) {
-                        text.push('\n');
-                        text.push_str(&notice);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "could not read the other requests on the payment"),
+            if let Some(notice) = views::others_notice(&asked.earlier_on_payment) {
+                text.push('\n');
+                text.push_str(&notice);
             }
             text
         }
@@ -361,27 +344,22 @@ async fn handle_action(
         tracing::warn!(value = ?action.value, "button without a request id");
         return;
     };
-    let approvers = &ctx.approvers();
-    let now = ctx.now();
     if action_id == APPROVE_ACTION {
-        let result = ctx.store.transition(id, now, |r| r.approve(&user, approvers, now).map(Some)).await;
-        match result {
-            Ok(Ok(_)) => tracing::info!(request_id = %id, "approved"),
-            Ok(Err(refusal)) => ctx.tell_privately(channel, user, refusal.to_string()),
+        match crate::desk::decide::approve(ctx, id, &user).await {
+            Ok(Decided::Done) => {}
+            Ok(Decided::Refused(refusal)) => ctx.tell_privately(channel, user, refusal.to_string()),
             Err(e) => report_store_error(ctx, channel, user, id, e),
         }
         return;
     }
     // Deny: check first, so nobody gets a form they cannot submit; then open it at once, while
     // the click's trigger id is still valid.
-    let request = match ctx.store.get_request_durable(id).await {
-        Ok(Some(r)) => r,
+    let request = match crate::desk::decide::may_decide(ctx, id, &user).await {
+        Ok(Some(Ok(r))) => r,
+        Ok(Some(Err(refusal))) => return ctx.tell_privately(channel, user, refusal.to_string()),
         Ok(None) => return ctx.tell_privately(channel, user, format!("There is no request {id}.")),
         Err(e) => return report_store_error(ctx, channel, user, id, e),
     };
-    if let Err(refusal) = request.may_decide(&user, approvers) {
-        return ctx.tell_privately(channel, user, refusal.to_string());
-    }
     let trigger = click.trigger_id.clone();
     let ctx2 = ctx.clone();
     tokio::spawn(async move {
@@ -433,15 +411,13 @@ async fn handle_deny_submission(
         );
     };
     let reason = form.input(DENY_REASON_BLOCK, DENY_REASON_ACTION).unwrap_or_default();
-    let approvers = &ctx.approvers();
-    let now = ctx.now();
-    match ctx.store.transition(id, now, |r| r.deny(&user, &reason, approvers, now).map(Some)).await {
+    match crate::desk::decide::deny(ctx, id, &user, &reason).await {
         // An empty 200 closes the form.
-        Ok(Ok(_)) => None,
-        Ok(Err(DecisionError::EmptyReason)) => {
+        Ok(Decided::Done) => None,
+        Ok(Decided::Refused(DecisionError::EmptyReason)) => {
             view_error(DENY_REASON_BLOCK, "Write a reason the requester can act on.".into())
         }
-        Ok(Err(refusal)) => view_error(DENY_REASON_BLOCK, refusal.to_string()),
+        Ok(Decided::Refused(refusal)) => view_error(DENY_REASON_BLOCK, refusal.to_string()),
         Err(e) => {
             tracing::error!(error = %e, request_id = %id, "storage failed on a denial");
             view_error(DENY_REASON_BLOCK, "The denial could not be saved just now; try again.".into())
@@ -461,7 +437,7 @@ async fn handle_request_submission(
 ) -> Option<SlackViewSubmissionResponse> {
     use crate::domain::{AmountAsked, AmountInput, Note, PaymentRef, RefundReason};
     use views::{AMOUNT_BLOCK, CHARGE_BLOCK, EMAIL_BLOCK, INPUT_ACTION, NOTE_BLOCK, REASON_BLOCK};
-    if let Err(why) = may_request(ctx, &user) {
+    if let Err(why) = crate::desk::ask::may_ask(ctx, &user) {
         return view_error(CHARGE_BLOCK, why);
     }
     let input = |block: &str| form.input(block, INPUT_ACTION).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
@@ -515,7 +491,12 @@ async fn handle_request_submission(
     if !errors.is_empty() {
         return errors_response(errors);
     }
-    if let Ok(Err((block, why))) = tokio::time::timeout(FORM_STRIPE_BUDGET, quick_check(ctx, &target, &amount)).await {
+    let checked = tokio::time::timeout(FORM_STRIPE_BUDGET, crate::desk::ask::quick_check(ctx, &target, &amount));
+    if let Ok(Err((input, why))) = checked.await {
+        let block = match input {
+            crate::desk::ask::Input::Payment => CHARGE_BLOCK,
+            crate::desk::ask::Input::Amount => AMOUNT_BLOCK,
+        };
         return view_error(block, capitalised(&why));
     }
     // The form carries the channel it was opened from; without one, answers go by direct message.
@@ -533,9 +514,9 @@ async fn handle_request_submission(
         customer_email: email,
         response_url: None,
     };
-    match ctx.store.insert_request(new, ctx.now()).await {
-        Ok(r) => Some(SlackViewSubmissionResponse::Update(SlackViewSubmissionUpdateResponse::new(
-            views::request_received(&r),
+    match crate::desk::ask::ask(ctx, new, 0).await {
+        Ok(asked) => Some(SlackViewSubmissionResponse::Update(SlackViewSubmissionUpdateResponse::new(
+            views::request_received(&asked.request),
         ))),
         Err(e) => {
             tracing::error!(error = %e, "could not store a request");
@@ -545,54 +526,6 @@ async fn handle_request_submission(
             )
         }
     }
-}
-
-/// Whether Stripe knows the payment and has enough left; `Err((block, why))` when it says no.
-/// Stripe being slow or down is not a no: the request is accepted and checked by its job.
-async fn quick_check(
-    ctx: &AppContext,
-    target: &crate::domain::PaymentRef,
-    amount: &crate::domain::AmountAsked,
-) -> Result<(), (&'static str, String)> {
-    use crate::domain::{AmountAsked, PaymentRef};
-    use crate::stripe::StripeError;
-    use views::{AMOUNT_BLOCK, CHARGE_BLOCK};
-    let missing = |what: String| (CHARGE_BLOCK, format!("Stripe has no {what}; check the id."));
-    let charge = match target {
-        PaymentRef::Charge(id) => ctx.stripe.get_charge(id.as_str()).await,
-        PaymentRef::PaymentIntent(pi) => match ctx.stripe.get_payment_intent(pi.as_str()).await {
-            Ok(intent) => match intent.latest_charge {
-                Some(c) => ctx.stripe.get_charge(c.id()).await,
-                None => {
-                    return Err((
-                        CHARGE_BLOCK,
-                        format!("The payment intent `{pi}` has no charge yet (Stripe says `{}`).", intent.status),
-                    ));
-                }
-            },
-            Err(e) => Err(e),
-        },
-    };
-    let charge = match charge {
-        Ok(c) => c,
-        Err(StripeError::NotFound(_)) => return Err(missing(format!("payment `{target}`"))),
-        Err(_) => return Ok(()),
-    };
-    let Ok(facts) = crate::worker::handlers::facts_of(&charge) else { return Ok(()) };
-    if let Some(why) = crate::worker::handlers::unrefundable(&charge, &facts) {
-        return Err((CHARGE_BLOCK, why));
-    }
-    if let AmountAsked::Exact(input) = amount {
-        let remaining = facts.remaining();
-        match input.to_money(remaining.currency()) {
-            Err(e) => return Err((AMOUNT_BLOCK, e.to_string())),
-            Ok(m) if m.minor() > remaining.minor() => {
-                return Err((AMOUNT_BLOCK, format!("{m} is more than the {remaining} still refundable.")));
-            }
-            Ok(_) => {}
-        }
-    }
-    Ok(())
 }
 
 /// `POST /slack/events`

@@ -70,7 +70,7 @@ async fn apply_unseen(ctx: &AppContext, newest_first: Vec<serde_json::Value>) ->
             None => true,
         };
         if !seen {
-            super::inbound::apply_event(ctx, event, ctx.now()).await?;
+            crate::desk::stripe_news::apply_event(ctx, event, ctx.now()).await?;
             applied += 1;
         }
     }
@@ -97,7 +97,7 @@ async fn read_after_cursor(ctx: &AppContext) -> Result<usize, ReadError> {
         };
         listed += page.data.len();
         for event in page.data.into_iter().rev() {
-            super::inbound::apply_event(ctx, event, ctx.now()).await?;
+            crate::desk::stripe_news::apply_event(ctx, event, ctx.now()).await?;
         }
         ctx.store.set_events_cursor(Some(&newest)).await?;
         if !page.has_more {

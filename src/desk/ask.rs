@@ -1,0 +1,94 @@
+//! Someone asks for a refund, by slash command or by the form: who may ask, a quick look at
+//! Stripe for the form (within a budget, never required), and the request stored, on disk before
+//! they are answered. Checking the payment properly, the policy and the card are jobs.
+
+use crate::context::AppContext;
+use crate::domain::{AmountAsked, NewRequest, PaymentRef, RefundRequest, UserId};
+use crate::storage::StoreError;
+
+/// `SLACK_REQUESTERS`, when set, limits who may ask for refunds; `Err` is what to tell them.
+pub fn may_ask(ctx: &AppContext, user: &UserId) -> Result<(), String> {
+    match &ctx.settings.slack.requesters {
+        Some(allowed) if !allowed.contains(user) => Err(
+            "You are not on the list of people who may ask for refunds, so nothing was stored. Ask finance to add you."
+                .into(),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// A request stored, and the requests on the same payment made before it (for the answer).
+#[derive(Debug)]
+pub struct Asked {
+    pub request: RefundRequest,
+    pub earlier_on_payment: Vec<RefundRequest>,
+}
+
+/// Stores the request; durable on return. `shown` bounds how many earlier requests on the
+/// payment are read for the answer.
+pub async fn ask(ctx: &AppContext, new: NewRequest, shown: usize) -> Result<Asked, StoreError> {
+    let request = ctx.store.insert_request(new, ctx.now()).await?;
+    // Only requests numbered before this one: they were written no later than it, so the sync
+    // it waited for covers them too.
+    let earlier_on_payment = match ctx.store.others_on_payment(&request, shown).await {
+        Ok((mut others, _)) => {
+            others.retain(|o| o.id < request.id);
+            others
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read the other requests on the payment");
+            vec![]
+        }
+    };
+    Ok(Asked { request, earlier_on_payment })
+}
+
+/// Which of the asker's inputs a problem Stripe reported is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    Payment,
+    Amount,
+}
+
+/// Whether Stripe knows the payment and has enough left; `Err` when it says no, naming the
+/// input at fault. Stripe being slow or down is not a no: the request is accepted and checked
+/// by its job.
+pub async fn quick_check(ctx: &AppContext, target: &PaymentRef, amount: &AmountAsked) -> Result<(), (Input, String)> {
+    use crate::stripe::StripeError;
+    let missing = |what: String| (Input::Payment, format!("Stripe has no {what}; check the id."));
+    let charge = match target {
+        PaymentRef::Charge(id) => ctx.stripe.get_charge(id.as_str()).await,
+        PaymentRef::PaymentIntent(pi) => match ctx.stripe.get_payment_intent(pi.as_str()).await {
+            Ok(intent) => match intent.latest_charge {
+                Some(c) => ctx.stripe.get_charge(c.id()).await,
+                None => {
+                    return Err((
+                        Input::Payment,
+                        format!("The payment intent `{pi}` has no charge yet (Stripe says `{}`).", intent.status),
+                    ));
+                }
+            },
+            Err(e) => Err(e),
+        },
+    };
+    let charge = match charge {
+        Ok(c) => c,
+        Err(StripeError::NotFound(_)) => return Err(missing(format!("payment `{target}`"))),
+        Err(_) => return Ok(()),
+    };
+    let Ok(facts) = crate::worker::handlers::facts_of(&charge) else { return Ok(()) };
+    if let Some(why) = crate::worker::handlers::unrefundable(&charge, &facts) {
+        return Err((Input::Payment, why));
+    }
+    if let AmountAsked::Exact(input) = amount {
+        let remaining = facts.remaining();
+        match input.to_money(remaining.currency()) {
+            Err(e) => return Err((Input::Amount, e.to_string())),
+            Ok(m) if m.minor() > remaining.minor() => {
+                return Err((Input::Amount, format!("{m} is more than the {remaining} still refundable.")));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
