@@ -17,20 +17,16 @@ pub fn may_ask(ctx: &AppContext, user: &UserId) -> Result<(), String> {
     }
 }
 
-/// A request stored, and the requests on the same payment made before it (for the answer).
-#[derive(Debug)]
-pub struct Asked {
-    pub request: RefundRequest,
-    pub earlier_on_payment: Vec<RefundRequest>,
+/// Stores the request; durable on return.
+pub async fn ask(ctx: &AppContext, new: NewRequest) -> Result<RefundRequest, StoreError> {
+    ctx.store.insert_request(new, ctx.now()).await
 }
 
-/// Stores the request; durable on return. `shown` bounds how many earlier requests on the
-/// payment are read for the answer.
-pub async fn ask(ctx: &AppContext, new: NewRequest, shown: usize) -> Result<Asked, StoreError> {
-    let request = ctx.store.insert_request(new, ctx.now()).await?;
-    // Only requests numbered before this one: they were written no later than it, so the sync
-    // it waited for covers them too.
-    let earlier_on_payment = match ctx.store.others_on_payment(&request, shown).await {
+/// Up to `shown` requests on the same payment made before `request`, to tell the asker. Only
+/// requests numbered before it: they were written no later than it, so the sync it waited for
+/// covers them too. A failed read is logged and shows none.
+pub async fn earlier_on_payment(ctx: &AppContext, request: &RefundRequest, shown: usize) -> Vec<RefundRequest> {
+    match ctx.store.others_on_payment(request, shown).await {
         Ok((mut others, _)) => {
             others.retain(|o| o.id < request.id);
             others
@@ -39,8 +35,7 @@ pub async fn ask(ctx: &AppContext, new: NewRequest, shown: usize) -> Result<Aske
             tracing::warn!(error = %e, "could not read the other requests on the payment");
             vec![]
         }
-    };
-    Ok(Asked { request, earlier_on_payment })
+    }
 }
 
 /// Which of the asker's inputs a problem Stripe reported is about.

@@ -214,9 +214,8 @@ async fn store_request(
         customer_email: None,
         response_url: trusted_response_url(ctx, &cmd.response_url),
     };
-    match crate::desk::ask::ask(ctx, new, views::OTHERS_SHOWN).await {
-        Ok(asked) => {
-            let r = &asked.request;
+    match crate::desk::ask::ask(ctx, new).await {
+        Ok(r) => {
             let mut text = format!(
                 "Got it: *{}*, a refund of {} on `{}` ({}). I am checking the charge at Stripe; then it goes to finance for approval. You will hear the outcome in a direct message.",
                 r.id,
@@ -224,7 +223,8 @@ async fn store_request(
                 r.target,
                 r.reason.label()
             );
-            if let Some(notice) = views::others_notice(&asked.earlier_on_payment) {
+            let earlier = crate::desk::ask::earlier_on_payment(ctx, &r, views::OTHERS_SHOWN).await;
+            if let Some(notice) = views::others_notice(&earlier) {
                 text.push('\n');
                 text.push_str(&notice);
             }
@@ -514,9 +514,9 @@ async fn handle_request_submission(
         customer_email: email,
         response_url: None,
     };
-    match crate::desk::ask::ask(ctx, new, 0).await {
-        Ok(asked) => Some(SlackViewSubmissionResponse::Update(SlackViewSubmissionUpdateResponse::new(
-            views::request_received(&asked.request),
+    match crate::desk::ask::ask(ctx, new).await {
+        Ok(request) => Some(SlackViewSubmissionResponse::Update(SlackViewSubmissionUpdateResponse::new(
+            views::request_received(&request),
         ))),
         Err(e) => {
             tracing::error!(error = %e, "could not store a request");

@@ -149,9 +149,7 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
-    if let Some(heartbeat) = heartbeat {
-        heartbeat.abort();
-    }
+    drop(heartbeat);
     // What did not finish is handed back now, not when its claims run out.
     if let Err(e) = ctx.store.release_claims().await {
         tracing::warn!(error = %e, "could not hand back the jobs left unfinished; other replicas take them when their claims run out");
@@ -161,22 +159,37 @@ pub async fn run_jobs_until_stopped(ctx: Arc<AppContext>, mut shutdown: watch::R
 /// On a store shared by replicas, renews the claim on every job running here three times a
 /// lease, so a job that runs long (Stripe slow, a large backlog) is never taken over by another
 /// replica while this one is alive and still running it.
-fn keep_claims(ctx: &Arc<AppContext>, running: &Arc<Mutex<HashSet<u64>>>) -> Option<tokio::task::JoinHandle<()>> {
+/// The renewals stop when this is dropped, however the runner ends (a stop, a panic).
+fn keep_claims(ctx: &Arc<AppContext>, running: &Arc<Mutex<HashSet<u64>>>) -> Option<AbortOnDrop> {
     let crate::config::StoreSettings::Postgres { lease, .. } = &ctx.settings.store else { return None };
     let every = *lease / 3;
     let (ctx, running) = (ctx.clone(), running.clone());
-    Some(tokio::spawn(async move {
+    Some(AbortOnDrop(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::time::sleep(every).await;
+            ticks.tick().await;
             let ids: Vec<u64> = running.lock().map(|r| r.iter().copied().collect()).unwrap_or_default();
             if ids.is_empty() {
                 continue;
             }
-            if let Err(e) = ctx.store.renew_claims(&ids, ctx.now()).await {
-                tracing::warn!(error = %e, "could not renew the claims on running jobs");
+            // A renewal that cannot finish within a round gives way to the next one.
+            match tokio::time::timeout(every, ctx.store.renew_claims(&ids, ctx.now())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not renew the claims on running jobs"),
+                Err(_) => tracing::warn!("renewing the claims on running jobs took longer than a round"),
             }
         }
-    }))
+    })))
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A job marked as running; unmarked when dropped, however the task ends (finished, panicked

@@ -282,7 +282,11 @@ async fn an_events_api_retry_with_the_same_event_id_is_acknowledged_and_ignored(
                 .header("x-slack-request-timestamp", ts.to_string())
                 .header(
                     "x-slack-signature",
-                    refund_desk::slack::verify::sign(refund_desk_standins::driver::SIGNING_SECRET, ts, body.as_bytes()),
+                    refund_desk_standins::driver::sign_request(
+                        refund_desk_standins::driver::SIGNING_SECRET,
+                        ts,
+                        body.as_bytes(),
+                    ),
                 );
             if let Some(n) = retry {
                 req = req.header("x-slack-retry-num", n).header("x-slack-retry-reason", "http_timeout");

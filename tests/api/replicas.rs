@@ -238,8 +238,11 @@ async fn one_stripe_event_delivered_to_both_replicas_at_once_is_applied_once() {
     let deliver = |port: u16| {
         let (http, body) = (http.clone(), body.clone());
         async move {
-            let signature =
-                refund_desk::stripe::webhook::sign(&body, driver::WEBHOOK_SECRET, chrono::Utc::now().timestamp());
+            let signature = refund_desk_standins::stripe::sign_webhook(
+                &body,
+                driver::WEBHOOK_SECRET,
+                chrono::Utc::now().timestamp(),
+            );
             http.post(format!("http://127.0.0.1:{port}/stripe/webhook"))
                 .header("content-type", "application/json")
                 .header("stripe-signature", signature)

@@ -35,7 +35,7 @@ async fn unsigned_forged_and_stale_slack_requests_get_401_and_change_nothing() {
         .post(format!("{}/slack/commands", app.driver.base))
         .header("content-type", FORM)
         .header("x-slack-request-timestamp", now.to_string())
-        .header("x-slack-signature", refund_desk::slack::verify::sign(SIGNING_SECRET, now, body.as_bytes()))
+        .header("x-slack-signature", refund_desk_standins::driver::sign_request(SIGNING_SECRET, now, body.as_bytes()))
         .body(body.replace("5", "50"))
         .send()
         .await
@@ -106,10 +106,14 @@ async fn a_forged_stripe_event_gets_400_and_changes_nothing() {
     let url = format!("{}/stripe/webhook", app.driver.base);
     let now = chrono::Utc::now().timestamp();
     for (name, header) in [
-        ("wrong secret", Some(refund_desk::stripe::webhook::sign(&body, "whsec_forged", now))),
+        ("wrong secret", Some(refund_desk_standins::stripe::sign_webhook(&body, "whsec_forged", now))),
         (
             "too old",
-            Some(refund_desk::stripe::webhook::sign(&body, refund_desk_standins::driver::WEBHOOK_SECRET, now - 301)),
+            Some(refund_desk_standins::stripe::sign_webhook(
+                &body,
+                refund_desk_standins::driver::WEBHOOK_SECRET,
+                now - 301,
+            )),
         ),
         ("missing", None),
     ] {
@@ -144,4 +148,39 @@ async fn url_verification_echoes_the_challenge() {
     assert_eq!(response.status(), 200);
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(answer["challenge"], "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P");
+}
+
+/// The stand-ins sign with code of their own, so the desk's verifier is checked against an
+/// independent signer. Both signers reproduce the official libraries' vectors, and the ids the
+/// stand-ins send are the desk's.
+#[test]
+fn the_stand_ins_sign_as_slack_and_stripe_do_and_send_the_desks_ids() {
+    use refund_desk_standins::{driver, stripe};
+    let slack: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/signatures/slack_sig_vectors.json")).unwrap();
+    let mut checked = 0;
+    for v in slack["vectors"].as_array().unwrap() {
+        let Some(expected) = v["expected_signature_for_body"].as_str() else { continue };
+        let timestamp: i64 = v["timestamp"].as_str().unwrap().parse().unwrap();
+        let secret = v["signing_secret"].as_str().unwrap();
+        assert_eq!(driver::sign_request(secret, timestamp, v["body"].as_str().unwrap().as_bytes()), expected);
+        checked += 1;
+    }
+    let stripe_vectors: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/signatures/stripe_sig_vectors.json")).unwrap();
+    for v in stripe_vectors["vectors"].as_array().unwrap() {
+        let Some(expected) = v["expected_v1_for_secret"].as_str() else { continue };
+        let t = v["timestamp"].as_i64().unwrap();
+        let signed = stripe::sign_webhook(v["payload"].as_str().unwrap().as_bytes(), v["secret"].as_str().unwrap(), t);
+        assert_eq!(signed, format!("t={t},v1={expected}"), "{}", v["name"]);
+        checked += 1;
+    }
+    assert!(checked >= 4, "the vectors were read: {checked}");
+    use refund_desk::slack::views;
+    assert_eq!(
+        [driver::APPROVE_ACTION, driver::DENY_CALLBACK, driver::DENY_REASON_BLOCK, driver::DENY_REASON_ACTION],
+        [views::APPROVE_ACTION, views::DENY_CALLBACK, views::DENY_REASON_BLOCK, views::DENY_REASON_ACTION]
+    );
+    assert_eq!([driver::REASON_BLOCK, driver::INPUT_ACTION], [views::REASON_BLOCK, views::INPUT_ACTION]);
+    assert_eq!(stripe::API_VERSION, refund_desk::stripe::client::API_VERSION);
 }

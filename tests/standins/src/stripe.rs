@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The API version the stand-in's events carry, as the desk's client pins it.
-const API_VERSION: &str = "2024-10-28.acacia";
+pub const API_VERSION: &str = "2024-10-28.acacia";
 
 /// `Stripe-Signature` for `body` at time `t`, as Stripe computes it (HMAC-SHA256 over
 /// `t.body`), written here independently of the desk's verifier.
