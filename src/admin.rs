@@ -48,10 +48,10 @@ pub async fn migrate(from: &Path, to: &str) -> anyhow::Result<String> {
             from.display()
         );
     }
-    let copy = sled.export_copy()?;
     if let Some(at) = sled.migrated_at()? {
         anyhow::bail!("the store in {} was already copied to PostgreSQL on {at}; nothing was copied", from.display());
     }
+    let copy = sled.export_copy()?;
     crate::storage::postgres::PgStore::import_copy(to, &copy).await.map_err(|e| match e {
         StoreError::NotEmpty(why) => {
             anyhow::anyhow!("{why}; nothing was copied. Migrate into an empty database, before any desk starts on it")

@@ -1,6 +1,7 @@
 //! The real binary, killed with SIGKILL at each step of the flow and restarted on the same data
 //! directory: every request still ends with exactly one refund and a finished thread.
 
+use crate::helpers::{card_in, request_id_in};
 use refund_desk::domain::RequestId;
 use refund_desk_standins::driver::{self, SlackDriver};
 use refund_desk_standins::stripe::Fault;
@@ -77,22 +78,15 @@ impl World {
     async fn request(&self, text: &str) -> RequestId {
         let (status, body) = self.driver.slash(REQUESTER, text).await;
         assert_eq!(status, 200);
-        let answer = body["text"].as_str().unwrap().to_string();
-        answer.split(|c: char| c == '*' || c.is_whitespace()).find_map(|w| RequestId::parse(w).ok()).expect("an id")
+        request_id_in(body["text"].as_str().unwrap_or_default())
     }
 
     async fn card_ts(&self, id: RequestId) -> String {
-        let marker = format!("Refund request {id}");
-        wait_for(DEADLINE, || {
-            self.slack.messages_in(driver::FINANCE_CHANNEL).into_iter().find(|m| m.text.starts_with(&marker))
-        })
-        .await
-        .unwrap_or_else(|| panic!("no card for {id}"))
-        .ts
+        card_in(&self.slack, id).await.ts
     }
 
     fn refunds_for(&self, id: RequestId) -> Vec<serde_json::Value> {
-        self.stripe.refunds().into_iter().filter(|r| r["metadata"]["refund_request_id"] == id.to_string()).collect()
+        self.stripe.refunds_for(&id.to_string())
     }
 
     /// Drives the request to its end from wherever it is, then checks the invariants.

@@ -1,14 +1,8 @@
 use crate::helpers::*;
-use refund_desk::domain::{RequestId, RequestStatus};
+use refund_desk::domain::RequestStatus;
 use refund_desk::slack::views::{AMOUNT_BLOCK, CHARGE_BLOCK, EMAIL_BLOCK, NOTE_BLOCK, REASON_BLOCK, REQUEST_CALLBACK};
 use refund_desk_standins::{ChargeSpec, wait_for};
 use std::time::Duration;
-
-fn id_in(text: &str) -> RequestId {
-    text.split(|c: char| c == '*' || c.is_whitespace())
-        .find_map(|w| RequestId::parse(w).ok())
-        .unwrap_or_else(|| panic!("no id in {text}"))
-}
 
 #[tokio::test]
 async fn refund_alone_opens_the_form_with_the_commands_trigger() {
@@ -78,7 +72,7 @@ async fn the_form_asks_stripe_before_accepting_when_stripe_answers_in_time() {
 
     let accepted = submit(charge, "10.00").await;
     assert_eq!(accepted["response_action"], "update", "{accepted}");
-    let id = id_in(&accepted["view"]["blocks"].to_string());
+    let id = request_id_in(&accepted["view"]["blocks"].to_string());
     let r = app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
     assert_eq!(r.customer_email.as_deref(), Some("jenny@shop.example"));
     assert_eq!(r.note.unwrap().as_str(), "double charged");
@@ -102,7 +96,7 @@ async fn when_stripe_is_slow_the_form_accepts_and_the_requester_hears_later() {
         )
         .await;
     assert_eq!(body["response_action"], "update", "accepted without waiting: {body}");
-    let id = id_in(&body["view"]["blocks"].to_string());
+    let id = request_id_in(&body["view"]["blocks"].to_string());
     app.stripe.set_read_delay(Duration::ZERO);
     app.wait_for_status(id, RequestStatus::Rejected).await;
     let dm = wait_for(DEADLINE, || app.direct_messages(REQUESTER).pop()).await.expect("told by DM");

@@ -80,8 +80,7 @@ async fn a_refund_goes_from_slash_command_to_one_stripe_refund_and_one_customer_
 
     // The requester hears the outcome privately, and Stripe made one refund for this request.
     assert!(app.direct_messages(REQUESTER).iter().any(|m| m.contains("R-1001") && m.contains("succeeded")));
-    let ours: Vec<_> =
-        app.stripe.refunds().into_iter().filter(|r| r["metadata"]["refund_request_id"] == "R-1001").collect();
+    let ours = app.stripe.refunds_for("R-1001");
     assert_eq!(ours.len(), 1);
 }
 

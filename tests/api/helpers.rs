@@ -156,11 +156,7 @@ impl TestApp {
 
     /// `/refund <text>` that must be accepted; returns the new request's id.
     pub async fn request_refund(&self, text: &str) -> RequestId {
-        let answer = self.slash_refund(REQUESTER, text).await;
-        answer
-            .split(|c: char| c == '*' || c.is_whitespace())
-            .find_map(|w| RequestId::parse(w).ok())
-            .unwrap_or_else(|| panic!("no request id in {answer:?}"))
+        request_id_in(&self.slash_refund(REQUESTER, text).await)
     }
 
     pub async fn request(&self, id: RequestId) -> RefundRequest {
@@ -180,10 +176,7 @@ impl TestApp {
 
     /// Waits until the request's card is in the finance channel.
     pub async fn card(&self, id: RequestId) -> Posted {
-        let marker = format!("Refund request {id}");
-        wait_for(DEADLINE, || self.slack.messages_in(FINANCE).into_iter().find(|m| m.text.starts_with(&marker)))
-            .await
-            .unwrap_or_else(|| panic!("no card for {id}"))
+        card_in(&self.slack, id).await
     }
 
     /// A request for a fresh $25.00 charge, waiting for approval; returns it and its card.
@@ -357,4 +350,20 @@ pub static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub fn children_of(pid: u32) -> Vec<u32> {
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     children.split_whitespace().filter_map(|c| c.parse().ok()).collect()
+}
+
+/// The request id in the desk's answer to `/refund` (`Got it: *R-1001*, ...`).
+pub fn request_id_in(answer: &str) -> RequestId {
+    answer
+        .split(|c: char| c == '*' || c.is_whitespace())
+        .find_map(|w| RequestId::parse(w).ok())
+        .unwrap_or_else(|| panic!("no request id in {answer:?}"))
+}
+
+/// Waits for request `id`'s card in the finance channel.
+pub async fn card_in(slack: &refund_desk_standins::FakeSlack, id: RequestId) -> Posted {
+    let marker = format!("Refund request {id}");
+    wait_for(DEADLINE, || slack.messages_in(FINANCE).into_iter().find(|m| m.text.starts_with(&marker)))
+        .await
+        .unwrap_or_else(|| panic!("no card for {id}"))
 }

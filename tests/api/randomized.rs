@@ -49,8 +49,7 @@ async fn check_invariants(app: &TestApp, expectations: &HashMap<RequestId, Expec
     let approvers: Vec<UserId> = [APPROVER, APPROVER_2, REQUESTER].iter().map(|u| UserId::parse(u).unwrap()).collect();
     for (id, expect) in expectations {
         let r = store.get_request(*id).await.unwrap().unwrap();
-        let refunds: Vec<_> =
-            app.stripe.refunds().into_iter().filter(|x| x["metadata"]["refund_request_id"] == id.to_string()).collect();
+        let refunds = app.stripe.refunds_for(&id.to_string());
         let emails = r
             .refund
             .as_ref()

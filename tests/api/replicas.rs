@@ -4,7 +4,7 @@
 //! once. These need a database: without `REFUND_DESK_TEST_DATABASE_URL` they say they were
 //! skipped (and fail under `REFUND_DESK_REQUIRE_POSTGRES`, as in `.ci/run`).
 
-use crate::helpers::{KillOnDrop, desk_command, free_port, wait_until_ready};
+use crate::helpers::{KillOnDrop, card_in, desk_command, free_port, request_id_in, wait_until_ready};
 use refund_desk::domain::{RequestId, RequestStatus};
 use refund_desk::storage::Store;
 use refund_desk_standins::driver::{self, SlackDriver};
@@ -109,18 +109,11 @@ impl Desk {
     async fn request(&self, replica: usize, text: &str) -> RequestId {
         let (status, body) = self.replicas[replica].driver.slash(REQUESTER, text).await;
         assert_eq!(status, 200, "{body}");
-        let answer = body["text"].as_str().unwrap_or_default().to_string();
-        answer.split(|c: char| c == '*' || c.is_whitespace()).find_map(|w| RequestId::parse(w).ok()).expect("an id")
+        request_id_in(body["text"].as_str().unwrap_or_default())
     }
 
     async fn card_ts(&self, id: RequestId) -> String {
-        let marker = format!("Refund request {id}");
-        wait_for(DEADLINE, || {
-            self.slack.messages_in(driver::FINANCE_CHANNEL).into_iter().find(|m| m.text.starts_with(&marker))
-        })
-        .await
-        .unwrap_or_else(|| panic!("no card for {id}"))
-        .ts
+        card_in(&self.slack, id).await.ts
     }
 
     async fn wait_for_status(&self, id: RequestId, status: RequestStatus) {
@@ -150,7 +143,7 @@ impl Desk {
     }
 
     fn refunds_for(&self, id: RequestId) -> Vec<serde_json::Value> {
-        self.stripe.refunds().into_iter().filter(|r| r["metadata"]["refund_request_id"] == id.to_string()).collect()
+        self.stripe.refunds_for(&id.to_string())
     }
 }
 

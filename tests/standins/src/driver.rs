@@ -195,29 +195,12 @@ impl SlackDriver {
         self.interaction(&Self::click_payload(user, action_id, request_id, card_ts)).await.status().as_u16()
     }
 
-    /// `user` submits the deny form for `request_id` with `reason`; returns status and body.
     /// The `view_submission` of the deny form for `request_id` with `reason`.
     pub fn deny_payload(user: &str, request_id: &str, reason: &str) -> Value {
-        json!({
-            "type": "view_submission",
-            "team": { "id": "T00000001", "domain": "acme" },
-            "user": { "id": user, "username": "someone", "name": "someone", "team_id": "T00000001" },
-            "api_app_id": "A00000001",
-            "token": "gIkuvaNzQIHg97ATvDxqgjtO",
-            "trigger_id": "12466734323.1395872398.abc",
-            "view": {
-                "id": "V0000001", "team_id": "T00000001", "type": "modal", "app_id": "A00000001", "bot_id": "B00000001",
-                "title": { "type": "plain_text", "text": "Deny refund", "emoji": true },
-                "submit": { "type": "plain_text", "text": "Deny", "emoji": true },
-                "close": { "type": "plain_text", "text": "Cancel", "emoji": true },
-                "blocks": [], "root_view_id": "V0000001", "previous_view_id": null, "external_id": "",
-                "clear_on_close": false, "notify_on_close": false,
-                "callback_id": DENY_CALLBACK, "private_metadata": request_id, "hash": "1700000000.abc",
-                "state": { "values": { DENY_REASON_BLOCK: { DENY_REASON_ACTION: { "type": "plain_text_input", "value": reason } } } }
-            }
-        })
+        Self::view_submission_payload(user, DENY_CALLBACK, request_id, &[(DENY_REASON_BLOCK, reason)])
     }
 
+    /// `user` submits the deny form for `request_id` with `reason`; returns status and body.
     pub async fn submit_deny(&self, user: &str, request_id: &str, reason: &str) -> (u16, String) {
         let payload = Self::deny_payload(user, request_id, reason);
         let response = self.interaction(&payload).await;
@@ -245,6 +228,12 @@ impl SlackDriver {
                 (block.to_string(), json!({ action: input }))
             })
             .collect();
+        // The desk's two forms, titled as it opens them.
+        let (title, submit) = if callback_id == DENY_CALLBACK {
+            (format!("Deny {private_metadata}"), "Deny")
+        } else {
+            ("Refund request".to_string(), "Send")
+        };
         json!({
             "type": "view_submission",
             "team": { "id": "T00000001", "domain": "acme" },
@@ -253,8 +242,8 @@ impl SlackDriver {
             "trigger_id": "12466734323.1395872398.form",
             "view": {
                 "id": "V0000002", "team_id": "T00000001", "type": "modal", "app_id": "A00000001", "bot_id": "B00000001",
-                "title": { "type": "plain_text", "text": "Refund request", "emoji": true },
-                "submit": { "type": "plain_text", "text": "Send", "emoji": true },
+                "title": { "type": "plain_text", "text": title, "emoji": true },
+                "submit": { "type": "plain_text", "text": submit, "emoji": true },
                 "close": { "type": "plain_text", "text": "Cancel", "emoji": true },
                 "blocks": [], "root_view_id": "V0000002", "previous_view_id": null, "external_id": "",
                 "clear_on_close": false, "notify_on_close": true,

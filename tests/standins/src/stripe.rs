@@ -344,6 +344,11 @@ impl FakeStripe {
         self.lock().refunds.values().cloned().collect()
     }
 
+    /// The refunds made for refund-desk's request `request_id` (by its metadata).
+    pub fn refunds_for(&self, request_id: &str) -> Vec<Value> {
+        self.refunds().into_iter().filter(|r| r["metadata"]["refund_request_id"] == request_id).collect()
+    }
+
     pub fn charge(&self, id: &str) -> Option<Value> {
         self.lock().charges.get(id).cloned()
     }
