@@ -369,7 +369,7 @@ async fn an_imported_request_keeps_its_number_and_new_ones_follow_it(store: Stor
     assert!(next.id.number() > 5000, "{} would reuse a number", next.id);
 }
 
-async fn a_lease_is_its_holders_to_renew_and_a_shared_value_is_read_back(store: Store) {
+async fn a_lease_is_taken_and_renewed_by_its_holder_and_a_shared_value_is_read_back(store: Store) {
     let now = Utc::now();
     assert!(store.take_lease("work", "replica-a", now, now + Span::seconds(30)).await.unwrap());
     assert!(store.take_lease("work", "replica-a", now, now + Span::seconds(60)).await.unwrap(), "renewed");
@@ -423,7 +423,7 @@ contract!(
     the_queries_behind_app_home_and_the_card_read_what_was_written,
     emails_home_users_and_the_events_cursor_are_kept,
     an_imported_request_keeps_its_number_and_new_ones_follow_it,
-    a_lease_is_its_holders_to_renew_and_a_shared_value_is_read_back,
+    a_lease_is_taken_and_renewed_by_its_holder_and_a_shared_value_is_read_back,
 );
 
 /// `refund-desk migrate`: a sled store's whole content, copied into PostgreSQL, reads the same
