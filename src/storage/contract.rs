@@ -360,6 +360,11 @@ async fn emails_home_users_and_the_events_cursor_are_kept(store: Store) {
 }
 
 async fn an_imported_request_keeps_its_number_and_new_ones_follow_it(store: Store) {
+    // One numbered below where numbering starts moves nothing: the next is still R-1001.
+    let low = RefundRequest::new(RequestId::new(900), new_request("ch_1"), Utc::now());
+    store.import_request(&low).await.unwrap();
+    let first = store.insert_request(new_request("ch_1"), Utc::now()).await.unwrap();
+    assert_eq!(first.id.to_string(), "R-1001");
     let mut r = RefundRequest::new(RequestId::new(5000), new_request("ch_1"), Utc::now());
     r.status = RequestStatus::Succeeded;
     store.import_request(&r).await.unwrap();

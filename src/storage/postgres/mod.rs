@@ -712,7 +712,10 @@ impl Engine for PgStore {
             write_request(&tx, request).await?;
             // The counter moves past what was imported: numbers are never handed out twice.
             tx.execute(
-                "SELECT setval('request_numbers', GREATEST((SELECT last_value FROM request_numbers), $1::bigint))",
+                // The highest number handed out so far (none yet: one below the start), or this one.
+                "SELECT setval('request_numbers', GREATEST(
+                     (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM request_numbers),
+                     $1::bigint))",
                 &[&id_param(request.id)],
             )
             .await?;
