@@ -35,8 +35,9 @@ async fn build_homes(store: &Store) -> usize {
     let approver = UserId::parse("U0APPROVE1").expect("id");
     let requester = UserId::parse("U0SUPPORT07").expect("id");
     let mut bytes = 0;
-    for (user, is_approver) in [(&approver, true), (&requester, false)] {
-        let view = home_for(store, user, is_approver, Utc::now()).await.expect("read");
+    let authority = Authority::of(Approvers::new([approver.clone()]));
+    for user in [&approver, &requester] {
+        let view = home_for(store, user, &authority, Utc::now()).await.expect("read");
         bytes += serde_json::to_string(&view).expect("json").len();
     }
     bytes

@@ -61,7 +61,12 @@ pub async fn migrate(from: &Path, to: &str) -> anyhow::Result<String> {
     let target = crate::storage::postgres::PgStore::connect(to, crate::storage::postgres::DEFAULT_LEASE).await?;
     let target = Store::Postgres(target);
     let entries = target.audit_entries().await?;
+    let sorted = |mut v: Vec<(String, String)>| {
+        v.sort();
+        v
+    };
     let checks = [
+        ("the shared values", sorted(target.shared_values("").await?) == sorted(copy.shared_values.clone())),
         ("the installation id", target.install_id() == copy.install_id),
         ("the requests", target.all_requests().await? == copy.requests),
         ("the audit trail", entries == copy.audit.0),

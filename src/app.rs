@@ -161,7 +161,11 @@ impl Application {
         tokio::spawn(prune_seen_events_until_stopped(ctx.clone(), stop_rx.clone()));
         tokio::spawn(crate::stripe::events::read_events_until_stopped(ctx.clone(), stop_rx.clone()));
         tokio::spawn(run_metrics_upkeep_until_stopped(stop_rx.clone()));
-        if ctx.settings.slack.approver_group.is_some() {
+        if ctx.settings.policy.digest_at.is_some() {
+            tokio::spawn(post_digest_until_stopped(ctx.clone(), stop_rx.clone()));
+        }
+        let slack = &ctx.settings.slack;
+        if slack.approver_group.is_some() || slack.seniors.group.is_some() || slack.escalation.group.is_some() {
             tokio::spawn(refresh_approvers_until_stopped(ctx.clone(), stop_rx.clone()));
         }
         let app = router(ctx.clone());
@@ -257,6 +261,28 @@ async fn prune_seen_events_until_stopped(ctx: Arc<AppContext>, mut stop: watch::
     }
 }
 
+/// Posts the daily digest when it falls due. Looks every few seconds, which costs nothing
+/// once the day's digest is known to be out; the replica holding the lease posts it.
+async fn post_digest_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    use crate::desk::digest::{Sent, due_day, post_digest_if_due};
+    let mut done = None;
+    loop {
+        if let Some(day) = due_day(&ctx)
+            && done != Some(day)
+        {
+            match post_digest_if_due(&ctx, lease_span(Duration::from_secs(60))).await {
+                Ok(Sent::Posted(day) | Sent::Already(day)) => done = Some(day),
+                Ok(Sent::NotDue | Sent::NotOurs) => {}
+                Err(e) => tracing::warn!(error = %e, %day, "could not post the daily digest; trying again"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Folds recorded histogram samples into their buckets every few seconds. The recorder keeps
 /// every sample until then, so without it memory grows with traffic whenever nobody scrapes
 /// `/metrics`.
@@ -270,7 +296,7 @@ async fn run_metrics_upkeep_until_stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Keeps the approver group's members fresh until shutdown.
+/// Keeps the role groups' members fresh until shutdown.
 /// The replica holding the lease reads the group from Slack and shares it; the others take
 /// what it shared, and look more often, so all follow a change within a round or two.
 async fn refresh_approvers_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {

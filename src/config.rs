@@ -13,7 +13,7 @@ use std::time::Duration;
 use url::Url;
 
 /// Every setting refund-desk reads, by its environment name.
-pub const KNOWN_SETTINGS: [&str; 28] = [
+pub const KNOWN_SETTINGS: [&str; 32] = [
     "STRIPE_EVENTS_POLL_SECS",
     "STRIPE_EVENTS_SWEEP_SECS",
     "REFUND_DESK_CACHE_MB",
@@ -36,6 +36,10 @@ pub const KNOWN_SETTINGS: [&str; 28] = [
     "SLACK_APPROVERS",
     "SLACK_APPROVER_GROUP",
     "SLACK_REQUESTERS",
+    "SLACK_SENIOR_APPROVERS",
+    "SLACK_SENIOR_APPROVER_GROUP",
+    "SLACK_ESCALATION_APPROVERS",
+    "SLACK_ESCALATION_APPROVER_GROUP",
     "STRIPE_SECRET_KEY",
     "STRIPE_WEBHOOK_SECRET",
     "STRIPE_API_URL",
@@ -74,7 +78,11 @@ pub struct SlackSettings {
     pub approvers: Approvers,
     /// A user group whose members approve too, read from Slack and refreshed.
     pub approver_group: Option<String>,
-    /// How often the group's members are read again.
+    /// Senior approvers (named, and a group), one of whom approves at or above `senior_from`.
+    pub seniors: Role,
+    /// Escalation approvers, who may decide a request once it is escalated.
+    pub escalation: Role,
+    /// How often the groups' members are read again.
     pub approver_refresh: Duration,
     /// `None`: anyone may use `/refund`.
     pub requesters: Option<Vec<UserId>>,
@@ -192,6 +200,24 @@ pub struct Settings {
 
 /// Where settings come from: a name → value lookup (the environment in production, a map in
 /// tests), plus the TOML file it may name.
+/// People with a role: named one by one, and the members of a user group.
+#[derive(Debug, Clone, Default)]
+pub struct Role {
+    pub named: Approvers,
+    pub group: Option<String>,
+}
+
+impl Role {
+    fn from_sources(src: &Sources, users: &'static str, group: &'static str) -> Result<Role, ConfigError> {
+        let named = Approvers::new(user_list(users, src.get(users).unwrap_or(""))?);
+        let group_id = src.get(group).map(str::to_string);
+        if group_id.as_deref().is_some_and(|g| !g.starts_with('S') || g.len() < 2) {
+            return Err(invalid(group, "must be a user group id, like S0614TZR7"));
+        }
+        Ok(Role { named, group: group_id })
+    }
+}
+
 pub struct Sources {
     values: HashMap<String, String>,
     policy: Option<toml::Table>,
@@ -331,6 +357,8 @@ impl Settings {
             finance_channel: src.require("SLACK_FINANCE_CHANNEL")?.to_string(),
             approvers,
             approver_group,
+            seniors: Role::from_sources(src, "SLACK_SENIOR_APPROVERS", "SLACK_SENIOR_APPROVER_GROUP")?,
+            escalation: Role::from_sources(src, "SLACK_ESCALATION_APPROVERS", "SLACK_ESCALATION_APPROVER_GROUP")?,
             approver_refresh: Duration::from_secs(300),
             requesters,
         };
@@ -384,6 +412,18 @@ impl Settings {
             }
         };
 
+        let policy = parse_policy(src.policy.as_ref())?;
+        let nobody = |r: &Role| r.named.is_empty() && r.group.is_none();
+        if nobody(&slack.seniors) && policy.currencies.values().any(|r| r.senior_from.is_some()) {
+            return Err(ConfigError::Missing(
+                "SLACK_SENIOR_APPROVERS (or SLACK_SENIOR_APPROVER_GROUP), which senior_from needs",
+            ));
+        }
+        if nobody(&slack.escalation) && policy.escalate_after.is_some() {
+            return Err(ConfigError::Missing(
+                "SLACK_ESCALATION_APPROVERS (or SLACK_ESCALATION_APPROVER_GROUP), which escalate_after needs",
+            ));
+        }
         Ok(Settings {
             listen,
             store: StoreSettings::from_sources(src)?,
@@ -397,7 +437,7 @@ impl Settings {
                 first_retry: Duration::from_millis(number(src, "REFUND_DESK_JOB_FIRST_RETRY_MS", 500)?),
                 max_retry: Duration::from_secs(number(src, "REFUND_DESK_JOB_MAX_RETRY_SECS", 300)?),
             },
-            policy: parse_policy(src.policy.as_ref())?,
+            policy,
         })
     }
 }
@@ -464,24 +504,49 @@ pub fn parse_policy(table: Option<&toml::Table>) -> Result<Policy, ConfigError> 
                     policy.email_customer_on_failure = on;
                 }
             }
-            "remind_after" | "expire_after" => {
+            "remind_after" | "expire_after" | "escalate_after" | "remind_cooldown" => {
                 let text =
                     value.as_str().ok_or_else(|| policy_error(&at, "expected a duration like \"4h\" or \"2days\""))?;
                 let duration = humantime::parse_duration(text)
                     .map_err(|e| policy_error(&at, format!("`{text}`: {e}; write it like \"4h\" or \"2days\"")))?;
-                if key == "remind_after" {
-                    policy.remind_after = Some(duration);
-                } else {
-                    policy.expire_after = Some(duration);
+                match key.as_str() {
+                    "remind_after" => policy.remind_after = Some(duration),
+                    "expire_after" => policy.expire_after = Some(duration),
+                    "escalate_after" => policy.escalate_after = Some(duration),
+                    _ => policy.remind_cooldown = duration,
                 }
+            }
+            "require_approval_note" => {
+                policy.require_approval_note = value.as_bool().ok_or_else(|| policy_error(&at, "expected true or false"))?;
+            }
+            "digest_at" => {
+                let text = value.as_str().unwrap_or_default();
+                let time = chrono::NaiveTime::parse_from_str(text, "%H:%M")
+                    .map_err(|_| policy_error(&at, format!("`{text}` is not a time; write it like \"09:00\"")))?;
+                policy.digest_at = Some(time);
+            }
+            "timezone" => {
+                let text = value.as_str().unwrap_or_default();
+                policy.timezone = text.parse().map_err(|_| {
+                    policy_error(&at, format!("`{text}` is not a time zone; use an IANA name like \"Europe/Berlin\""))
+                })?;
             }
             _ => return Err(policy_error(&at, "unknown key")),
         }
     }
-    if let (Some(remind), Some(expire)) = (policy.remind_after, policy.expire_after)
-        && remind >= expire
-    {
-        return Err(policy_error("policy.remind_after", "must be shorter than expire_after"));
+    // Reminder, then escalation, then expiry.
+    let order = [("remind_after", policy.remind_after), ("escalate_after", policy.escalate_after), ("expire_after", policy.expire_after)];
+    for (i, (earlier, a)) in order.iter().enumerate() {
+        for (later, b) in &order[i + 1..] {
+            if let (Some(a), Some(b)) = (a, b)
+                && a >= b
+            {
+                return Err(policy_error(format!("policy.{earlier}"), format!("must be shorter than {later}")));
+            }
+        }
+    }
+    if policy.remind_cooldown.is_zero() {
+        return Err(policy_error("policy.remind_cooldown", "must be longer than zero"));
     }
     Ok(policy)
 }
@@ -520,10 +585,12 @@ fn parse_currency_rules(at: &str, table: &toml::Table, currency: Currency) -> Re
             "auto_approve_up_to" => rules.auto_approve_up_to = amount,
             "second_approval_from" => rules.second_approval_from = amount,
             "max_amount" => rules.max_amount = amount,
+            "senior_from" => rules.senior_from = amount,
+            "confirm_amount_from" => rules.confirm_amount_from = amount,
             _ => {
                 return Err(policy_error(
                     &key_at,
-                    "unknown key (auto_approve_up_to, second_approval_from, max_amount)",
+                    "unknown key (auto_approve_up_to, second_approval_from, max_amount, senior_from, confirm_amount_from)",
                 ));
             }
         }

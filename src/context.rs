@@ -4,10 +4,10 @@
 //! builds it) depend on it and not on one another.
 
 use crate::config::Settings;
-use crate::domain::UserId;
+use crate::domain::{Approvers, Authority, Delegation, UserId};
 use crate::email::Mailer;
 use crate::slack::SlackApi;
-use crate::storage::Store;
+use crate::storage::{Store, StoreError};
 use crate::stripe::StripeClient;
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
@@ -41,19 +41,40 @@ pub struct AppContext {
     pub mailer: Option<Mailer>,
     /// Set while the job runner runs; `/readyz` reads it.
     pub workers_running: AtomicBool,
-    /// Who may approve now: `SLACK_APPROVERS` plus the members of `SLACK_APPROVER_GROUP`.
-    /// A std lock: read and replaced whole, never held across an await.
-    approvers: std::sync::RwLock<crate::domain::Approvers>,
+    /// Who holds each approving role now: the people named in the settings plus the members
+    /// of each role's group. A std lock: read and replaced whole, never held across an await.
+    roster: std::sync::RwLock<Roster>,
     pub clock: Clock,
     /// This process among the replicas on one database: who holds a lease.
     pub replica: String,
 }
 
+/// The approving roles, as last read.
+#[derive(Debug, Clone, Default)]
+struct Roster {
+    approvers: Approvers,
+    seniors: Approvers,
+    escalation: Approvers,
+}
+
+/// Which role a user group gives.
+#[derive(Debug, Clone, Copy)]
+enum RoleKind {
+    Approver,
+    Senior,
+    Escalation,
+}
+
+/// Where a delegation is kept among the shared values, by delegator.
+pub const DELEGATION_PREFIX: &str = "delegation/";
+
 /// The leases periodic work runs under (see [`AppContext::holds_lease`]).
-pub const LEASES: [&str; 3] = [EVENTS_LEASE, APPROVERS_LEASE, PRUNE_LEASE];
+pub const LEASES: [&str; 4] = [EVENTS_LEASE, APPROVERS_LEASE, PRUNE_LEASE, DIGEST_LEASE];
 pub const EVENTS_LEASE: &str = "stripe_events";
 pub const APPROVERS_LEASE: &str = "approver_group";
 pub const PRUNE_LEASE: &str = "prune_event_ids";
+/// The daily digest is posted under it.
+pub const DIGEST_LEASE: &str = "daily_digest";
 /// Where the approver group's holder shares the members it read, by group: replicas started
 /// with another group (a deploy that changes it) never take each other's members.
 fn approvers_shared(group: &str) -> String {
@@ -77,9 +98,49 @@ impl AppContext {
         self.store.jobs_added().notify_one();
     }
 
-    /// The approvers as last read.
-    pub fn approvers(&self) -> crate::domain::Approvers {
-        self.approvers.read().map(|a| a.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    fn roster(&self) -> Roster {
+        self.roster.read().map(|a| a.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Everyone who may approve an ordinary request on their own account (approvers and
+    /// senior approvers), as last read.
+    pub fn approvers(&self) -> Approvers {
+        let roster = self.roster();
+        Approvers::new(roster.approvers.iter().chain(roster.seniors.iter()).cloned())
+    }
+
+    /// Everyone who may decide, and the delegations in force now, read from the store (a
+    /// delegation set on another replica counts at once).
+    pub async fn authority(&self) -> Result<Authority, StoreError> {
+        let now = self.now();
+        let delegations = self
+            .store
+            .shared_values(DELEGATION_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_str::<Option<Delegation>>(&v).ok().flatten())
+            .filter(|d| d.is_active(now))
+            .collect();
+        let roster = self.roster();
+        Ok(Authority {
+            approvers: roster.approvers,
+            seniors: roster.seniors,
+            escalation: roster.escalation,
+            delegations,
+        })
+    }
+
+    /// The role groups configured, with the role each gives.
+    fn groups(&self) -> Vec<(RoleKind, String)> {
+        let slack = &self.settings.slack;
+        [
+            (RoleKind::Approver, slack.approver_group.clone()),
+            (RoleKind::Senior, slack.seniors.group.clone()),
+            (RoleKind::Escalation, slack.escalation.group.clone()),
+        ]
+        .into_iter()
+        .filter_map(|(kind, group)| Some((kind, group?)))
+        .collect()
     }
 
     /// Whether this replica holds the lease `name` for the next `span`, taking or renewing it.
@@ -97,46 +158,59 @@ impl AppContext {
         }
     }
 
-    /// Reads the approver group from Slack again and shares the members with the other
-    /// replicas; on failure keeps the last members read.
+    /// Reads the role groups from Slack again and shares the members with the other replicas;
+    /// on failure keeps the last members read.
     pub async fn refresh_approvers(&self) {
-        let Some(group) = &self.settings.slack.approver_group else { return };
-        match self.slack.usergroup_members(&group.as_str().into()).await {
-            Ok(members) => {
-                let members: Vec<UserId> = members.iter().filter_map(|m| UserId::parse(&m.0).ok()).collect();
-                self.use_approver_group(&members);
-                let shared = serde_json::to_string(&members).unwrap_or_default();
-                if let Err(e) = self.store.set_shared_value(&approvers_shared(group.as_str()), &shared).await {
-                    tracing::warn!(error = %e, "could not share the approver group's members with the other replicas");
+        for (kind, group) in self.groups() {
+            match self.slack.usergroup_members(&group.as_str().into()).await {
+                Ok(members) => {
+                    let members: Vec<UserId> = members.iter().filter_map(|m| UserId::parse(&m.0).ok()).collect();
+                    self.use_group(kind, &members);
+                    let shared = serde_json::to_string(&members).unwrap_or_default();
+                    if let Err(e) = self.store.set_shared_value(&approvers_shared(&group), &shared).await {
+                        tracing::warn!(error = %e, "could not share a user group's members with the other replicas");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, group = %group, "could not read a user group; keeping the last members read");
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "could not read the approver group; keeping the last members read"),
         }
     }
 
-    /// Takes the approver group's members as another replica last read them; reads Slack
-    /// itself when none has yet.
+    /// Takes the role groups' members as another replica last read them; reads Slack itself
+    /// when none has yet.
     pub(crate) async fn load_shared_approvers(&self) {
-        let Some(group) = &self.settings.slack.approver_group else { return };
-        let shared = match self.store.shared_value(&approvers_shared(group.as_str())).await {
-            Ok(shared) => shared,
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the approver group's members; keeping the last read");
-                return;
+        let mut unread = false;
+        for (kind, group) in self.groups() {
+            match self.store.shared_value(&approvers_shared(&group)).await {
+                Ok(shared) => match shared.and_then(|s| serde_json::from_str::<Vec<UserId>>(&s).ok()) {
+                    Some(members) => self.use_group(kind, &members),
+                    None => unread = true,
+                },
+                Err(e) => tracing::warn!(error = %e, "could not read a user group's members; keeping the last read"),
             }
-        };
-        match shared.and_then(|s| serde_json::from_str::<Vec<UserId>>(&s).ok()) {
-            Some(members) => self.use_approver_group(&members),
-            None => self.refresh_approvers().await,
+        }
+        if unread {
+            self.refresh_approvers().await;
         }
     }
 
-    fn use_approver_group(&self, members: &[UserId]) {
-        let named = self.settings.slack.approvers.iter().cloned();
-        let all = crate::domain::Approvers::new(named.chain(members.iter().cloned()));
-        tracing::debug!(approvers = all.iter().count(), "approver group members in use");
-        if let Ok(mut a) = self.approvers.write() {
-            *a = all;
+    fn use_group(&self, kind: RoleKind, members: &[UserId]) {
+        let slack = &self.settings.slack;
+        let named = match kind {
+            RoleKind::Approver => &slack.approvers,
+            RoleKind::Senior => &slack.seniors.named,
+            RoleKind::Escalation => &slack.escalation.named,
+        };
+        let all = Approvers::new(named.iter().cloned().chain(members.iter().cloned()));
+        tracing::debug!(role = ?kind, people = all.iter().count(), "user group members in use");
+        if let Ok(mut roster) = self.roster.write() {
+            match kind {
+                RoleKind::Approver => roster.approvers = all,
+                RoleKind::Senior => roster.seniors = all,
+                RoleKind::Escalation => roster.escalation = all,
+            }
         }
     }
 
@@ -176,7 +250,11 @@ impl AppContext {
         stripe: StripeClient,
         mailer: Option<Mailer>,
     ) -> Self {
-        let approvers = std::sync::RwLock::new(settings.slack.approvers.clone());
+        let roster = std::sync::RwLock::new(Roster {
+            approvers: settings.slack.approvers.clone(),
+            seniors: settings.slack.seniors.named.clone(),
+            escalation: settings.slack.escalation.named.clone(),
+        });
         AppContext {
             settings,
             store,
@@ -184,7 +262,7 @@ impl AppContext {
             stripe,
             mailer,
             workers_running: AtomicBool::new(false),
-            approvers,
+            roster,
             clock: Clock::default(),
             replica: hex::encode(rand::random::<[u8; 8]>()),
         }

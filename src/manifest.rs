@@ -45,6 +45,8 @@ mod tests {
         let m: Value = serde_json::from_str(&for_url("https://refunds.acme.com/").unwrap()).unwrap();
         assert_eq!(m["features"]["slash_commands"][0]["command"], "/refund");
         assert_eq!(m["features"]["slash_commands"][0]["url"], "https://refunds.acme.com/slack/commands");
+        // A typed @someone must arrive as <@U...|name>, which `/refund delegate` reads.
+        assert_eq!(m["features"]["slash_commands"][0]["should_escape"], true);
         assert_eq!(m["settings"]["interactivity"]["request_url"], "https://refunds.acme.com/slack/interactions");
         assert_eq!(m["settings"]["event_subscriptions"]["request_url"], "https://refunds.acme.com/slack/events");
         assert_eq!(m["settings"]["event_subscriptions"]["bot_events"][0], "app_home_opened");

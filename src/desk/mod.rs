@@ -12,4 +12,6 @@
 
 pub mod ask;
 pub mod decide;
+pub mod delegate;
+pub mod digest;
 pub mod stripe_news;

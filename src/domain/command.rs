@@ -5,9 +5,13 @@
 //! /refund help
 //! /refund <ch_...|pi_...> [amount|full] [reason] [note ...]
 //! /refund status <R-id> | list | cancel <R-id>
+//! /refund delegate <@user> until YYYY-MM-DD | delegate off | delegate
 //! ```
+//!
+//! The manifest sets `should_escape: true`, so Slack sends a typed `@someone` as
+//! `<@U123|someone>`, and `&`, `<`, `>` in a note as `&amp;`, `&lt;`, `&gt;`.
 
-use super::ids::{IdError, PaymentRef, RequestId};
+use super::ids::{IdError, PaymentRef, RequestId, UserId};
 use super::money::{AmountError, AmountInput};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -137,6 +141,15 @@ pub enum Command {
     Status(RequestId),
     List,
     Cancel(RequestId),
+    Delegate(DelegateCommand),
+}
+
+/// `/refund delegate ...`: hand one's approvals to someone until a day ends, end that, or show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DelegateCommand {
+    Show,
+    Off,
+    To { delegate: UserId, until: chrono::NaiveDate },
 }
 
 /// What was wrong with a command; each message says how to write it instead.
@@ -158,7 +171,15 @@ pub enum CommandError {
     RequestId(IdError),
     #[error("`{0}` is not something /refund understands.")]
     Unknown(String),
+    #[error("{DELEGATE_USAGE}")]
+    Delegate,
+    #[error("`{0}` is not a date; write the last day of the delegation like `2026-12-24`.")]
+    DelegateDate(String),
 }
+
+const DELEGATE_USAGE: &str = "To hand your approvals to someone, write `/refund delegate @someone until 2026-12-24` \
+     (mention them with @, so Slack sends who they are); `/refund delegate off` ends it, and \
+     `/refund delegate` shows it.";
 
 fn reason_list() -> String {
     RefundReason::ALL.iter().map(|r| format!("`{}`", r.as_str())).collect::<Vec<_>>().join(", ")
@@ -185,6 +206,7 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
         "list" => return Ok(Command::List),
         "status" => return request_id("status", words.next()).map(Command::Status),
         "cancel" => return request_id("cancel", words.next()).map(Command::Cancel),
+        "delegate" => return parse_delegate(&text[first.len()..]).map(Command::Delegate),
         _ => {}
     }
     if !(first.starts_with("ch_") || first.starts_with("pi_") || first.starts_with("py_")) {
@@ -212,7 +234,43 @@ pub fn parse_command(text: &str) -> Result<Command, CommandError> {
             None => return Err(CommandError::UnknownReason(w.to_string())),
         },
     };
-    Ok(Command::Refund(RefundCommand { target, amount, reason, note: Note::parse(note_text)? }))
+    let note = Note::parse(&unescape(note_text))?;
+    Ok(Command::Refund(RefundCommand { target, amount, reason, note }))
+}
+
+/// `delegate`'s arguments: none, `off`, or `<@U...|name> until YYYY-MM-DD` (a name may hold
+/// spaces, so the mention is read up to its `>`).
+fn parse_delegate(rest: &str) -> Result<DelegateCommand, CommandError> {
+    let rest = rest.trim();
+    if rest.is_empty() {
+        return Ok(DelegateCommand::Show);
+    }
+    if rest.eq_ignore_ascii_case("off") {
+        return Ok(DelegateCommand::Off);
+    }
+    let end = rest.find('>').ok_or(CommandError::Delegate)?;
+    let delegate = mentioned_user(&rest[..=end]).ok_or(CommandError::Delegate)?;
+    match rest[end + 1..].split_whitespace().collect::<Vec<_>>()[..] {
+        [until, day] if until.eq_ignore_ascii_case("until") => {
+            let until = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                .map_err(|_| CommandError::DelegateDate(day.to_string()))?;
+            Ok(DelegateCommand::To { delegate, until })
+        }
+        _ => Err(CommandError::Delegate),
+    }
+}
+
+/// The user in an escaped mention, `<@U123|name>` or `<@U123>`.
+fn mentioned_user(word: &str) -> Option<UserId> {
+    let inner = word.strip_prefix("<@")?.strip_suffix('>')?;
+    let id = inner.split('|').next()?;
+    UserId::parse(id).ok()
+}
+
+/// Text as typed, from Slack's escaped form: links and mentions keep Slack's markup (they show
+/// as links and mentions again), the three escaped characters come back.
+fn unescape(text: &str) -> String {
+    text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
 }
 
 fn split_word(text: &str) -> (Option<&str>, &str) {
@@ -244,6 +302,29 @@ pub fn usage() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delegation_reads_an_escaped_mention_and_a_day() {
+        let to = |text: &str| parse_command(text);
+        assert_eq!(
+            to("delegate <@U0123ABC|jane doe> until 2026-12-24"),
+            Ok(Command::Delegate(DelegateCommand::To {
+                delegate: UserId::parse("U0123ABC").unwrap(),
+                until: chrono::NaiveDate::from_ymd_opt(2026, 12, 24).unwrap(),
+            }))
+        );
+        assert_eq!(to("delegate OFF"), Ok(Command::Delegate(DelegateCommand::Off)));
+        assert_eq!(to("delegate"), Ok(Command::Delegate(DelegateCommand::Show)));
+        assert_eq!(to("delegate @jane until 2026-12-24"), Err(CommandError::Delegate), "an unescaped name says how");
+        assert_eq!(to("delegate <@U0123ABC> until 24/12"), Err(CommandError::DelegateDate("24/12".into())));
+        assert_eq!(to("delegate <@U0123ABC>"), Err(CommandError::Delegate));
+    }
+
+    #[test]
+    fn an_escaped_note_reads_as_typed() {
+        let r = refund("ch_1 5 other refund &amp; credit &lt;2 days&gt;");
+        assert_eq!(r.note.unwrap().as_str(), "refund & credit <2 days>");
+    }
 
     fn refund(text: &str) -> RefundCommand {
         match parse_command(text) {

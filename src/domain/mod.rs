@@ -1,18 +1,21 @@
 //! Business types and rules with no I/O: money and currencies, identifiers, the `/refund`
 //! grammar, and a refund request with its state machine.
 
+pub mod authority;
 pub mod command;
+pub mod digest;
 pub mod ids;
 pub mod money;
 pub mod policy;
 pub mod refund_news;
 pub mod request;
 
+pub use authority::{Authority, Capacity, Delegation};
 pub use command::{AmountAsked, Command, CommandError, Note, RefundCommand, RefundReason};
 pub use ids::{ChargeId, CustomerId, IdError, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
 pub use money::{AmountError, AmountInput, Currency, Money};
 pub use request::{
-    Actor, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane, MessageRef, NewRequest,
+    Actor, Approval, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane, MessageRef, NewRequest,
     Notice, PriorRefund, RefundRecord, RefundRequest, RefundUpdate, RequestStatus, StateError, Transition,
     owner_of_refund,
 };

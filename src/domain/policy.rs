@@ -22,9 +22,13 @@ pub struct CurrencyRules {
     pub second_approval_from: Option<Money>,
     /// Above: refused outright.
     pub max_amount: Option<Money>,
+    /// At or above: one approval must be a senior approver's.
+    pub senior_from: Option<Money>,
+    /// At or above: the approver types the amount to approve.
+    pub confirm_amount_from: Option<Money>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     /// Charges older than this are never auto-approved, and the card says so.
     pub refund_window_days: Option<u32>,
@@ -40,6 +44,61 @@ pub struct Policy {
     pub remind_after: Option<std::time::Duration>,
     /// Expire a request that has waited this long.
     pub expire_after: Option<std::time::Duration>,
+    /// Call in the escalation approvers when a request has waited this long.
+    pub escalate_after: Option<std::time::Duration>,
+    /// The requester's Remind approvers button works at most this often.
+    pub remind_cooldown: std::time::Duration,
+    /// Approve asks for a note.
+    pub require_approval_note: bool,
+    /// When the daily digest goes to the finance channel, in `timezone`.
+    pub digest_at: Option<chrono::NaiveTime>,
+    /// For `digest_at` and the end of a delegation's last day.
+    pub timezone: chrono_tz::Tz,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            refund_window_days: None,
+            always_require_approval: BTreeSet::new(),
+            currencies: BTreeMap::new(),
+            email_customer_on_deny: false,
+            email_customer_on_failure: false,
+            remind_after: None,
+            expire_after: None,
+            escalate_after: None,
+            remind_cooldown: std::time::Duration::from_secs(3600),
+            require_approval_note: false,
+            digest_at: None,
+            timezone: chrono_tz::UTC,
+        }
+    }
+}
+
+impl Policy {
+    /// When the day `day` (in the policy's time zone) ends, in UTC.
+    pub fn end_of_day(&self, day: chrono::NaiveDate) -> DateTime<Utc> {
+        start_of_day(self.timezone, day.succ_opt().unwrap_or(day))
+    }
+
+    /// Today, in the policy's time zone.
+    pub fn today(&self, now: DateTime<Utc>) -> chrono::NaiveDate {
+        now.with_timezone(&self.timezone).date_naive()
+    }
+}
+
+/// The first instant of `day` in `tz`, in UTC (a day that starts in a DST gap starts when the
+/// gap ends).
+pub fn start_of_day(tz: chrono_tz::Tz, day: chrono::NaiveDate) -> DateTime<Utc> {
+    use chrono::TimeZone;
+    let midnight = day.and_time(chrono::NaiveTime::MIN);
+    match tz.from_local_datetime(&midnight) {
+        chrono::LocalResult::Single(t) | chrono::LocalResult::Ambiguous(t, _) => t.with_timezone(&Utc),
+        chrono::LocalResult::None => {
+            let later = midnight + chrono::Duration::hours(1);
+            tz.from_local_datetime(&later).earliest().map(|t| t.with_timezone(&Utc)).unwrap_or_else(|| later.and_utc())
+        }
+    }
 }
 
 /// Where a request goes.
@@ -59,9 +118,33 @@ pub struct PolicyDecision {
     pub rule: String,
     /// Things an approver should notice (an old charge, earlier refunds).
     pub warnings: Vec<String>,
+    /// At or above this, one approval must be a senior's (the threshold, when it applies).
+    #[serde(default)]
+    pub senior_from: Option<Money>,
+    /// Approving asks the approver to type the amount.
+    #[serde(default)]
+    pub confirm_amount: bool,
+    /// Approving asks for a note.
+    #[serde(default)]
+    pub note_required: bool,
 }
 
-/// Decides how a refund of `amount` for `reason` on `charge` is handled.
+impl PolicyDecision {
+    /// A decision with no warnings and no extra asks of the approver.
+    pub fn new(route: Route, rule: impl Into<String>) -> Self {
+        PolicyDecision {
+            route,
+            rule: rule.into(),
+            warnings: vec![],
+            senior_from: None,
+            confirm_amount: false,
+            note_required: false,
+        }
+    }
+}
+
+/// Decides how a refund of `amount` for `reason` on `charge` is handled, and, when it needs
+/// approval, what approving it asks for: a senior approver, the typed amount, a note.
 pub fn decide(
     reason: RefundReason,
     amount: Money,
@@ -69,6 +152,18 @@ pub fn decide(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> PolicyDecision {
+    let mut decision = route(reason, amount, charge, policy, now);
+    if let Route::Approvals(_) = decision.route {
+        let rules = policy.currencies.get(amount.currency().code());
+        let reached = |limit: Option<Money>| limit.filter(|l| amount.minor() >= l.minor());
+        decision.senior_from = reached(rules.and_then(|r| r.senior_from));
+        decision.confirm_amount = reached(rules.and_then(|r| r.confirm_amount_from)).is_some();
+        decision.note_required = policy.require_approval_note;
+    }
+    decision
+}
+
+fn route(reason: RefundReason, amount: Money, charge: &ChargeFacts, policy: &Policy, now: DateTime<Utc>) -> PolicyDecision {
     let age_days = (now - charge.created).num_days();
     let mut warnings = vec![];
     let outside_window = policy.refund_window_days.is_some_and(|w| age_days > i64::from(w));
@@ -87,7 +182,7 @@ pub fn decide(
     for what in &charge.unreadable {
         warnings.push(format!("{what}: not readable with this Stripe key"));
     }
-    let decision = |route, rule: String| PolicyDecision { route, rule, warnings: warnings.clone() };
+    let decision = |route, rule: String| PolicyDecision { warnings: warnings.clone(), ..PolicyDecision::new(route, rule) };
     let currency = amount.currency();
     let Some(rules) = policy.currencies.get(currency.code()) else {
         return decision(Route::Approvals(1), format!("One approval: no policy for {currency}"));
@@ -241,6 +336,7 @@ mod tests {
                     auto_approve_up_to: Some(usd(2500)),
                     second_approval_from: Some(usd(100_000)),
                     max_amount: Some(usd(500_000)),
+                    ..CurrencyRules::default()
                 },
             )]
             .into(),

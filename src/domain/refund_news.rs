@@ -228,7 +228,7 @@ mod tests {
 
     fn approved() -> RefundRequest {
         let mut r = waiting();
-        r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap();
+        r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), Utc::now()).unwrap();
         r
     }
 

@@ -7,6 +7,7 @@
 use super::command::{AmountAsked, Note, RefundReason};
 use super::ids::{ChargeId, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
 use super::money::Money;
+use super::authority::{Authority, Capacity};
 use super::policy::{PolicyDecision, Route};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -174,6 +175,38 @@ impl ChargeFacts {
 pub struct Decision {
     pub by: UserId,
     pub at: DateTime<Utc>,
+    /// The approver a delegate decided for.
+    #[serde(default)]
+    pub on_behalf_of: Option<UserId>,
+    /// Counts as the senior approval.
+    #[serde(default)]
+    pub senior: bool,
+    /// Why the approver approved, when asked.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+impl Decision {
+    /// Whether `user` took part in this decision, in person or through a delegate.
+    pub fn involves(&self, user: &UserId) -> bool {
+        self.by == *user || self.on_behalf_of.as_ref() == Some(user)
+    }
+
+    /// `<@by>`, or `<@by> on behalf of <@delegator>`.
+    pub fn who(&self) -> String {
+        match &self.on_behalf_of {
+            Some(d) => format!("<@{}> on behalf of <@{d}>", self.by),
+            None => format!("<@{}>", self.by),
+        }
+    }
+}
+
+/// What an approver gives with an approval: a note, and the amount typed in the confirmation
+/// form, when the request asks for them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Approval {
+    pub note: Option<String>,
+    pub typed_amount: Option<Money>,
 }
 
 /// The refund Stripe made for this request.
@@ -300,6 +333,15 @@ pub struct RefundRequest {
     /// When approvers were reminded, if they were.
     #[serde(default)]
     pub reminded_at: Option<DateTime<Utc>>,
+    /// When the escalation approvers were called in, if they were.
+    #[serde(default)]
+    pub escalated_at: Option<DateTime<Utc>>,
+    /// When the requester last pressed Remind approvers.
+    #[serde(default)]
+    pub nudged_at: Option<DateTime<Utc>>,
+    /// The direct message telling the requester their request is with finance.
+    #[serde(default)]
+    pub requester_message: Option<MessageRef>,
     /// The command's `response_url`: a refusal replaces the "Got it" answer there.
     #[serde(default)]
     pub response_url: Option<String>,
@@ -364,6 +406,16 @@ pub enum Notice {
     Reminder {
         approvers: Vec<UserId>,
     },
+    /// The requester pressed Remind approvers.
+    Nudge {
+        approvers: Vec<UserId>,
+    },
+    /// The escalation approvers are called in.
+    Escalated {
+        approvers: Vec<UserId>,
+    },
+    /// To the requester: the request is with finance (with a Remind approvers button).
+    WithFinance,
     Expired,
 }
 
@@ -522,6 +574,18 @@ pub enum DecisionError {
     AlreadyApprovedByYou(RequestId),
     #[error("Only the person who asked for {0} can cancel it.")]
     NotYours(RequestId),
+    #[error("{id} is {amount}, at or above {from}: one approval must come from a senior approver, so it is unchanged.")]
+    SeniorNeeded { id: RequestId, amount: String, from: String },
+    #[error("Approving {0} needs a note saying why.")]
+    NoteRequired(RequestId),
+    #[error("That is not the amount of {0}; type the amount shown on the card.")]
+    AmountMismatch(RequestId),
+    #[error("{0} needs its amount typed to approve it: click Approve on the card.")]
+    AmountNotConfirmed(RequestId),
+    #[error("Approvers were reminded about {id} at {last} UTC; you can remind them again after {next} UTC.")]
+    TooSoon { id: RequestId, last: String, next: String },
+    #[error("Only the person who asked for {0} can remind approvers about it.")]
+    NotYourReminder(RequestId),
 }
 
 /// A transition that does not apply to the request's current state.
@@ -561,6 +625,9 @@ impl RefundRequest {
             problem: None,
             awaiting_since: None,
             reminded_at: None,
+            escalated_at: None,
+            nudged_at: None,
+            requester_message: None,
             response_url: new.response_url,
         }
     }
@@ -626,7 +693,8 @@ impl RefundRequest {
         }
         self.awaiting_since = Some(now);
         let from = self.move_to(RequestStatus::AwaitingApproval, now);
-        Ok(Transition { actor: Actor::System, from, effects: vec![Effect::PostCard, Effect::Deadline], detail })
+        let effects = vec![Effect::PostCard, Effect::Deadline, Effect::NotifyRequester(Notice::WithFinance)];
+        Ok(Transition { actor: Actor::System, from, effects, detail })
     }
 
     /// The charge cannot be refunded as asked: end the request and say why.
@@ -648,50 +716,129 @@ impl RefundRequest {
         })
     }
 
-    fn check_decider(&self, user: &UserId, approvers: &Approvers) -> Result<(), DecisionError> {
-        if self.status != RequestStatus::AwaitingApproval {
-            let by = match (&self.approved, &self.denied) {
-                (Some(d), _) | (None, Some(d)) => format!(" (decided by <@{}>)", d.by),
-                _ => String::new(),
-            };
-            return Err(DecisionError::AlreadyDecided { id: self.id, status: self.status, by });
+    /// The amount at or above which this request needs a senior approval, if it does.
+    pub fn senior_from(&self) -> Option<Money> {
+        self.policy.as_ref().and_then(|p| p.senior_from)
+    }
+
+    /// Whether the approval still to come must be a senior's: the request needs one, none was
+    /// given, and only one approval is left to give.
+    fn senior_still_needed(&self) -> bool {
+        let needed = usize::from(self.required_approvals.max(1));
+        self.senior_from().is_some()
+            && !self.approvals.iter().any(|a| a.senior)
+            && self.approvals.len() + 1 >= needed
+    }
+
+    /// Whether approving asks for a note or the typed amount (a form, not one click).
+    pub fn approval_needs_form(&self) -> bool {
+        self.policy.as_ref().is_some_and(|p| p.note_required || p.confirm_amount)
+    }
+
+    fn check_open(&self) -> Result<(), DecisionError> {
+        if self.status == RequestStatus::AwaitingApproval {
+            return Ok(());
         }
+        let by = match (&self.approved, &self.denied) {
+            (Some(d), _) | (None, Some(d)) => format!(" (decided by {})", d.who()),
+            _ => String::new(),
+        };
+        Err(DecisionError::AlreadyDecided { id: self.id, status: self.status, by })
+    }
+
+    /// In which capacity `user` may decide now, or why not. For an approval, the capacity must
+    /// not have approved already (in person or through a delegate), and must be a senior's when
+    /// the last approval has to be.
+    fn check_decider(&self, user: &UserId, authority: &Authority, approving: bool) -> Result<Capacity, DecisionError> {
+        self.check_open()?;
         if *user == self.requester {
             return Err(DecisionError::OwnRequest(self.id));
         }
-        if !approvers.contains(user) {
+        let capacities = authority.capacities(user, self);
+        if capacities.is_empty() {
             return Err(DecisionError::NotAnApprover(self.id));
         }
-        if self.approvals.iter().any(|a| a.by == *user) {
-            return Err(DecisionError::AlreadyApprovedByYou(self.id));
+        let fresh: Vec<Capacity> = capacities
+            .into_iter()
+            .filter(|c| {
+                let principal = c.on_behalf_of.as_ref().unwrap_or(user);
+                !self.approvals.iter().any(|a| a.by == *user || a.involves(principal))
+            })
+            .collect();
+        let Some(first) = fresh.first() else { return Err(DecisionError::AlreadyApprovedByYou(self.id)) };
+        if !(approving && self.senior_still_needed()) {
+            return Ok(first.clone());
         }
-        Ok(())
+        match fresh.iter().find(|c| c.senior) {
+            Some(senior) => Ok(senior.clone()),
+            None => Err(DecisionError::SeniorNeeded {
+                id: self.id,
+                amount: self.amount.map(|m| m.to_string()).unwrap_or_default(),
+                from: self.senior_from().map(|m| m.to_string()).unwrap_or_default(),
+            }),
+        }
     }
 
-    /// Whether `user` may decide this request now (used before opening the deny form).
-    pub fn may_decide(&self, user: &UserId, approvers: &Approvers) -> Result<(), DecisionError> {
-        self.check_decider(user, approvers)
+    /// Whether `user` may approve this request now (asked before a form opens, so nobody gets
+    /// a form they cannot submit).
+    pub fn may_approve(&self, user: &UserId, authority: &Authority) -> Result<(), DecisionError> {
+        self.check_decider(user, authority, true).map(|_| ())
     }
 
-    /// An approver who is not the requester approves. With all the approvals the policy asks
-    /// for, the refund goes to Stripe; before that, the approval is recorded and shown.
+    /// Whether `user` may deny this request now (asked before the deny form opens).
+    pub fn may_deny(&self, user: &UserId, authority: &Authority) -> Result<(), DecisionError> {
+        self.check_decider(user, authority, false).map(|_| ())
+    }
+
+    /// An approver who is not the requester approves, with what the request asks for (a note,
+    /// the typed amount). With all the approvals the policy asks for, the refund goes to
+    /// Stripe; before that, the approval is recorded and shown.
     pub fn approve(
         &mut self,
         by: &UserId,
-        approvers: &Approvers,
+        authority: &Authority,
+        given: &Approval,
         now: DateTime<Utc>,
     ) -> Result<Transition, DecisionError> {
-        self.check_decider(by, approvers)?;
-        let decision = Decision { by: by.clone(), at: now };
+        let capacity = self.check_decider(by, authority, true)?;
+        let (confirm_amount, note_required) =
+            self.policy.as_ref().map(|p| (p.confirm_amount, p.note_required)).unwrap_or_default();
+        if confirm_amount {
+            match given.typed_amount {
+                None => return Err(DecisionError::AmountNotConfirmed(self.id)),
+                Some(typed) if Some(typed) != self.amount => return Err(DecisionError::AmountMismatch(self.id)),
+                Some(_) => {}
+            }
+        }
+        let note = given.note.as_deref().map(str::trim).filter(|n| !n.is_empty()).map(str::to_string);
+        if note_required && note.is_none() {
+            return Err(DecisionError::NoteRequired(self.id));
+        }
+        let decision =
+            Decision { by: by.clone(), at: now, on_behalf_of: capacity.on_behalf_of, senior: capacity.senior, note };
+        let mut detail = vec![];
+        if let Some(d) = &decision.on_behalf_of {
+            detail.push(format!("on behalf of {d}"));
+        }
+        if decision.senior && self.senior_from().is_some() {
+            detail.push("senior approval".to_string());
+        }
+        if let Some(n) = &decision.note {
+            detail.push(format!("note: {n}"));
+        }
         self.approvals.push(decision.clone());
         let (given, needed) = (self.approvals.len(), usize::from(self.required_approvals.max(1)));
+        if needed > 1 {
+            detail.insert(0, format!("approval {given} of {needed}"));
+        }
+        let detail = (!detail.is_empty()).then(|| detail.join("; "));
         if given < needed {
             self.updated_at = now;
             return Ok(Transition {
                 actor: Actor::User(by.clone()),
                 from: self.status,
                 effects: vec![Effect::RefreshCard, Effect::ThreadReply(Notice::ApprovalRecorded)],
-                detail: Some(format!("approval {given} of {needed}")),
+                detail,
             });
         }
         self.approved = Some(decision);
@@ -700,7 +847,7 @@ impl RefundRequest {
             actor: Actor::User(by.clone()),
             from,
             effects: vec![Effect::CreateRefund, Effect::RefreshCard, Effect::ThreadReply(Notice::Approved)],
-            detail: (needed > 1).then(|| format!("approval {given} of {needed}")),
+            detail,
         })
     }
 
@@ -709,17 +856,22 @@ impl RefundRequest {
         &mut self,
         by: &UserId,
         reason: &str,
-        approvers: &Approvers,
+        authority: &Authority,
         now: DateTime<Utc>,
     ) -> Result<Transition, DecisionError> {
-        self.check_decider(by, approvers)?;
+        let capacity = self.check_decider(by, authority, false)?;
         let reason = reason.trim();
         if reason.is_empty() {
             return Err(DecisionError::EmptyReason);
         }
-        self.denied = Some(Decision { by: by.clone(), at: now });
+        let on_behalf = capacity.on_behalf_of.clone();
+        self.denied = Some(Decision { by: by.clone(), at: now, on_behalf_of: capacity.on_behalf_of, senior: false, note: None });
         self.deny_reason = Some(reason.to_string());
         let from = self.move_to(RequestStatus::Denied, now);
+        let detail = match on_behalf {
+            Some(d) => format!("{reason} (on behalf of {d})"),
+            None => reason.to_string(),
+        };
         Ok(Transition {
             actor: Actor::User(by.clone()),
             from,
@@ -729,7 +881,7 @@ impl RefundRequest {
                 Effect::NotifyRequester(Notice::Denied),
                 Effect::EmailCustomer(EmailKind::RequestDenied),
             ],
-            detail: Some(reason.to_string()),
+            detail: Some(detail),
         })
     }
 
@@ -751,24 +903,93 @@ impl RefundRequest {
         Ok(Transition { actor: Actor::User(by.clone()), from, effects, detail: None })
     }
 
+    /// Who the request waits for, to mention: once escalated, the escalation approvers; when
+    /// the last approval must be a senior's, the seniors; else every approver. Never the
+    /// requester or anyone who approved; with the delegates of those named.
+    pub fn waiting_on(&self, authority: &Authority) -> Vec<UserId> {
+        let pool: Vec<&UserId> = if self.escalated_at.is_some() && !authority.escalation.is_empty() {
+            authority.escalation.iter().collect()
+        } else if self.senior_still_needed() {
+            authority.seniors.iter().collect()
+        } else {
+            authority.approvers.iter().chain(authority.seniors.iter()).collect()
+        };
+        let mut named: Vec<UserId> = vec![];
+        for user in pool {
+            if *user == self.requester || self.approvals.iter().any(|a| a.involves(user)) {
+                continue;
+            }
+            for who in std::iter::once(user).chain(authority.delegates_of(user)) {
+                if *who != self.requester && !named.contains(who) {
+                    named.push(who.clone());
+                }
+            }
+        }
+        named
+    }
+
     /// Approvers are reminded once that the request still waits.
-    pub fn remind(&mut self, approvers: &Approvers, now: DateTime<Utc>) -> Result<Transition, StateError> {
+    pub fn remind(&mut self, authority: &Authority, now: DateTime<Utc>) -> Result<Transition, StateError> {
         self.expect(RequestStatus::AwaitingApproval, "reminded about")?;
         if self.reminded_at.is_some() {
             return Err(StateError { id: self.id, status: self.status, action: "reminded about twice" });
         }
         self.reminded_at = Some(now);
         self.updated_at = now;
-        let waiting: Vec<UserId> = approvers
-            .iter()
-            .filter(|a| **a != self.requester && !self.approvals.iter().any(|d| d.by == **a))
-            .cloned()
-            .collect();
         Ok(Transition {
             actor: Actor::System,
             from: self.status,
-            effects: vec![Effect::ThreadReply(Notice::Reminder { approvers: waiting })],
+            effects: vec![Effect::ThreadReply(Notice::Reminder { approvers: self.waiting_on(authority) })],
             detail: Some("approvers reminded".into()),
+        })
+    }
+
+    /// The request waited past `escalate_after`: the escalation approvers are called in, once,
+    /// and may decide it from now on.
+    pub fn escalate(&mut self, authority: &Authority, now: DateTime<Utc>) -> Result<Transition, StateError> {
+        self.expect(RequestStatus::AwaitingApproval, "escalated")?;
+        if self.escalated_at.is_some() {
+            return Err(StateError { id: self.id, status: self.status, action: "escalated twice" });
+        }
+        self.escalated_at = Some(now);
+        self.updated_at = now;
+        let approvers = self.waiting_on(authority);
+        let named = approvers.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", ");
+        Ok(Transition {
+            actor: Actor::System,
+            from: self.status,
+            effects: vec![Effect::ThreadReply(Notice::Escalated { approvers }), Effect::RefreshCard],
+            detail: Some(format!("escalated to {named}")),
+        })
+    }
+
+    /// The requester presses Remind approvers: a reminder in the thread, at most once per
+    /// `cooldown`.
+    pub fn nudge(
+        &mut self,
+        by: &UserId,
+        authority: &Authority,
+        cooldown: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, DecisionError> {
+        if *by != self.requester {
+            return Err(DecisionError::NotYourReminder(self.id));
+        }
+        self.check_open()?;
+        let cooldown = chrono::Duration::from_std(cooldown).unwrap_or(chrono::Duration::hours(1));
+        if let Some(last) = self.nudged_at
+            && now < last + cooldown
+        {
+            let hm = |t: DateTime<Utc>| t.format("%Y-%m-%d %H:%M").to_string();
+            return Err(DecisionError::TooSoon { id: self.id, last: hm(last), next: hm(last + cooldown) });
+        }
+        self.nudged_at = Some(now);
+        self.updated_at = now;
+        Ok(Transition {
+            actor: Actor::User(by.clone()),
+            from: self.status,
+            effects: vec![Effect::ThreadReply(Notice::Nudge { approvers: self.waiting_on(authority) })],
+            detail: Some("the requester reminded approvers".into()),
         })
     }
 
@@ -981,17 +1202,17 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn one_approval() -> PolicyDecision {
-        PolicyDecision { route: Route::Approvals(1), rule: "One approval".into(), warnings: vec![] }
+        PolicyDecision::new(Route::Approvals(1), "One approval")
     }
 
-    pub(crate) fn approvers() -> Approvers {
-        Approvers::new([user("UFIN"), user("UREQ")])
+    pub(crate) fn approvers() -> Authority {
+        Authority::of(Approvers::new([user("UFIN"), user("UREQ")]))
     }
 
     #[test]
     fn approval_sends_the_refund_and_tells_the_thread() {
         let mut r = waiting();
-        let t = r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap();
+        let t = r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), Utc::now()).unwrap();
         assert_eq!(r.status, RequestStatus::Approved);
         assert_eq!(t.from, RequestStatus::AwaitingApproval);
         assert!(t.effects.contains(&Effect::CreateRefund));
@@ -1002,14 +1223,14 @@ pub(crate) mod tests {
     fn the_requester_cannot_approve_even_as_an_approver() {
         let mut r = waiting();
         let before = r.clone();
-        assert_eq!(r.approve(&user("UREQ"), &approvers(), Utc::now()), Err(DecisionError::OwnRequest(r.id)));
+        assert_eq!(r.approve(&user("UREQ"), &approvers(), &crate::domain::Approval::default(), Utc::now()), Err(DecisionError::OwnRequest(r.id)));
         assert_eq!(r, before);
     }
 
     #[test]
     fn non_approvers_cannot_decide() {
         let mut r = waiting();
-        let err = r.approve(&user("UOTHER"), &approvers(), Utc::now()).unwrap_err();
+        let err = r.approve(&user("UOTHER"), &approvers(), &crate::domain::Approval::default(), Utc::now()).unwrap_err();
         assert_eq!(err, DecisionError::NotAnApprover(r.id));
         let err = r.deny(&user("UOTHER"), "no", &approvers(), Utc::now()).unwrap_err();
         assert_eq!(err, DecisionError::NotAnApprover(r.id));
@@ -1019,8 +1240,8 @@ pub(crate) mod tests {
     #[test]
     fn a_second_decision_changes_nothing() {
         let mut r = waiting();
-        r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap();
-        let err = r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap_err();
+        r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), Utc::now()).unwrap();
+        let err = r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), Utc::now()).unwrap_err();
         assert!(matches!(err, DecisionError::AlreadyDecided { .. }));
         assert!(r.deny(&user("UFIN"), "late", &approvers(), Utc::now()).is_err());
         assert_eq!(r.status, RequestStatus::Approved);
@@ -1038,7 +1259,7 @@ pub(crate) mod tests {
     #[test]
     fn stripe_statuses_only_move_forward() {
         let mut r = waiting();
-        r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap();
+        r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), Utc::now()).unwrap();
         let re = RefundId::parse("re_1").unwrap();
         let t = r.record_stripe_refund(re.clone(), "succeeded", None, Utc::now()).unwrap();
         assert_eq!(r.status, RequestStatus::Succeeded);
@@ -1058,7 +1279,7 @@ pub(crate) mod tests {
     #[test]
     fn events_for_another_refund_are_ignored() {
         let mut r = waiting();
-        r.approve(&user("UFIN"), &approvers(), Utc::now()).unwrap();
+        r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), Utc::now()).unwrap();
         r.record_submitted(RefundId::parse("re_ours").unwrap(), "pending", Utc::now()).unwrap();
         assert_eq!(r.record_stripe_refund(RefundId::parse("re_other").unwrap(), "succeeded", None, Utc::now()), None);
         assert_eq!(r.status, RequestStatus::Submitted);
@@ -1075,12 +1296,12 @@ pub(crate) mod tests {
     fn two_approvals_need_two_different_approvers() {
         let mut r = waiting();
         r.required_approvals = 2;
-        let approvers = Approvers::new([user("UFIN"), user("UFIN2")]);
-        let t = r.approve(&user("UFIN"), &approvers, Utc::now()).unwrap();
+        let approvers = Authority::of(Approvers::new([user("UFIN"), user("UFIN2")]));
+        let t = r.approve(&user("UFIN"), &approvers, &crate::domain::Approval::default(), Utc::now()).unwrap();
         assert_eq!(r.status, RequestStatus::AwaitingApproval);
         assert!(!t.effects.contains(&Effect::CreateRefund));
-        assert_eq!(r.approve(&user("UFIN"), &approvers, Utc::now()), Err(DecisionError::AlreadyApprovedByYou(r.id)));
-        let t = r.approve(&user("UFIN2"), &approvers, Utc::now()).unwrap();
+        assert_eq!(r.approve(&user("UFIN"), &approvers, &crate::domain::Approval::default(), Utc::now()), Err(DecisionError::AlreadyApprovedByYou(r.id)));
+        let t = r.approve(&user("UFIN2"), &approvers, &crate::domain::Approval::default(), Utc::now()).unwrap();
         assert_eq!(r.status, RequestStatus::Approved);
         assert!(t.effects.contains(&Effect::CreateRefund));
         assert_eq!(r.approvals.len(), 2);
@@ -1092,13 +1313,13 @@ pub(crate) mod tests {
         let mut r = waiting();
         r.status = RequestStatus::Requested;
         let facts = r.charge.clone().unwrap();
-        let auto = PolicyDecision { route: Route::AutoApprove, rule: "Auto-approved".into(), warnings: vec![] };
+        let auto = PolicyDecision::new(Route::AutoApprove, "Auto-approved");
         let t = r.accept(facts.clone(), facts.amount, auto, now).unwrap();
         assert_eq!((r.status, t.actor), (RequestStatus::Approved, Actor::Policy));
         assert!(r.auto_approved && t.effects.contains(&Effect::CreateRefund) && t.effects.contains(&Effect::PostCard));
         let mut r2 = waiting();
         r2.status = RequestStatus::Requested;
-        let refuse = PolicyDecision { route: Route::Refuse, rule: "above the cap".into(), warnings: vec![] };
+        let refuse = PolicyDecision::new(Route::Refuse, "above the cap");
         r2.accept(facts.clone(), facts.amount, refuse, now).unwrap();
         assert_eq!(r2.status, RequestStatus::Rejected);
     }

@@ -115,6 +115,27 @@ impl SlackApi {
         Ok(res.ts)
     }
 
+    /// Posts a direct message to `user`; returns the conversation and the message's `ts`, which
+    /// editing it later needs.
+    #[tracing::instrument(skip(self, content))]
+    pub async fn post_direct_message(
+        &self,
+        user: &crate::domain::UserId,
+        content: SlackMessageContent,
+    ) -> Result<(SlackChannelId, SlackTs), SlackCallError> {
+        let req = SlackApiChatPostMessageRequest::new(super::direct_message(user), content);
+        let res = self.call("chat.postMessage", async |s| s.chat_post_message(&req).await).await?;
+        Ok((res.channel, res.ts))
+    }
+
+    /// A link to a message.
+    #[tracing::instrument(skip(self))]
+    pub async fn permalink(&self, channel: &SlackChannelId, ts: &SlackTs) -> Result<String, SlackCallError> {
+        let req = SlackApiChatGetPermalinkRequest::new(channel.clone(), ts.clone());
+        let res = self.call("chat.getPermalink", async |s| s.chat_get_permalink(&req).await).await?;
+        Ok(res.permalink.to_string())
+    }
+
     #[tracing::instrument(skip(self, content))]
     pub async fn update_message(
         &self,

@@ -11,11 +11,14 @@
 //! and opening the deny form, which must use the click's 3-second trigger) spawned tasks.
 
 use super::verify::{SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature};
-use super::views::{self, APPROVE_ACTION, DENY_ACTION, DENY_CALLBACK, DENY_REASON_ACTION, DENY_REASON_BLOCK};
+use super::views::{
+    self, APPROVE_ACTION, APPROVE_AMOUNT_BLOCK, APPROVE_CALLBACK, APPROVE_NOTE_BLOCK, DENY_ACTION, DENY_CALLBACK,
+    DENY_REASON_ACTION, DENY_REASON_BLOCK, INPUT_ACTION, REMIND_ACTION,
+};
 use crate::context::AppContext;
-use crate::desk::decide::Decided;
+use crate::desk::decide::{Asking, Decided};
 use crate::domain::command::{parse_command, usage};
-use crate::domain::{Command, DecisionError, NewRequest, RequestId, UserId, capitalised};
+use crate::domain::{AmountInput, Approval, Command, DecisionError, NewRequest, RequestId, UserId, capitalised};
 use crate::storage::StoreError;
 use axum::Json;
 use axum::extract::{FromRequest, Request, State};
@@ -124,6 +127,13 @@ pub async fn handle_command(ctx: &Arc<AppContext>, cmd: SlackCommandEvent) -> Op
             }
         }
         Command::Status(id) => status_text(ctx, id).await,
+        Command::Delegate(delegation) => match crate::desk::delegate::handle(ctx, &user, delegation).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::error!(error = %e, "could not change a delegation");
+                "The delegation could not be saved just now, so nothing changed. Try again in a minute.".to_string()
+            }
+        },
         Command::Refund(rc) => store_request(ctx, rc, user, &cmd).await,
     }))
 }
@@ -293,6 +303,7 @@ async fn handle_submission(
     let form = Form { modal, state: submitted.view.state_params.state.as_ref() };
     match modal.callback_id.as_ref().map(|c| c.0.as_str()) {
         Some(DENY_CALLBACK) => handle_deny_submission(ctx, user, &form).await,
+        Some(APPROVE_CALLBACK) => handle_approve_submission(ctx, user, &form).await,
         Some(views::REQUEST_CALLBACK) => handle_request_submission(ctx, user, &form).await,
         _ => None,
     }
@@ -333,7 +344,7 @@ async fn handle_action(
     action: &SlackInteractionActionInfo,
 ) {
     let action_id = action.action_id.0.as_str();
-    if action_id != APPROVE_ACTION && action_id != DENY_ACTION {
+    if ![APPROVE_ACTION, DENY_ACTION, REMIND_ACTION].contains(&action_id) {
         return;
     }
     let channel = channel_of(click);
@@ -344,28 +355,50 @@ async fn handle_action(
         tracing::warn!(value = ?action.value, "button without a request id");
         return;
     };
-    if action_id == APPROVE_ACTION {
-        match crate::desk::decide::approve(ctx, id, &user).await {
-            Ok(Decided::Done) => {}
+    if action_id == REMIND_ACTION {
+        match crate::desk::decide::nudge(ctx, id, &user).await {
+            Ok(Decided::Done) => ctx.tell_privately(
+                channel,
+                user,
+                format!("Approvers are reminded about {id} in the card's thread."),
+            ),
             Ok(Decided::Refused(refusal)) => ctx.tell_privately(channel, user, refusal.to_string()),
             Err(e) => report_store_error(ctx, channel, user, id, e),
         }
         return;
     }
-    // Deny: check first, so nobody gets a form they cannot submit; then open it at once, while
-    // the click's trigger id is still valid.
-    let request = match crate::desk::decide::may_decide(ctx, id, &user).await {
+    // Check first, so nobody gets a form they cannot submit.
+    let asking = if action_id == APPROVE_ACTION { Asking::Approve } else { Asking::Deny };
+    let request = match crate::desk::decide::may_decide(ctx, id, &user, asking).await {
         Ok(Some(Ok(r))) => r,
         Ok(Some(Err(refusal))) => return ctx.tell_privately(channel, user, refusal.to_string()),
         Ok(None) => return ctx.tell_privately(channel, user, format!("There is no request {id}.")),
         Err(e) => return report_store_error(ctx, channel, user, id, e),
     };
+    let form = match asking {
+        Asking::Approve if !request.approval_needs_form() => {
+            match crate::desk::decide::approve(ctx, id, &user, &Approval::default()).await {
+                Ok(Decided::Done) => {}
+                Ok(Decided::Refused(refusal)) => ctx.tell_privately(channel, user, refusal.to_string()),
+                Err(e) => report_store_error(ctx, channel, user, id, e),
+            }
+            return;
+        }
+        Asking::Approve => ("approval", views::approve_modal(&request), "Approve"),
+        Asking::Deny => ("deny", views::deny_modal(&request), "Deny"),
+    };
+    // Opened at once, while the click's trigger id is still valid.
     let trigger = click.trigger_id.clone();
     let ctx2 = ctx.clone();
     tokio::spawn(async move {
-        if let Err(e) = ctx2.slack.open_view(&trigger, views::deny_modal(&request)).await {
-            tracing::warn!(error = %e, request_id = %id, "could not open the deny form");
-            ctx2.tell_privately(channel, user, format!("The deny form could not be opened ({e}). Click Deny again."));
+        let (what, view, button) = form;
+        if let Err(e) = ctx2.slack.open_view(&trigger, view).await {
+            tracing::warn!(error = %e, request_id = %id, form = what, "could not open a form");
+            ctx2.tell_privately(
+                channel,
+                user,
+                format!("The {what} form could not be opened ({e}). Click {button} again."),
+            );
         }
     });
 }
@@ -404,7 +437,7 @@ async fn handle_deny_submission(
     user: UserId,
     form: &Form<'_>,
 ) -> Option<SlackViewSubmissionResponse> {
-    let Some(id) = views::deny_modal_request(form.private_metadata()) else {
+    let Some(id) = views::modal_request(form.private_metadata()) else {
         return view_error(
             DENY_REASON_BLOCK,
             "This form lost track of its request; close it and click Deny again.".into(),
@@ -421,6 +454,51 @@ async fn handle_deny_submission(
         Err(e) => {
             tracing::error!(error = %e, request_id = %id, "storage failed on a denial");
             view_error(DENY_REASON_BLOCK, "The denial could not be saved just now; try again.".into())
+        }
+    }
+}
+
+/// The approval form, submitted: the typed amount must be the request's (in its currency), and
+/// a note given where the policy asks for one; each mistake goes back on its field.
+async fn handle_approve_submission(
+    ctx: &Arc<AppContext>,
+    user: UserId,
+    form: &Form<'_>,
+) -> Option<SlackViewSubmissionResponse> {
+    let Some(id) = views::modal_request(form.private_metadata()) else {
+        return view_error(
+            APPROVE_NOTE_BLOCK,
+            "This form lost track of its request; close it and click Approve again.".into(),
+        );
+    };
+    let request = match ctx.store.get_request(id).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return view_error(APPROVE_NOTE_BLOCK, format!("There is no request {id}.")),
+        Err(e) => {
+            tracing::error!(error = %e, request_id = %id, "storage failed on an approval");
+            return view_error(APPROVE_NOTE_BLOCK, "The approval could not be saved just now; try again.".into());
+        }
+    };
+    let typed = form.input(APPROVE_AMOUNT_BLOCK, INPUT_ACTION);
+    let typed_amount = match (typed.as_deref().map(str::trim).filter(|t| !t.is_empty()), request.amount) {
+        (Some(text), Some(amount)) => {
+            match AmountInput::parse(text).and_then(|a| a.to_money(amount.currency())) {
+                Ok(money) => Some(money),
+                Err(e) => return view_error(APPROVE_AMOUNT_BLOCK, capitalised(&e.to_string())),
+            }
+        }
+        _ => None,
+    };
+    let given = Approval { note: form.input(APPROVE_NOTE_BLOCK, INPUT_ACTION), typed_amount };
+    match crate::desk::decide::approve(ctx, id, &user, &given).await {
+        Ok(Decided::Done) => None,
+        Ok(Decided::Refused(refusal @ (DecisionError::AmountMismatch(_) | DecisionError::AmountNotConfirmed(_)))) => {
+            view_error(APPROVE_AMOUNT_BLOCK, refusal.to_string())
+        }
+        Ok(Decided::Refused(refusal)) => view_error(APPROVE_NOTE_BLOCK, refusal.to_string()),
+        Err(e) => {
+            tracing::error!(error = %e, request_id = %id, "storage failed on an approval");
+            view_error(APPROVE_NOTE_BLOCK, "The approval could not be saved just now; try again.".into())
         }
     }
 }

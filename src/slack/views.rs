@@ -10,6 +10,12 @@ pub const DENY_ACTION: &str = "refund_deny";
 pub const DENY_CALLBACK: &str = "refund_deny_modal";
 pub const DENY_REASON_BLOCK: &str = "deny_reason_block";
 pub const DENY_REASON_ACTION: &str = "deny_reason";
+/// The requester's Remind approvers button (direct message and App Home).
+pub const REMIND_ACTION: &str = "refund_remind";
+/// The approval form, when approving asks for a note or the typed amount.
+pub const APPROVE_CALLBACK: &str = "refund_approve_modal";
+pub const APPROVE_NOTE_BLOCK: &str = "approve_note_block";
+pub const APPROVE_AMOUNT_BLOCK: &str = "approve_amount_block";
 
 /// A time that each reader sees in their own time zone, with a UTC fallback.
 pub fn slack_time(at: DateTime<Utc>) -> String {
@@ -39,13 +45,13 @@ pub fn status_line(r: &RefundRequest) -> String {
     let decision = match (&r.approved, &r.denied) {
         _ if r.auto_approved => "Approved by the refund policy, without a click".to_string(),
         (Some(_), _) if r.approvals.len() > 1 => format!("Approved by {}", approvers_text(r)),
-        (Some(d), _) => format!("Approved by {} {}", mention(&d.by), slack_time(d.at)),
+        (Some(d), _) => format!("Approved by {} {}{}", d.who(), slack_time(d.at), note_text(d)),
         (None, None) if !r.approvals.is_empty() => {
             format!("{} of {} approvals: {}", r.approvals.len(), r.required_approvals, approvers_text(r))
         }
         (None, Some(d)) => format!(
             "Denied by {} {}: {}",
-            mention(&d.by),
+            d.who(),
             slack_time(d.at),
             escape(r.deny_reason.as_deref().unwrap_or(""))
         ),
@@ -59,9 +65,47 @@ pub fn status_line(r: &RefundRequest) -> String {
     format!("*Status:* {}{sep}{decision}{refund}{problem}", r.status)
 }
 
-/// Everyone who approved, with when.
+/// Everyone who approved, with when (and on whose behalf, and their note).
 fn approvers_text(r: &RefundRequest) -> String {
-    r.approvals.iter().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).collect::<Vec<_>>().join(" and ")
+    r.approvals
+        .iter()
+        .map(|d| format!("{} {}{}", d.who(), slack_time(d.at), note_text(d)))
+        .collect::<Vec<_>>()
+        .join(" and ")
+}
+
+/// An approver's note, quoted, or nothing.
+fn note_text(d: &crate::domain::Decision) -> String {
+    d.note.as_deref().map(|n| format!(" (note: \u{201c}{}\u{201d})", escape(n))).unwrap_or_default()
+}
+
+/// What approving asks for, and who may approve, in words for the card.
+fn approval_asks(r: &RefundRequest) -> Vec<String> {
+    let mut lines = vec![];
+    if let (Some(from), true) = (r.senior_from(), r.status == RequestStatus::AwaitingApproval) {
+        let given = r.approvals.iter().any(|a| a.senior);
+        lines.push(if given {
+            format!(":medal: At or above {from}: the senior approval is given.")
+        } else {
+            format!(":medal: At or above {from}: one approval must come from a senior approver.")
+        });
+    }
+    if r.status == RequestStatus::AwaitingApproval {
+        let asks: Vec<&str> = [
+            r.policy.as_ref().is_some_and(|p| p.confirm_amount).then_some("the amount typed"),
+            r.policy.as_ref().is_some_and(|p| p.note_required).then_some("a note"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !asks.is_empty() {
+            lines.push(format!(":memo: Approving asks for {}.", asks.join(" and ")));
+        }
+    }
+    if let Some(at) = r.escalated_at {
+        lines.push(format!(":rotating_light: Escalated {}: the escalation approvers may decide it too.", slack_time(at)));
+    }
+    lines
 }
 
 /// Refunds Stripe already had on the charge, and which request made each.
@@ -165,6 +209,9 @@ pub fn approval_card(
         for warning in &policy.warnings {
             text.push_str(&format!("\n:warning: {}", escape(warning)));
         }
+        for line in approval_asks(r) {
+            text.push_str(&format!("\n{line}"));
+        }
         blocks.push(SlackSectionBlock::new().with_text(md!("{}", text)).into());
     }
     // What Stripe now says remains, when a refund made outside the desk took some of it.
@@ -202,23 +249,28 @@ pub fn approval_card(
         .with_blocks(blocks)
 }
 
-/// Approve (with a confirmation) and Deny, carrying the request id; on the card and in App Home.
+/// Approve (with a confirmation, or a form when approving asks for more) and Deny, carrying the
+/// request id; on the card and in App Home.
 fn decision_buttons(r: &RefundRequest) -> SlackBlock {
     let value = r.id.to_string();
-    let confirm = SlackBlockConfirmItem::new(
-        pt!("Approve refund?"),
-        md!("Refund *{}* on `{}` now ({}). Stripe is called at once.", amount_text(r), r.target, r.id),
-        pt!("Approve"),
-        pt!("Cancel"),
-    )
-    .with_style("primary".to_string());
+    let mut approve = SlackBlockButtonElement::new(pt!("Approve"))
+        .with_action_id(APPROVE_ACTION.into())
+        .with_value(value.clone())
+        .with_style(SlackBlockButtonStyle::Primary);
+    // The form is the confirmation where there is one.
+    if !r.approval_needs_form() {
+        approve = approve.with_confirm(
+            SlackBlockConfirmItem::new(
+                pt!("Approve refund?"),
+                md!("Refund *{}* on `{}` now ({}). Stripe is called at once.", amount_text(r), r.target, r.id),
+                pt!("Approve"),
+                pt!("Cancel"),
+            )
+            .with_style("primary".to_string()),
+        );
+    }
     SlackActionsBlock::new(vec![
-        SlackBlockButtonElement::new(pt!("Approve"))
-            .with_action_id(APPROVE_ACTION.into())
-            .with_value(value.clone())
-            .with_style(SlackBlockButtonStyle::Primary)
-            .with_confirm(confirm)
-            .into(),
+        approve.into(),
         SlackBlockButtonElement::new(pt!("Deny"))
             .with_action_id(DENY_ACTION.into())
             .with_value(value)
@@ -248,8 +300,11 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
             escape(r.problem.as_deref().unwrap_or("Stripe could not confirm the charge"))
         ),
         (Notice::Approved, _) => {
-            let by =
-                r.approved.as_ref().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).unwrap_or_default();
+            let by = r
+                .approved
+                .as_ref()
+                .map(|d| format!("{} {}{}", d.who(), slack_time(d.at), note_text(d)))
+                .unwrap_or_default();
             format!(":white_check_mark: Approved by {by}. Sending the refund to Stripe.")
         }
         (Notice::ApprovalRecorded, _) => format!(
@@ -263,11 +318,11 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
             format!(":robot_face: Refunded by the policy without approval ({rule}). Sending the refund to Stripe.")
         }
         (Notice::Denied, Audience::Thread) => {
-            let by = r.denied.as_ref().map(|d| format!("{} {}", mention(&d.by), slack_time(d.at))).unwrap_or_default();
+            let by = r.denied.as_ref().map(|d| format!("{} {}", d.who(), slack_time(d.at))).unwrap_or_default();
             format!(":no_entry: Denied by {by}. Reason: {}", escape(r.deny_reason.as_deref().unwrap_or("")))
         }
         (Notice::Denied, Audience::Requester) => {
-            let by = r.denied.as_ref().map(|d| mention(&d.by)).unwrap_or_default();
+            let by = r.denied.as_ref().map(|d| d.who()).unwrap_or_default();
             format!(
                 ":no_entry: Your refund request {what} was denied by {by}: {}",
                 escape(r.deny_reason.as_deref().unwrap_or(""))
@@ -331,6 +386,28 @@ pub fn notice_text(r: &RefundRequest, notice: &Notice, audience: Audience) -> St
             let since = r.awaiting_since.map(|t| format!(" since {}", slack_time(t))).unwrap_or_default();
             format!(":alarm_clock: {} has been waiting for approval{since}. {}", r.id, who.join(" "))
         }
+        (Notice::Nudge { approvers }, _) => {
+            let who: Vec<String> = approvers.iter().map(mention).collect();
+            let since = r.awaiting_since.map(|t| format!(" since {}", slack_time(t))).unwrap_or_default();
+            format!(
+                ":wave: {} asks: {} has been waiting for approval{since}. {}",
+                mention(&r.requester),
+                r.id,
+                who.join(" ")
+            )
+        }
+        (Notice::Escalated { approvers }, _) => {
+            let who: Vec<String> = approvers.iter().map(mention).collect();
+            let since = r.awaiting_since.map(|t| format!(" since {}", slack_time(t))).unwrap_or_default();
+            format!(
+                ":rotating_light: Escalated: {} has been waiting for approval{since}. {} you may now approve or deny it.",
+                r.id,
+                who.join(" ")
+            )
+        }
+        (Notice::WithFinance, _) => format!(
+            ":inbox_tray: Your refund request {what} is with finance for approval. You will hear the outcome here."
+        ),
         (Notice::Expired, Audience::Thread) => {
             ":hourglass: Expired: nobody decided in time. Nothing was refunded.".to_string()
         }
@@ -383,6 +460,84 @@ pub fn deny_modal(r: &RefundRequest) -> SlackView {
         .with_submit(pt!("Deny"))
         .with_close(pt!("Cancel")),
     )
+}
+
+/// The form that asks an approver for what approving `r` needs: the amount typed, a note.
+pub fn approve_modal(r: &RefundRequest) -> SlackView {
+    let asks = r.policy.clone();
+    let confirm_amount = asks.as_ref().is_some_and(|p| p.confirm_amount);
+    let note_required = asks.as_ref().is_some_and(|p| p.note_required);
+    let mut blocks: Vec<SlackBlock> = vec![
+        SlackSectionBlock::new()
+            .with_text(md!(
+                "Approve the refund of *{}* on `{}` asked by {}? Stripe is called once the approvals are in.",
+                amount_text(r),
+                r.target,
+                mention(&r.requester)
+            ))
+            .into(),
+    ];
+    if confirm_amount {
+        let currency = r.amount.map(|m| m.currency().code().to_uppercase()).unwrap_or_default();
+        blocks.push(
+            SlackInputBlock::new(
+                pt!("Type the amount to refund ({})", currency),
+                SlackBlockPlainTextInputElement::new()
+                    .with_action_id(INPUT_ACTION.into())
+                    .with_placeholder(pt!("as on the card, e.g. 1,250.00"))
+                    .into(),
+            )
+            .with_block_id(APPROVE_AMOUNT_BLOCK.into())
+            .into(),
+        );
+    }
+    blocks.push(
+        SlackInputBlock::new(
+            pt!("{}", if note_required { "Why you approve (goes in the thread and the audit trail)" } else { "Note (optional)" }),
+            SlackBlockPlainTextInputElement::new()
+                .with_action_id(INPUT_ACTION.into())
+                .with_multiline(true)
+                .with_max_length(1000)
+                .into(),
+        )
+        .with_block_id(APPROVE_NOTE_BLOCK.into())
+        .with_optional(!note_required)
+        .into(),
+    );
+    SlackView::Modal(
+        SlackModalView::new(pt!("Approve {}", r.id), blocks)
+            .with_callback_id(APPROVE_CALLBACK.into())
+            .with_private_metadata(r.id.to_string())
+            .with_submit(pt!("Approve"))
+            .with_close(pt!("Cancel")),
+    )
+}
+
+/// The Remind approvers button for request `r`.
+fn remind_button(r: &RefundRequest) -> SlackBlock {
+    SlackActionsBlock::new(vec![
+        SlackBlockButtonElement::new(pt!("Remind approvers"))
+            .with_action_id(REMIND_ACTION.into())
+            .with_value(r.id.to_string())
+            .into(),
+    ])
+    .with_block_id(format!("remind_{}", r.id).into())
+    .into()
+}
+
+/// The direct message telling the requester their request is with finance: with the Remind
+/// approvers button while it waits, and where it stands once it no longer does.
+pub fn with_finance_message(r: &RefundRequest) -> SlackMessageContent {
+    let text = notice_text(r, &Notice::WithFinance, Audience::Requester);
+    let mut blocks: Vec<SlackBlock> = vec![
+        SlackSectionBlock::new().with_text(md!("{}", text)).into(),
+        SlackContextBlock::new(vec![SlackContextBlockElement::MarkDown(SlackBlockMarkDownText::new(status_line(r)))])
+            .into(),
+    ];
+    if r.status == RequestStatus::AwaitingApproval {
+        blocks.push(remind_button(r));
+    }
+    SlackMessageContent::new().with_text(text).with_blocks(blocks)
 }
 
 pub const REQUEST_CALLBACK: &str = "refund_request_modal";
@@ -458,8 +613,8 @@ pub fn request_received(r: &RefundRequest) -> SlackView {
     )
 }
 
-/// The request id a deny form was opened for.
-pub fn deny_modal_request(private_metadata: &str) -> Option<RequestId> {
+/// The request id a deny or approve form was opened for.
+pub fn modal_request(private_metadata: &str) -> Option<RequestId> {
     RequestId::parse(private_metadata).ok()
 }
 
@@ -472,6 +627,79 @@ pub fn waited(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
         (0, _) => format!("{hours}h {mins}m"),
         _ => format!("{days}d {hours}h"),
     }
+}
+
+/// How many waiting requests the digest lists.
+pub const DIGEST_WAITING_SHOWN: usize = 15;
+
+/// A length of time in words: `3h 20m`, `2d 4h`, `5m`, `40s`.
+fn duration_text(d: chrono::Duration) -> String {
+    if d.num_minutes() == 0 {
+        return format!("{}s", d.num_seconds().max(0));
+    }
+    waited(DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MIN_UTC + d)
+}
+
+/// The daily digest for the finance channel: the day's requests by outcome, what was refunded,
+/// by reason, by approver, how long decisions took, and what still waits, oldest first, each
+/// with a link to its card when Slack gave one.
+pub fn digest_message(
+    d: &crate::domain::digest::Digest,
+    tz: chrono_tz::Tz,
+    waiting: &[(&RefundRequest, Option<String>)],
+    waiting_total: usize,
+    now: DateTime<Utc>,
+) -> SlackMessageContent {
+    let join = |items: Vec<String>| if items.is_empty() { "none".to_string() } else { items.join(" · ") };
+    let title = format!("Daily digest for {} ({tz})", d.day.format("%A %-d %B %Y"));
+    let mut lines = vec![format!("*{title}*: {} request{} made", d.requests, if d.requests == 1 { "" } else { "s" })];
+    lines.push(format!(
+        "*By outcome:* {}",
+        join(d.outcomes.iter().map(|(s, n)| format!("{} {n}", s.label())).collect())
+    ));
+    lines.push(format!("*Refunded:* {}", join(d.refunded.iter().map(|m| m.to_string()).collect())));
+    lines.push(format!("*By reason:* {}", join(d.reasons.iter().map(|(r, n)| format!("{r} {n}")).collect())));
+    lines.push(format!(
+        "*By approver:* {}",
+        join(
+            d.approvers
+                .iter()
+                .map(|(u, t)| format!("{} approved {}, denied {}", mention(u), t.approved, t.denied))
+                .collect()
+        )
+    ));
+    lines.push(match (d.median_to_decision, d.longest_to_decision) {
+        (Some(median), Some(longest)) => format!(
+            "*Time to a decision:* median {}, longest {}",
+            duration_text(median),
+            duration_text(longest)
+        ),
+        _ => "*Time to a decision:* no request made that day was decided by a person".to_string(),
+    });
+    let mut blocks: Vec<SlackBlock> =
+        vec![SlackSectionBlock::new().with_text(md!("{}", lines.join("\n"))).into()];
+    let mut still = vec![format!("*Still waiting* ({waiting_total}, oldest first)")];
+    if waiting.is_empty() {
+        still.push("Nothing waits for approval.".to_string());
+    }
+    for (r, link) in waiting {
+        let id = match link {
+            Some(url) => format!("<{url}|{}>", r.id),
+            None => r.id.to_string(),
+        };
+        let since = r.awaiting_since.unwrap_or(r.created_at);
+        still.push(format!(
+            "• {id} · {} · asked by {} · waiting {}",
+            amount_text(r),
+            mention(&r.requester),
+            waited(since, now)
+        ));
+    }
+    if waiting_total > waiting.len() {
+        still.push(format!("… and {} more", waiting_total - waiting.len()));
+    }
+    blocks.push(SlackSectionBlock::new().with_text(md!("{}", still.join("\n"))).into());
+    SlackMessageContent::new().with_text(title).with_blocks(blocks)
 }
 
 /// What App Home shows one person.
@@ -507,12 +735,7 @@ pub fn home_view(p: &HomeParams<'_>) -> SlackView {
         .into(),
     );
     if p.is_approver {
-        let queue: Vec<&RefundRequest> = p
-            .waiting
-            .iter()
-            .filter(|r| r.requester != *p.user && !r.approvals.iter().any(|a| a.by == *p.user))
-            .take(HOME_LIST_LIMIT)
-            .collect();
+        let queue: Vec<&RefundRequest> = p.waiting.iter().take(HOME_LIST_LIMIT).collect();
         blocks.push(SlackDividerBlock::new().into());
         blocks.push(SlackSectionBlock::new().with_text(md!("*Waiting for you* ({})", queue.len())).into());
         if queue.is_empty() {
@@ -530,10 +753,11 @@ pub fn home_view(p: &HomeParams<'_>) -> SlackView {
             } else {
                 String::new()
             };
+            let asks: String = approval_asks(r).iter().map(|l| format!("\n{l}")).collect();
             blocks.push(
                 SlackSectionBlock::new()
                     .with_text(md!(
-                        "*{}* · {} on `{}` · {} · asked by {} · waiting {}{progress}",
+                        "*{}* · {} on `{}` · {} · asked by {} · waiting {}{progress}{asks}",
                         r.id,
                         amount_text(r),
                         r.target,
@@ -562,6 +786,9 @@ pub fn home_view(p: &HomeParams<'_>) -> SlackView {
                 .with_text(md!("*{}* · {} on `{}` · {}", r.id, amount_text(r), r.target, r.status))
                 .into(),
         );
+        if r.status == RequestStatus::AwaitingApproval {
+            blocks.push(remind_button(r));
+        }
     }
     SlackView::Home(SlackHomeView::new(blocks))
 }
@@ -609,9 +836,11 @@ mod tests {
             },
             Money::new(2500, usd),
             crate::domain::policy::PolicyDecision {
-                route: crate::domain::policy::Route::Approvals(1),
-                rule: "One approval: above the $20.00 auto-approval limit".into(),
                 warnings: vec!["Charged 75 days ago, past the 60-day refund window".into()],
+                ..crate::domain::policy::PolicyDecision::new(
+                    crate::domain::policy::Route::Approvals(1),
+                    "One approval: above the $20.00 auto-approval limit",
+                )
             },
             now,
         )
@@ -665,7 +894,7 @@ mod tests {
     fn a_decided_card_has_no_buttons_and_says_who_decided() {
         let mut r = request();
         let approver = UserId::parse("UFIN").unwrap();
-        r.approve(&approver, &Approvers::new([approver.clone()]), Utc::now()).unwrap();
+        r.approve(&approver, &crate::domain::Authority::of(Approvers::new([approver.clone()])), &crate::domain::Approval::default(), Utc::now()).unwrap();
         let card = json(&approval_card(&r, (&[], 0), Utc::now()));
         assert!(!card.contains("refund_approve") && !card.contains("\"actions\""), "{card}");
         assert!(card.contains("Approved by <@UFIN>"), "{card}");
@@ -678,6 +907,6 @@ mod tests {
             view.contains(DENY_CALLBACK) && view.contains(DENY_REASON_BLOCK) && view.contains("plain_text_input"),
             "{view}"
         );
-        assert_eq!(deny_modal_request("R-1001"), Some(RequestId::new(1001)));
+        assert_eq!(modal_request("R-1001"), Some(RequestId::new(1001)));
     }
 }

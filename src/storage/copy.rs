@@ -41,6 +41,9 @@ pub struct StoreCopy {
     pub day_totals: Vec<(NaiveDate, String, u64)>,
     /// Alert claims: what, the job that holds it, since when.
     pub alert_claims: Vec<(String, u64, DateTime<Utc>)>,
+    /// What the replicas share: delegations, the digest's record, user groups' members.
+    #[serde(default)]
+    pub shared_values: Vec<(String, String)>,
 }
 
 impl StoreCopy {

@@ -377,6 +377,8 @@ pub trait Engine: Send + Sync {
     /// A value the replicas share (what a lease holder read for all of them).
     fn shared_value(&self, key: &str) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
     fn set_shared_value(&self, key: &str, value: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every shared value whose key starts with `prefix`, by key.
+    fn shared_values(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 
     fn remember_home_user(&self, user: &str, now: DateTime<Utc>)
     -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -754,6 +756,10 @@ impl Store {
 
     pub async fn shared_value(&self, key: &str) -> Result<Option<String>, StoreError> {
         engine!(self, e => e.shared_value(key).await)
+    }
+
+    pub async fn shared_values(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        engine!(self, e => e.shared_values(prefix).await)
     }
 
     pub async fn set_shared_value(&self, key: &str, value: &str) -> Result<(), StoreError> {

@@ -415,7 +415,7 @@ async fn refresh_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), J
     let others = ctx.store.others_on_payment(request, views::OTHERS_SHOWN).await?;
     let content = views::approval_card(request, (&others.0, others.1), ctx.now());
     ctx.slack.update_message(&card.channel.as_str().into(), &card.ts.as_str().into(), content).await?;
-    Ok(())
+    refresh_requester_message(ctx, request).await
 }
 
 async fn thread_reply(ctx: &AppContext, request: &RefundRequest, notice: &Notice, job: &Job) -> Result<(), JobError> {
@@ -441,6 +441,9 @@ async fn notify_requester(
     if job.posted_ts.is_some() {
         return Ok(());
     }
+    if *notice == Notice::WithFinance {
+        return tell_requester_with_finance(ctx, request, job).await;
+    }
     let text = views::notice_text(request, notice, Audience::Requester);
     // A refusal replaces the "Got it" answer where the person typed `/refund`, while Slack
     // still takes it there (30 minutes); a direct message only if that fails.
@@ -462,6 +465,39 @@ async fn notify_requester(
         .post_message(&crate::slack::direct_message(&request.requester), views::text_message(text), None)
         .await?;
     ctx.store.record_job_posted(job, &ts.0).await?;
+    Ok(())
+}
+
+/// Once the card is posted, tells the requester their request is with finance, with the
+/// Remind approvers button; the message is recorded on the request, so it is edited when the
+/// request stops waiting.
+async fn tell_requester_with_finance(ctx: &AppContext, request: &RefundRequest, job: &Job) -> Result<(), JobError> {
+    if request.status != RequestStatus::AwaitingApproval || request.requester_message.is_some() {
+        // Decided before this ran: the outcome has its own message.
+        return Ok(());
+    }
+    if request.card.is_none() {
+        // The card goes first (another lane); a card that cannot be posted parks and is reported.
+        return Err(JobError::Defer(Duration::from_secs(2)));
+    }
+    let (channel, ts) = ctx.slack.post_direct_message(&request.requester, views::with_finance_message(request)).await?;
+    ctx.store.record_job_posted(job, &ts.0).await?;
+    let message = MessageRef { channel: channel.0, ts: ts.0 };
+    let moved = ctx.store.update_request(request.id, |r| r.requester_message = Some(message.clone())).await?;
+    // Decided while the message was being posted: its button must go at once.
+    if moved.status != RequestStatus::AwaitingApproval {
+        refresh_requester_message(ctx, &moved).await?;
+    }
+    Ok(())
+}
+
+/// Edits the requester's "with finance" message to show where the request stands (its button
+/// goes once it no longer waits).
+async fn refresh_requester_message(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    if let Some(m) = &request.requester_message {
+        let content = views::with_finance_message(request);
+        ctx.slack.update_message(&m.channel.as_str().into(), &m.ts.as_str().into(), content).await?;
+    }
     Ok(())
 }
 
@@ -595,7 +631,8 @@ async fn check_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> R
     if still_pending { Err(JobError::Defer(interval)) } else { Ok(()) }
 }
 
-/// Reminds approvers once, then expires the request, as the policy's deadlines say.
+/// The policy's deadlines for a waiting request, in order of time: remind the approvers once,
+/// escalate once, expire.
 async fn deadline(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
     if request.status != RequestStatus::AwaitingApproval {
         return Ok(());
@@ -610,30 +647,35 @@ async fn deadline(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobEr
         ctx.store.transition(request.id, now, |r| r.expire(now).map(Some)).await?.ok();
         return Ok(());
     }
-    if let Some(remind) = policy.remind_after.map(at)
-        && now >= remind
-        && request.reminded_at.is_none()
-    {
-        let approvers = ctx.approvers();
-        ctx.store.transition(request.id, now, |r| r.remind(&approvers, now).map(Some)).await?.ok();
+    let remind = policy.remind_after.map(at).filter(|_| request.reminded_at.is_none());
+    let escalate = policy.escalate_after.map(at).filter(|_| request.escalated_at.is_none());
+    if remind.is_some_and(|t| now >= t) || escalate.is_some_and(|t| now >= t) {
+        let authority = ctx.authority().await?;
+        if remind.is_some_and(|t| now >= t) {
+            ctx.store.transition(request.id, now, |r| r.remind(&authority, now).map(Some)).await?.ok();
+        }
+        if escalate.is_some_and(|t| now >= t) {
+            ctx.store.transition(request.id, now, |r| r.escalate(&authority, now).map(Some)).await?.ok();
+        }
     }
     // Wait for whichever deadline is next.
-    let reminded = request.reminded_at.is_some() || policy.remind_after.map(at).is_some_and(|t| now >= t);
-    let next = [policy.remind_after.map(at).filter(|_| !reminded), policy.expire_after.map(at)]
-        .into_iter()
-        .flatten()
-        .filter(|t| *t > now)
-        .min();
+    let next = [remind, escalate, policy.expire_after.map(at)].into_iter().flatten().filter(|t| *t > now).min();
     match next {
         Some(t) => Err(JobError::Defer((t - now).to_std().unwrap_or_default())),
         None => Ok(()),
     }
 }
 
-/// Publishes App Home for the requester and the approvers who use it.
+/// Publishes App Home for the requester and everyone who may decide, who uses it.
 async fn refresh_homes(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
+    let authority = ctx.authority().await?;
     let mut people = vec![request.requester.clone()];
-    people.extend(ctx.approvers().iter().filter(|a| **a != request.requester).cloned());
+    let deciders = authority.approvers.iter().chain(authority.seniors.iter()).chain(authority.escalation.iter());
+    for user in deciders.chain(authority.delegations.iter().map(|d| &d.to)) {
+        if !people.contains(user) {
+            people.push(user.clone());
+        }
+    }
     for user in people {
         if ctx.store.has_home(user.as_str()).await? {
             publish_home(ctx, &user).await?;
@@ -642,16 +684,22 @@ async fn refresh_homes(ctx: &AppContext, request: &RefundRequest) -> Result<(), 
     Ok(())
 }
 
-/// One person's App Home, from the indexes: never a scan of every request.
+/// One person's App Home, from the indexes: never a scan of every request. The queue holds
+/// what `user` may decide now: as an approver, a senior, an escalation approver, or a delegate.
 pub async fn home_for(
     store: &Store,
     user: &crate::domain::UserId,
-    is_approver: bool,
+    authority: &crate::domain::Authority,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<slack_morphism::prelude::SlackView, StoreError> {
+    let is_approver = authority.may_delegate(user) || authority.delegates_to(user).next().is_some();
     // Oldest first; more than the view shows, since some are the person's own.
-    let waiting =
-        if is_approver { store.requests_with_status(RequestStatus::AwaitingApproval, 200).await? } else { vec![] };
+    let waiting = if is_approver {
+        let all = store.requests_with_status(RequestStatus::AwaitingApproval, 200).await?;
+        all.into_iter().filter(|r| r.may_deny(user, authority).is_ok()).collect()
+    } else {
+        vec![]
+    };
     let mine = store.requests_of(user.as_str(), views::HOME_LIST_LIMIT).await?;
     let (requested_today, refunded_today) = store.totals_on(now.date_naive()).await?;
     Ok(views::home_view(&views::HomeParams {
@@ -667,7 +715,7 @@ pub async fn home_for(
 
 /// Builds and publishes one person's App Home.
 pub async fn publish_home(ctx: &AppContext, user: &crate::domain::UserId) -> Result<(), JobError> {
-    let view = home_for(&ctx.store, user, ctx.approvers().contains(user), ctx.now()).await?;
+    let view = home_for(&ctx.store, user, &ctx.authority().await?, ctx.now()).await?;
     ctx.slack.publish_home(&user.into(), view).await?;
     Ok(())
 }

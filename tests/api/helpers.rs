@@ -50,8 +50,22 @@ impl TestApp {
         TestApp::spawn_with_policy("").await
     }
 
+    /// A desk with `[policy]` TOML and `customize` applied to its settings from the start.
+    pub async fn spawn_configured(policy_toml: &str, customize: fn(&mut refund_desk::config::Settings)) -> TestApp {
+        let mut app = TestApp::build(policy_toml).await;
+        app.customize = customize;
+        app.start().await;
+        app
+    }
+
     /// A desk with `[policy]` TOML (the contract's form) applied.
     pub async fn spawn_with_policy(policy_toml: &str) -> TestApp {
+        let mut app = TestApp::build(policy_toml).await;
+        app.start().await;
+        app
+    }
+
+    async fn build(policy_toml: &str) -> TestApp {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
@@ -68,7 +82,7 @@ impl TestApp {
         } else {
             None
         };
-        let mut test = TestApp {
+        TestApp {
             app: None,
             driver: SlackDriver::new(String::new()),
             slack,
@@ -78,9 +92,7 @@ impl TestApp {
             database,
             policy,
             customize: |_| {},
-        };
-        test.start().await;
-        test
+        }
     }
 
     async fn start(&mut self) {

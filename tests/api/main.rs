@@ -1,10 +1,12 @@
 //! Integration tests: the real service over HTTP, against the Slack, Stripe and SMTP stand-ins
 //! on loopback, with a real sled database in a temporary directory.
 
+mod approvals;
 mod approvers;
 mod crash;
 mod decisions;
 mod desk;
+mod digest;
 mod durability;
 mod emails;
 mod events;

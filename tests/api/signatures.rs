@@ -181,6 +181,10 @@ fn the_stand_ins_sign_as_slack_and_stripe_do_and_send_the_desks_ids() {
         [driver::APPROVE_ACTION, driver::DENY_CALLBACK, driver::DENY_REASON_BLOCK, driver::DENY_REASON_ACTION],
         [views::APPROVE_ACTION, views::DENY_CALLBACK, views::DENY_REASON_BLOCK, views::DENY_REASON_ACTION]
     );
+    assert_eq!(
+        [driver::REMIND_ACTION, driver::APPROVE_CALLBACK, driver::APPROVE_NOTE_BLOCK, driver::APPROVE_AMOUNT_BLOCK],
+        [views::REMIND_ACTION, views::APPROVE_CALLBACK, views::APPROVE_NOTE_BLOCK, views::APPROVE_AMOUNT_BLOCK]
+    );
     assert_eq!([driver::REASON_BLOCK, driver::INPUT_ACTION], [views::REASON_BLOCK, views::INPUT_ACTION]);
     assert_eq!(stripe::API_VERSION, refund_desk::stripe::client::API_VERSION);
 }

@@ -282,6 +282,9 @@ impl PgStore {
             tx.execute("INSERT INTO alert_claims (what, job_id, at) VALUES ($1, $2, $3)", &[what, &(*job as i64), at])
                 .await?;
         }
+        for (key, value) in &copy.shared_values {
+            tx.execute("INSERT INTO meta (key, value) VALUES ($1, $2)", &[&format!("shared/{key}"), value]).await?;
+        }
         let meta = [
             ("stripe_events_cursor", copy.events_cursor.clone()),
             ("stripe_events_looked_back_at", copy.events_looked_back_at.map(|at| at.to_string())),
@@ -1171,6 +1174,16 @@ impl Engine for PgStore {
 
     async fn shared_value(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.meta(&format!("shared/{key}")).await
+    }
+
+    async fn shared_values(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let client = self.client().await?;
+        let full = format!("shared/{prefix}");
+        // `left` rather than LIKE: a key may hold `_` or `%`.
+        let rows = client
+            .query("SELECT key, value FROM meta WHERE left(key, length($1)) = $1 ORDER BY key", &[&full])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get::<_, String>(0)["shared/".len()..].to_string(), r.get(1))).collect())
     }
 
     async fn set_shared_value(&self, key: &str, value: &str) -> Result<(), StoreError> {

@@ -668,6 +668,7 @@ impl SledStore {
             });
             day_totals.push(parsed.ok_or_else(|| StoreError::Corrupt(format!("a day's total {key:?}")))?);
         }
+        let shared_values = self.shared_values_with("")?;
         let mut alert_claims = vec![];
         for kv in self.meta.scan_prefix(b"alert/") {
             let (key, value) = kv?;
@@ -698,7 +699,18 @@ impl SledStore {
             events_looked_back_at: self.events_looked_back_at()?,
             day_totals,
             alert_claims,
+            shared_values,
         })
+    }
+
+    fn shared_values_with(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut values = vec![];
+        for kv in self.meta.scan_prefix(format!("shared/{prefix}").as_bytes()) {
+            let (key, value) = kv?;
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            values.push((text(&key["shared/".len()..]), text(&value)));
+        }
+        Ok(values)
     }
 
     /// Writes a request and its index entries directly, without audit, jobs or a flush: for
@@ -1261,6 +1273,10 @@ impl crate::storage::Engine for SledStore {
         Ok(value.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
+    async fn shared_values(&self, prefix: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.shared_values_with(prefix)
+    }
+
     async fn set_shared_value(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let permit = self.commit.write_permit().await;
         self.meta.insert(format!("shared/{key}").as_bytes(), value.as_bytes())?;
@@ -1437,19 +1453,15 @@ pub(crate) mod tests {
             unreadable: vec![],
         };
         let approver = UserId::parse("UFIN").unwrap();
-        let approvers = crate::domain::Approvers::new([approver.clone()]);
+        let approvers = crate::domain::Authority::of(crate::domain::Approvers::new([approver.clone()]));
         let now = Utc::now();
-        let one = crate::domain::policy::PolicyDecision {
-            route: crate::domain::policy::Route::Approvals(1),
-            rule: String::new(),
-            warnings: vec![],
-        };
+        let one = crate::domain::policy::PolicyDecision::new(crate::domain::policy::Route::Approvals(1), "");
         store
             .transition(id, now, |r| r.accept(facts.clone(), Money::new(2500, usd), one.clone(), now).map(Some))
             .await
             .unwrap()
             .unwrap();
-        store.transition(id, now, |r| r.approve(&approver, &approvers, now).map(Some)).await.unwrap().unwrap();
+        store.transition(id, now, |r| r.approve(&approver, &approvers, &crate::domain::Approval::default(), now).map(Some)).await.unwrap().unwrap();
         let refund = RefundId::parse("re_1").unwrap();
         let update = RefundUpdate {
             refund: refund.clone(),

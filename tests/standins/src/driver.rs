@@ -15,6 +15,10 @@ pub const EMAIL_FROM: &str = "Acme Billing <billing@acme.example>";
 
 /// The ids refund-desk's messages and forms carry (its contract with Slack).
 pub const APPROVE_ACTION: &str = "refund_approve";
+pub const REMIND_ACTION: &str = "refund_remind";
+pub const APPROVE_CALLBACK: &str = "refund_approve_modal";
+pub const APPROVE_NOTE_BLOCK: &str = "approve_note_block";
+pub const APPROVE_AMOUNT_BLOCK: &str = "approve_amount_block";
 pub const DENY_CALLBACK: &str = "refund_deny_modal";
 pub const DENY_REASON_BLOCK: &str = "deny_reason_block";
 pub const DENY_REASON_ACTION: &str = "deny_reason";
@@ -184,6 +188,11 @@ impl SlackDriver {
         self.try_post("/slack/interactions", "application/x-www-form-urlencoded", body).await
     }
 
+    /// Sends any interaction `payload` (a click built by hand); returns the status.
+    pub async fn post_interaction(&self, payload: &Value) -> u16 {
+        self.interaction(payload).await.status().as_u16()
+    }
+
     /// Like [`SlackDriver::click`], but a desk that does not answer is an error, not a panic.
     pub async fn try_click(&self, user: &str, action_id: &str, request_id: &str, card_ts: &str) -> Result<u16, String> {
         let response = self.try_interaction(&Self::click_payload(user, action_id, request_id, card_ts)).await?;
@@ -228,11 +237,11 @@ impl SlackDriver {
                 (block.to_string(), json!({ action: input }))
             })
             .collect();
-        // The desk's two forms, titled as it opens them.
-        let (title, submit) = if callback_id == DENY_CALLBACK {
-            (format!("Deny {private_metadata}"), "Deny")
-        } else {
-            ("Refund request".to_string(), "Send")
+        // The desk's forms, titled as it opens them.
+        let (title, submit) = match callback_id {
+            DENY_CALLBACK => (format!("Deny {private_metadata}"), "Deny"),
+            APPROVE_CALLBACK => (format!("Approve {private_metadata}"), "Approve"),
+            _ => ("Refund request".to_string(), "Send"),
         };
         json!({
             "type": "view_submission",

@@ -151,8 +151,10 @@ impl FakeSlack {
         self.lock().calls.iter().filter(|c| c.method == method).cloned().collect()
     }
 
-    /// Top-level messages in a channel (not thread replies).
+    /// Top-level messages in a channel (not thread replies); a user id means the app's direct
+    /// messages with them.
     pub fn messages_in(&self, channel: &str) -> Vec<Posted> {
+        let channel = dm_channel(channel);
         self.lock().messages.iter().filter(|m| m.channel == channel && m.thread_ts.is_none()).cloned().collect()
     }
 
@@ -166,13 +168,14 @@ impl FakeSlack {
         s.by_ts.get(ts).and_then(|&i| s.messages.get(i)).cloned()
     }
 
-    /// Top-level messages with a button whose `value` is `value` (the cards of a request).
+    /// Top-level messages in a channel (not a direct message) with a button whose `value` is
+    /// `value`: the cards of a request.
     pub fn messages_with_button(&self, value: &str) -> Vec<Posted> {
         let s = self.lock();
         s.by_button_value.get(value).into_iter().flatten().filter_map(|&i| s.messages.get(i)).cloned().collect()
     }
 
-    /// How many top-level messages carry buttons for each `value`.
+    /// How many top-level messages in channels carry buttons for each `value`.
     pub fn button_message_counts(&self) -> std::collections::HashMap<String, usize> {
         self.lock().by_button_value.iter().map(|(v, list)| (v.clone(), list.len())).collect()
     }
@@ -191,6 +194,15 @@ impl FakeSlack {
     /// Views opened with `views.open`, as `{trigger_id, view}`.
     pub fn views_opened(&self) -> Vec<Value> {
         self.lock().views.clone()
+    }
+}
+
+/// The conversation a message to `channel` lands in: a user id (`U...`, `W...`) means the app's
+/// direct message with them, `D` and the rest of the id; any other channel is itself.
+pub fn dm_channel(channel: &str) -> String {
+    match channel.strip_prefix('U').or_else(|| channel.strip_prefix('W')) {
+        Some(rest) => format!("D{rest}"),
+        None => channel.to_string(),
     }
 }
 
@@ -340,6 +352,9 @@ async fn handle(
             if s.closed_channels.contains(channel) {
                 return (ok, out_headers, Json(slack_error("not_in_channel")));
             }
+            // Posting to a user id lands in the app's conversation with them, whose own id
+            // (`D...`) the answer carries and `chat.update` needs.
+            let channel = &dm_channel(channel);
             let ts = format!("1700000000.{:06}", s.next_ts);
             s.next_ts += 1;
             let posted = Posted {
@@ -353,7 +368,8 @@ async fn handle(
             };
             let index = s.messages.len();
             s.by_ts.insert(ts.clone(), index);
-            if posted.thread_ts.is_none() {
+            // Cards: buttons in a channel, not in a direct message (the requester's Remind).
+            if posted.thread_ts.is_none() && !posted.channel.starts_with('D') {
                 for value in button_values(&posted.blocks) {
                     s.by_button_value.entry(value).or_default().push(index);
                 }
@@ -374,6 +390,14 @@ async fn handle(
                     json!({ "ok": true, "channel": channel, "ts": ts, "text": m.text,
                             "message": { "text": m.text, "user": "U0BOT0001", "bot_id": "B00000001" } })
                 }
+            }
+        }
+        "chat.getPermalink" => {
+            let (channel, ts) = (body["channel"].as_str().unwrap_or_default(), body["message_ts"].as_str().unwrap_or_default());
+            match s.by_ts.get(ts).and_then(|i| s.messages.get(*i)).filter(|m| m.channel == channel) {
+                None => slack_error("message_not_found"),
+                Some(m) => json!({ "ok": true, "channel": m.channel,
+                    "permalink": format!("https://example.slack.com/archives/{}/p{}", m.channel, m.ts.replace('.', "")) }),
             }
         }
         "chat.postEphemeral" => {
