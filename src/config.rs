@@ -517,7 +517,8 @@ pub fn parse_policy(table: Option<&toml::Table>) -> Result<Policy, ConfigError> 
                 }
             }
             "require_approval_note" => {
-                policy.require_approval_note = value.as_bool().ok_or_else(|| policy_error(&at, "expected true or false"))?;
+                policy.require_approval_note =
+                    value.as_bool().ok_or_else(|| policy_error(&at, "expected true or false"))?;
             }
             "digest_at" => {
                 let text = value.as_str().unwrap_or_default();
@@ -535,7 +536,11 @@ pub fn parse_policy(table: Option<&toml::Table>) -> Result<Policy, ConfigError> 
         }
     }
     // Reminder, then escalation, then expiry.
-    let order = [("remind_after", policy.remind_after), ("escalate_after", policy.escalate_after), ("expire_after", policy.expire_after)];
+    let order = [
+        ("remind_after", policy.remind_after),
+        ("escalate_after", policy.escalate_after),
+        ("expire_after", policy.expire_after),
+    ];
     for (i, (earlier, a)) in order.iter().enumerate() {
         for (later, b) in &order[i + 1..] {
             if let (Some(a), Some(b)) = (a, b)

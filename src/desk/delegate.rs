@@ -20,9 +20,7 @@ fn key(delegator: &UserId) -> String {
 async fn current(ctx: &AppContext, delegator: &UserId) -> Result<Option<Delegation>, StoreError> {
     let stored = ctx.store.shared_value(&key(delegator)).await?;
     let now = ctx.now();
-    Ok(stored
-        .and_then(|v| serde_json::from_str::<Option<Delegation>>(&v).ok().flatten())
-        .filter(|d| d.is_active(now)))
+    Ok(stored.and_then(|v| serde_json::from_str::<Option<Delegation>>(&v).ok().flatten()).filter(|d| d.is_active(now)))
 }
 
 /// Carries out `/refund delegate ...` for `user` and says what came of it, privately.
@@ -39,10 +37,8 @@ pub async fn handle(ctx: &Arc<AppContext>, user: &UserId, command: DelegateComma
                 None => lines.push("You have not handed your approvals to anyone.".to_string()),
             }
             for d in ctx.authority().await?.delegates_to(user) {
-                lines.push(format!(
-                    "<@{}> has handed you their approvals until the end of {} ({tz}).",
-                    d.from, d.until
-                ));
+                lines
+                    .push(format!("<@{}> has handed you their approvals until the end of {} ({tz}).", d.from, d.until));
             }
             Ok(lines.join("\n"))
         }

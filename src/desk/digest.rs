@@ -4,12 +4,11 @@
 //! replica does not send it again.
 
 use crate::context::{AppContext, DIGEST_LEASE};
+use crate::domain::RequestStatus;
 use crate::domain::digest::digest;
 use crate::domain::policy::start_of_day;
-use crate::domain::RequestStatus;
 use crate::slack::views;
 use chrono::NaiveDate;
-
 
 fn record_key(day: NaiveDate) -> String {
     format!("digest/{day}")

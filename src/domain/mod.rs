@@ -15,8 +15,8 @@ pub use command::{AmountAsked, Command, CommandError, Note, RefundCommand, Refun
 pub use ids::{ChargeId, CustomerId, IdError, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
 pub use money::{AmountError, AmountInput, Currency, Money};
 pub use request::{
-    Actor, Approval, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane, MessageRef, NewRequest,
-    Notice, PriorRefund, RefundRecord, RefundRequest, RefundUpdate, RequestStatus, StateError, Transition,
+    Actor, Approval, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane, MessageRef,
+    NewRequest, Notice, PriorRefund, RefundRecord, RefundRequest, RefundUpdate, RequestStatus, StateError, Transition,
     owner_of_refund,
 };
 

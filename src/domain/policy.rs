@@ -163,7 +163,13 @@ pub fn decide(
     decision
 }
 
-fn route(reason: RefundReason, amount: Money, charge: &ChargeFacts, policy: &Policy, now: DateTime<Utc>) -> PolicyDecision {
+fn route(
+    reason: RefundReason,
+    amount: Money,
+    charge: &ChargeFacts,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> PolicyDecision {
     let age_days = (now - charge.created).num_days();
     let mut warnings = vec![];
     let outside_window = policy.refund_window_days.is_some_and(|w| age_days > i64::from(w));
@@ -182,7 +188,8 @@ fn route(reason: RefundReason, amount: Money, charge: &ChargeFacts, policy: &Pol
     for what in &charge.unreadable {
         warnings.push(format!("{what}: not readable with this Stripe key"));
     }
-    let decision = |route, rule: String| PolicyDecision { warnings: warnings.clone(), ..PolicyDecision::new(route, rule) };
+    let decision =
+        |route, rule: String| PolicyDecision { warnings: warnings.clone(), ..PolicyDecision::new(route, rule) };
     let currency = amount.currency();
     let Some(rules) = policy.currencies.get(currency.code()) else {
         return decision(Route::Approvals(1), format!("One approval: no policy for {currency}"));

@@ -4,10 +4,10 @@
 //! [`Transition`]: who acted and which side effects ([`Effect`]s) must follow. Storage writes the
 //! new state, the audit entry and the effects' jobs in one transaction; nothing here does I/O.
 
+use super::authority::{Authority, Capacity};
 use super::command::{AmountAsked, Note, RefundReason};
 use super::ids::{ChargeId, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
 use super::money::Money;
-use super::authority::{Authority, Capacity};
 use super::policy::{PolicyDecision, Route};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -725,9 +725,7 @@ impl RefundRequest {
     /// given, and only one approval is left to give.
     fn senior_still_needed(&self) -> bool {
         let needed = usize::from(self.required_approvals.max(1));
-        self.senior_from().is_some()
-            && !self.approvals.iter().any(|a| a.senior)
-            && self.approvals.len() + 1 >= needed
+        self.senior_from().is_some() && !self.approvals.iter().any(|a| a.senior) && self.approvals.len() + 1 >= needed
     }
 
     /// Whether approving asks for a note or the typed amount (a form, not one click).
@@ -865,7 +863,8 @@ impl RefundRequest {
             return Err(DecisionError::EmptyReason);
         }
         let on_behalf = capacity.on_behalf_of.clone();
-        self.denied = Some(Decision { by: by.clone(), at: now, on_behalf_of: capacity.on_behalf_of, senior: false, note: None });
+        self.denied =
+            Some(Decision { by: by.clone(), at: now, on_behalf_of: capacity.on_behalf_of, senior: false, note: None });
         self.deny_reason = Some(reason.to_string());
         let from = self.move_to(RequestStatus::Denied, now);
         let detail = match on_behalf {
@@ -1223,14 +1222,18 @@ pub(crate) mod tests {
     fn the_requester_cannot_approve_even_as_an_approver() {
         let mut r = waiting();
         let before = r.clone();
-        assert_eq!(r.approve(&user("UREQ"), &approvers(), &crate::domain::Approval::default(), Utc::now()), Err(DecisionError::OwnRequest(r.id)));
+        assert_eq!(
+            r.approve(&user("UREQ"), &approvers(), &crate::domain::Approval::default(), Utc::now()),
+            Err(DecisionError::OwnRequest(r.id))
+        );
         assert_eq!(r, before);
     }
 
     #[test]
     fn non_approvers_cannot_decide() {
         let mut r = waiting();
-        let err = r.approve(&user("UOTHER"), &approvers(), &crate::domain::Approval::default(), Utc::now()).unwrap_err();
+        let err =
+            r.approve(&user("UOTHER"), &approvers(), &crate::domain::Approval::default(), Utc::now()).unwrap_err();
         assert_eq!(err, DecisionError::NotAnApprover(r.id));
         let err = r.deny(&user("UOTHER"), "no", &approvers(), Utc::now()).unwrap_err();
         assert_eq!(err, DecisionError::NotAnApprover(r.id));
@@ -1300,7 +1303,10 @@ pub(crate) mod tests {
         let t = r.approve(&user("UFIN"), &approvers, &crate::domain::Approval::default(), Utc::now()).unwrap();
         assert_eq!(r.status, RequestStatus::AwaitingApproval);
         assert!(!t.effects.contains(&Effect::CreateRefund));
-        assert_eq!(r.approve(&user("UFIN"), &approvers, &crate::domain::Approval::default(), Utc::now()), Err(DecisionError::AlreadyApprovedByYou(r.id)));
+        assert_eq!(
+            r.approve(&user("UFIN"), &approvers, &crate::domain::Approval::default(), Utc::now()),
+            Err(DecisionError::AlreadyApprovedByYou(r.id))
+        );
         let t = r.approve(&user("UFIN2"), &approvers, &crate::domain::Approval::default(), Utc::now()).unwrap();
         assert_eq!(r.status, RequestStatus::Approved);
         assert!(t.effects.contains(&Effect::CreateRefund));

@@ -357,11 +357,9 @@ async fn handle_action(
     };
     if action_id == REMIND_ACTION {
         match crate::desk::decide::nudge(ctx, id, &user).await {
-            Ok(Decided::Done) => ctx.tell_privately(
-                channel,
-                user,
-                format!("Approvers are reminded about {id} in the card's thread."),
-            ),
+            Ok(Decided::Done) => {
+                ctx.tell_privately(channel, user, format!("Approvers are reminded about {id} in the card's thread."))
+            }
             Ok(Decided::Refused(refusal)) => ctx.tell_privately(channel, user, refusal.to_string()),
             Err(e) => report_store_error(ctx, channel, user, id, e),
         }
@@ -481,12 +479,10 @@ async fn handle_approve_submission(
     };
     let typed = form.input(APPROVE_AMOUNT_BLOCK, INPUT_ACTION);
     let typed_amount = match (typed.as_deref().map(str::trim).filter(|t| !t.is_empty()), request.amount) {
-        (Some(text), Some(amount)) => {
-            match AmountInput::parse(text).and_then(|a| a.to_money(amount.currency())) {
-                Ok(money) => Some(money),
-                Err(e) => return view_error(APPROVE_AMOUNT_BLOCK, capitalised(&e.to_string())),
-            }
-        }
+        (Some(text), Some(amount)) => match AmountInput::parse(text).and_then(|a| a.to_money(amount.currency())) {
+            Ok(money) => Some(money),
+            Err(e) => return view_error(APPROVE_AMOUNT_BLOCK, capitalised(&e.to_string())),
+        },
         _ => None,
     };
     let given = Approval { note: form.input(APPROVE_NOTE_BLOCK, INPUT_ACTION), typed_amount };

@@ -49,12 +49,9 @@ pub fn status_line(r: &RefundRequest) -> String {
         (None, None) if !r.approvals.is_empty() => {
             format!("{} of {} approvals: {}", r.approvals.len(), r.required_approvals, approvers_text(r))
         }
-        (None, Some(d)) => format!(
-            "Denied by {} {}: {}",
-            d.who(),
-            slack_time(d.at),
-            escape(r.deny_reason.as_deref().unwrap_or(""))
-        ),
+        (None, Some(d)) => {
+            format!("Denied by {} {}: {}", d.who(), slack_time(d.at), escape(r.deny_reason.as_deref().unwrap_or("")))
+        }
         _ => String::new(),
     };
     let problem = match (&r.problem, r.status) {
@@ -103,7 +100,10 @@ fn approval_asks(r: &RefundRequest) -> Vec<String> {
         }
     }
     if let Some(at) = r.escalated_at {
-        lines.push(format!(":rotating_light: Escalated {}: the escalation approvers may decide it too.", slack_time(at)));
+        lines.push(format!(
+            ":rotating_light: Escalated {}: the escalation approvers may decide it too.",
+            slack_time(at)
+        ));
     }
     lines
 }
@@ -493,7 +493,14 @@ pub fn approve_modal(r: &RefundRequest) -> SlackView {
     }
     blocks.push(
         SlackInputBlock::new(
-            pt!("{}", if note_required { "Why you approve (goes in the thread and the audit trail)" } else { "Note (optional)" }),
+            pt!(
+                "{}",
+                if note_required {
+                    "Why you approve (goes in the thread and the audit trail)"
+                } else {
+                    "Note (optional)"
+                }
+            ),
             SlackBlockPlainTextInputElement::new()
                 .with_action_id(INPUT_ACTION.into())
                 .with_multiline(true)
@@ -669,15 +676,12 @@ pub fn digest_message(
         )
     ));
     lines.push(match (d.median_to_decision, d.longest_to_decision) {
-        (Some(median), Some(longest)) => format!(
-            "*Time to a decision:* median {}, longest {}",
-            duration_text(median),
-            duration_text(longest)
-        ),
+        (Some(median), Some(longest)) => {
+            format!("*Time to a decision:* median {}, longest {}", duration_text(median), duration_text(longest))
+        }
         _ => "*Time to a decision:* no request made that day was decided by a person".to_string(),
     });
-    let mut blocks: Vec<SlackBlock> =
-        vec![SlackSectionBlock::new().with_text(md!("{}", lines.join("\n"))).into()];
+    let mut blocks: Vec<SlackBlock> = vec![SlackSectionBlock::new().with_text(md!("{}", lines.join("\n"))).into()];
     let mut still = vec![format!("*Still waiting* ({waiting_total}, oldest first)")];
     if waiting.is_empty() {
         still.push("Nothing waits for approval.".to_string());
@@ -894,7 +898,13 @@ mod tests {
     fn a_decided_card_has_no_buttons_and_says_who_decided() {
         let mut r = request();
         let approver = UserId::parse("UFIN").unwrap();
-        r.approve(&approver, &crate::domain::Authority::of(Approvers::new([approver.clone()])), &crate::domain::Approval::default(), Utc::now()).unwrap();
+        r.approve(
+            &approver,
+            &crate::domain::Authority::of(Approvers::new([approver.clone()])),
+            &crate::domain::Approval::default(),
+            Utc::now(),
+        )
+        .unwrap();
         let card = json(&approval_card(&r, (&[], 0), Utc::now()));
         assert!(!card.contains("refund_approve") && !card.contains("\"actions\""), "{card}");
         assert!(card.contains("Approved by <@UFIN>"), "{card}");

@@ -54,7 +54,11 @@ async fn a_refused_or_empty_change_writes_nothing(store: Store) {
     let audit = store.audit_of(r.id).await.unwrap().len();
     let now = Utc::now();
     // The requester may not approve their own request: refused, and nothing written.
-    let refused = store.transition(r.id, now, |r| r.approve(&user("UREQ"), &approvers(), &crate::domain::Approval::default(), now).map(Some)).await;
+    let refused = store
+        .transition(r.id, now, |r| {
+            r.approve(&user("UREQ"), &approvers(), &crate::domain::Approval::default(), now).map(Some)
+        })
+        .await;
     assert!(matches!(refused.unwrap(), Err(DecisionError::OwnRequest(_))));
     let nothing = store.transition(r.id, now, |_| Ok::<_, ()>(None)).await.unwrap();
     assert_eq!(nothing, Ok(None));
@@ -68,7 +72,11 @@ async fn a_refused_or_empty_change_writes_nothing(store: Store) {
 async fn a_transition_writes_the_request_its_audit_entry_and_its_jobs_together(store: Store) {
     let r = waiting(&store, "ch_1", 2500).await;
     let now = Utc::now();
-    let moved = store.transition(r.id, now, |r| r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), now).map(Some)).await;
+    let moved = store
+        .transition(r.id, now, |r| {
+            r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), now).map(Some)
+        })
+        .await;
     let moved = moved.unwrap().unwrap().unwrap();
     assert_eq!(moved.status, RequestStatus::Approved);
     assert_eq!(store.get_request(r.id).await.unwrap().unwrap().status, RequestStatus::Approved);
@@ -92,9 +100,15 @@ async fn twenty_concurrent_approvals_move_the_request_once(store: Store) {
             let store = store.clone();
             let approver = if n % 2 == 0 { "UFIN" } else { "UFIN2" };
             tokio::spawn(async move {
-                let approvers = crate::domain::Authority::of(crate::domain::Approvers::new([user("UFIN"), user("UFIN2")]));
+                let approvers =
+                    crate::domain::Authority::of(crate::domain::Approvers::new([user("UFIN"), user("UFIN2")]));
                 let now = Utc::now();
-                store.transition(r.id, now, |r| r.approve(&user(approver), &approvers, &crate::domain::Approval::default(), now).map(Some)).await.unwrap()
+                store
+                    .transition(r.id, now, |r| {
+                        r.approve(&user(approver), &approvers, &crate::domain::Approval::default(), now).map(Some)
+                    })
+                    .await
+                    .unwrap()
             })
         })
         .collect();
@@ -210,7 +224,13 @@ fn refund_news(refund: &str, request: RequestId, status: &str) -> RefundUpdate {
 async fn submitted(store: &Store) -> RefundRequest {
     let r = waiting(store, "ch_1", 2500).await;
     let now = Utc::now();
-    store.transition(r.id, now, |r| r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), now).map(Some)).await.unwrap().unwrap();
+    store
+        .transition(r.id, now, |r| {
+            r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), now).map(Some)
+        })
+        .await
+        .unwrap()
+        .unwrap();
     store.submit_refund(r.id, RefundId::parse("re_1").unwrap(), "pending", now).await.unwrap().unwrap()
 }
 
@@ -496,10 +516,12 @@ mod copy_to_postgres {
         // Past finished jobs' ids too, which alert claims and parked-job reports name.
         assert!(newest >= copy.next_job_id && copy.next_job_id > 7, "{newest} vs {}", copy.next_job_id);
         let later = Utc::now();
-        pg.transition(open.id, later, |r| r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), later).map(Some))
-            .await
-            .unwrap()
-            .unwrap();
+        pg.transition(open.id, later, |r| {
+            r.approve(&user("UFIN"), &approvers(), &crate::domain::Approval::default(), later).map(Some)
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(pg.verify_audit().await.unwrap().problem, None, "the chain goes on from the copied head");
 
         // A database holding a copy, or one a desk has started on, is refused, unchanged.

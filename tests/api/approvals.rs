@@ -56,11 +56,9 @@ fn thread_has(app: &TestApp, card: &Posted, part: &str) -> bool {
 
 #[tokio::test]
 async fn above_senior_from_a_non_senior_is_refused_and_a_senior_approves() {
-    let app = TestApp::spawn_configured(
-        "[policy.currency.usd]\nsenior_from = \"2500.00\"\n",
-        with_senior_and_escalation,
-    )
-    .await;
+    let app =
+        TestApp::spawn_configured("[policy.currency.usd]\nsenior_from = \"2500.00\"\n", with_senior_and_escalation)
+            .await;
     let (id, card) = waiting_for(&app, "3000.00").await;
     assert!(card.blocks.to_string().contains("one approval must come from a senior approver"), "{}", card.blocks);
 
@@ -140,10 +138,8 @@ async fn a_delegate_decides_on_behalf_of_an_approver_until_the_day_ends_but_neve
     app.wait_for_status(id, RequestStatus::Submitted).await;
     let on_behalf = format!("<@{DELEGATE}> on behalf of <@{APPROVER}>");
     assert!(wait_for(DEADLINE, || thread_has(&app, &card, &on_behalf).then_some(())).await.is_some());
-    let edited = wait_for(DEADLINE, || {
-        app.slack.message(&card.ts).filter(|m| m.blocks.to_string().contains(&on_behalf))
-    })
-    .await;
+    let edited =
+        wait_for(DEADLINE, || app.slack.message(&card.ts).filter(|m| m.blocks.to_string().contains(&on_behalf))).await;
     assert!(edited.is_some(), "the card says on whose behalf");
     let approved = app.request(id).await.approved.unwrap();
     assert_eq!((approved.by, approved.on_behalf_of), (user(DELEGATE), Some(user(APPROVER))));
@@ -185,12 +181,13 @@ async fn delegation_off_ends_it_and_a_past_day_is_refused() {
 
 /// The approval form the desk opened last, for request `id`.
 async fn approval_form(app: &TestApp, id: RequestId) -> Value {
-    let opened = wait_for(DEADLINE, || {
-        app.slack.views_opened().into_iter().rev().find(|v| {
-            v["view"]["callback_id"] == APPROVE_CALLBACK && v["view"]["private_metadata"] == id.to_string()
+    let opened =
+        wait_for(DEADLINE, || {
+            app.slack.views_opened().into_iter().rev().find(|v| {
+                v["view"]["callback_id"] == APPROVE_CALLBACK && v["view"]["private_metadata"] == id.to_string()
+            })
         })
-    })
-    .await;
+        .await;
     opened.expect("the approval form opened")
 }
 
@@ -208,7 +205,8 @@ async fn with_require_approval_note_approve_opens_a_form_whose_note_goes_in_the_
     let typed = [(APPROVE_NOTE_BLOCK, "fine by me")];
     assert_eq!(app.driver.close_view(APPROVER, APPROVE_CALLBACK, &meta, &typed).await, 200);
     assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval, "closing the form changes nothing");
-    let (status, answer) = app.driver.submit_view(APPROVER, APPROVE_CALLBACK, &meta, &[(APPROVE_NOTE_BLOCK, "  ")]).await;
+    let (status, answer) =
+        app.driver.submit_view(APPROVER, APPROVE_CALLBACK, &meta, &[(APPROVE_NOTE_BLOCK, "  ")]).await;
     assert_eq!(status, 200);
     assert!(answer["errors"][APPROVE_NOTE_BLOCK].as_str().is_some_and(|e| e.contains("needs a note")), "{answer}");
     assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
@@ -233,14 +231,17 @@ async fn above_confirm_amount_from_a_wrong_typed_amount_is_refused_and_the_right
 
     // Closing the form changes nothing.
     assert_eq!(app.driver.close_view(APPROVER, APPROVE_CALLBACK, &meta, &[(APPROVE_AMOUNT_BLOCK, "1250")]).await, 200);
-    let (_, wrong) = app.driver.submit_view(APPROVER, APPROVE_CALLBACK, &meta, &[(APPROVE_AMOUNT_BLOCK, "125.00")]).await;
+    let (_, wrong) =
+        app.driver.submit_view(APPROVER, APPROVE_CALLBACK, &meta, &[(APPROVE_AMOUNT_BLOCK, "125.00")]).await;
     assert!(wrong["errors"][APPROVE_AMOUNT_BLOCK].as_str().is_some_and(|e| e.contains("not the amount")), "{wrong}");
-    let (_, garbage) = app.driver.submit_view(APPROVER, APPROVE_CALLBACK, &meta, &[(APPROVE_AMOUNT_BLOCK, "lots")]).await;
+    let (_, garbage) =
+        app.driver.submit_view(APPROVER, APPROVE_CALLBACK, &meta, &[(APPROVE_AMOUNT_BLOCK, "lots")]).await;
     assert!(garbage["errors"][APPROVE_AMOUNT_BLOCK].is_string(), "{garbage}");
     assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
     assert!(app.stripe.refund_posts().is_empty());
 
-    let (_, right) = app.driver.submit_view(APPROVER, APPROVE_CALLBACK, &meta, &[(APPROVE_AMOUNT_BLOCK, "$1,250")]).await;
+    let (_, right) =
+        app.driver.submit_view(APPROVER, APPROVE_CALLBACK, &meta, &[(APPROVE_AMOUNT_BLOCK, "$1,250")]).await;
     assert!(right.is_null(), "{right}");
     app.wait_for_status(id, RequestStatus::Submitted).await;
     assert_eq!(app.stripe.refund_posts()[0].param("amount"), Some("125000"));
@@ -277,7 +278,10 @@ async fn the_requester_is_told_by_direct_message_and_may_remind_approvers_once_p
     assert!(wait_for(DEADLINE, || (nudge(&app) == 1).then_some(())).await.is_some());
     let reminder = app.thread_texts(&card).into_iter().find(|t| t.contains(":wave:")).unwrap();
     let (_, mentioned) = reminder.rsplit_once(". ").expect("the mentions end the reminder");
-    assert!(mentioned.contains(&format!("<@{APPROVER}>")) && !mentioned.contains(&format!("<@{REQUESTER}>")), "{reminder}");
+    assert!(
+        mentioned.contains(&format!("<@{APPROVER}>")) && !mentioned.contains(&format!("<@{REQUESTER}>")),
+        "{reminder}"
+    );
 
     // Within the cooldown: told when, and nothing posted.
     assert_eq!(press_remind(&app, REQUESTER, id, &dm).await, 200);

@@ -27,7 +27,8 @@ fn zone_where_it_is_ten() -> (String, i64) {
 #[tokio::test]
 async fn the_digest_gives_the_days_figures_once_with_links_to_what_waits() {
     let (zone, offset) = zone_where_it_is_ten();
-    let mut app = TestApp::spawn_with_policy(&format!("[policy]\ndigest_at = \"12:00\"\ntimezone = \"{zone}\"\n")).await;
+    let mut app =
+        TestApp::spawn_with_policy(&format!("[policy]\ndigest_at = \"12:00\"\ntimezone = \"{zone}\"\n")).await;
     let day = (chrono::Utc::now() + chrono::Duration::hours(offset)).date_naive();
 
     // One refunded, one denied, one still waiting.
@@ -53,7 +54,10 @@ async fn the_digest_gives_the_days_figures_once_with_links_to_what_waits() {
     let text = digest.blocks.to_string();
     assert!(digest.text.contains(&day.format("%-d %B %Y").to_string()), "{}", digest.text);
     assert!(text.contains("3 requests made"), "{text}");
-    assert!(text.contains("Refunded 1") && text.contains("Denied 1") && text.contains("Waiting for approval 1"), "{text}");
+    assert!(
+        text.contains("Refunded 1") && text.contains("Denied 1") && text.contains("Waiting for approval 1"),
+        "{text}"
+    );
     assert!(text.contains("*Refunded:* $25.00"), "{text}");
     assert!(text.contains(&format!("{} 2", RefundReason::Duplicate.label())), "{text}");
     assert!(text.contains(&format!("{} 1", RefundReason::Goodwill.label())), "{text}");

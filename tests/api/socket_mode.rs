@@ -16,7 +16,12 @@ const ACK: Duration = Duration::from_secs(3);
 /// A desk with an app-level token and no signing secret, against a Slack stand-in serving
 /// Socket Mode; returns the WebSocket side once the desk has connected.
 async fn socket_desk() -> (TestApp, SocketModeStandIn) {
-    let mut app = TestApp::spawn().await;
+    socket_desk_with_policy("").await
+}
+
+/// [`socket_desk`] with `[policy]` TOML applied.
+async fn socket_desk_with_policy(policy_toml: &str) -> (TestApp, SocketModeStandIn) {
+    let mut app = TestApp::spawn_with_policy(policy_toml).await;
     let socket = app.slack.enable_socket_mode(APP_TOKEN).await.unwrap();
     app.reconfigure(|s| {
         s.slack.app_token = Some(secrecy::SecretString::from(APP_TOKEN.to_string()));
@@ -204,4 +209,55 @@ async fn stopping_a_desk_on_socket_mode_closes_the_sockets_and_releases_the_stor
     // The listener's tasks hold no store: it opens again in this process at once.
     let store = app.open_store_stopped().await;
     assert!(store.get_request(id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn delegation_the_typed_amount_form_and_the_remind_button_work_over_socket_mode() {
+    use refund_desk_standins::driver::{APPROVE_AMOUNT_BLOCK, APPROVE_CALLBACK, REMIND_ACTION};
+    let (app, socket) = socket_desk_with_policy("[policy.currency.usd]\nconfirm_amount_from = \"20.00\"\n").await;
+    let delegate = "U0DELEGAT1";
+    let today = chrono::Utc::now().date_naive();
+    let answer = slash(&socket, APPROVER, &format!("delegate <@{delegate}|dee> until {today}")).await;
+    assert!(answer["text"].as_str().unwrap_or_default().contains("on your behalf"), "{answer}");
+
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = request_id(&slash(&socket, REQUESTER, &format!("{charge} 25.00 duplicate")).await);
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let card = app.card(id).await;
+
+    // The requester nudges from their direct message.
+    let dm =
+        wait_for(DEADLINE, || app.slack.messages_in(REQUESTER).into_iter().find(|m| m.text.contains("with finance")))
+            .await
+            .expect("told it is with finance");
+    let mut press = SlackDriver::click_payload(REQUESTER, REMIND_ACTION, &id.to_string(), &dm.ts);
+    press["container"]["channel_id"] = dm.channel.clone().into();
+    press["channel"]["id"] = dm.channel.clone().into();
+    let envelope = socket.send("interactive", press, 0).unwrap();
+    assert!(socket.ack(&envelope, ACK).await.is_some());
+    let nudged = wait_for(DEADLINE, || app.thread_texts(&card).into_iter().find(|t| t.contains(":wave:"))).await;
+    assert!(nudged.is_some_and(|t| t.contains(&format!("<@{delegate}>"))), "the delegate is named too");
+
+    // The delegate approves through the typed-amount form.
+    let click = SlackDriver::click_payload(delegate, "refund_approve", &id.to_string(), &card.ts);
+    let envelope = socket.send("interactive", click, 0).unwrap();
+    assert!(socket.ack(&envelope, ACK).await.is_some());
+    let opened = wait_for(DEADLINE, || {
+        app.slack.views_opened().into_iter().find(|v| v["view"]["callback_id"] == APPROVE_CALLBACK)
+    });
+    assert!(opened.await.is_some(), "the approval form opened");
+    let meta = id.to_string();
+    let wrong =
+        SlackDriver::view_submission_payload(delegate, APPROVE_CALLBACK, &meta, &[(APPROVE_AMOUNT_BLOCK, "52.00")]);
+    let envelope = socket.send("interactive", wrong, 0).unwrap();
+    let answer = socket.ack(&envelope, ACK).await.expect("acknowledged");
+    assert_eq!(answer["response_action"], "errors", "{answer}");
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
+    let right =
+        SlackDriver::view_submission_payload(delegate, APPROVE_CALLBACK, &meta, &[(APPROVE_AMOUNT_BLOCK, "25")]);
+    let envelope = socket.send("interactive", right, 0).unwrap();
+    let answer = socket.ack(&envelope, ACK).await.expect("acknowledged");
+    assert!(answer.get("response_action").is_none(), "{answer}");
+    let approved = app.wait_for_status(id, RequestStatus::Submitted).await.approved.unwrap();
+    assert_eq!(approved.on_behalf_of.map(|u| u.to_string()), Some(APPROVER.to_string()));
 }

@@ -1180,9 +1180,8 @@ impl Engine for PgStore {
         let client = self.client().await?;
         let full = format!("shared/{prefix}");
         // `left` rather than LIKE: a key may hold `_` or `%`.
-        let rows = client
-            .query("SELECT key, value FROM meta WHERE left(key, length($1)) = $1 ORDER BY key", &[&full])
-            .await?;
+        let rows =
+            client.query("SELECT key, value FROM meta WHERE left(key, length($1)) = $1 ORDER BY key", &[&full]).await?;
         Ok(rows.iter().map(|r| (r.get::<_, String>(0)["shared/".len()..].to_string(), r.get(1))).collect())
     }
 

@@ -1461,7 +1461,13 @@ pub(crate) mod tests {
             .await
             .unwrap()
             .unwrap();
-        store.transition(id, now, |r| r.approve(&approver, &approvers, &crate::domain::Approval::default(), now).map(Some)).await.unwrap().unwrap();
+        store
+            .transition(id, now, |r| {
+                r.approve(&approver, &approvers, &crate::domain::Approval::default(), now).map(Some)
+            })
+            .await
+            .unwrap()
+            .unwrap();
         let refund = RefundId::parse("re_1").unwrap();
         let update = RefundUpdate {
             refund: refund.clone(),

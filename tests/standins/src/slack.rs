@@ -393,7 +393,8 @@ async fn handle(
             }
         }
         "chat.getPermalink" => {
-            let (channel, ts) = (body["channel"].as_str().unwrap_or_default(), body["message_ts"].as_str().unwrap_or_default());
+            let (channel, ts) =
+                (body["channel"].as_str().unwrap_or_default(), body["message_ts"].as_str().unwrap_or_default());
             match s.by_ts.get(ts).and_then(|i| s.messages.get(*i)).filter(|m| m.channel == channel) {
                 None => slack_error("message_not_found"),
                 Some(m) => json!({ "ok": true, "channel": m.channel,
