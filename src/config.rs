@@ -754,6 +754,46 @@ mod tests {
     }
 
     #[test]
+    fn the_approval_keys_parse() {
+        let p = policy_from(
+            "[policy]\nremind_after = \"4h\"\nescalate_after = \"8h\"\nexpire_after = \"2days\"\n\
+             remind_cooldown = \"30m\"\nrequire_approval_note = true\ndigest_at = \"09:00\"\ntimezone = \"Europe/Berlin\"\n\
+             [policy.currency.usd]\nsenior_from = \"2500.00\"\nconfirm_amount_from = \"1000.00\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.escalate_after, Some(Duration::from_secs(8 * 3600)));
+        assert_eq!(p.remind_cooldown, Duration::from_secs(1800));
+        assert!(p.require_approval_note);
+        assert_eq!(p.digest_at, chrono::NaiveTime::from_hms_opt(9, 0, 0));
+        assert_eq!(p.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(p.currencies["usd"].senior_from.unwrap().minor(), 250_000);
+        assert_eq!(p.currencies["usd"].confirm_amount_from.unwrap().minor(), 100_000);
+        // A delegation "until 2026-12-24" in Berlin ends at midnight there, 23:00 UTC.
+        let end = p.end_of_day(chrono::NaiveDate::from_ymd_opt(2026, 12, 24).unwrap());
+        assert_eq!(end.to_rfc3339(), "2026-12-24T23:00:00+00:00");
+        assert_eq!(policy_from("").unwrap().remind_cooldown, Duration::from_secs(3600), "the default cooldown");
+    }
+
+    #[test]
+    fn a_rule_nobody_could_satisfy_stops_start_up_naming_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refund-desk.toml");
+        let mut vars = base();
+        vars.insert("REFUND_DESK_CONFIG", path.display().to_string());
+        std::fs::write(&path, "[policy.currency.usd]\nsenior_from = \"2500.00\"\n").unwrap();
+        assert!(load(&vars).unwrap_err().to_string().contains("SLACK_SENIOR_APPROVERS"));
+        vars.insert("SLACK_SENIOR_APPROVER_GROUP", "S0SENIOR".into());
+        assert!(load(&vars).is_ok());
+        std::fs::write(&path, "[policy]\nescalate_after = \"4h\"\n").unwrap();
+        assert!(load(&vars).unwrap_err().to_string().contains("SLACK_ESCALATION_APPROVERS"));
+        vars.insert("SLACK_ESCALATION_APPROVERS", "UESC1,UESC2".into());
+        let s = load(&vars).unwrap();
+        assert_eq!(s.slack.escalation.named.iter().count(), 2);
+        vars.insert("SLACK_ESCALATION_APPROVER_GROUP", "finance".into());
+        assert!(load(&vars).unwrap_err().to_string().contains("SLACK_ESCALATION_APPROVER_GROUP"));
+    }
+
+    #[test]
     fn each_bad_policy_key_is_named() {
         for (text, key) in [
             ("[policy]\nrefund_window = 60", "policy.refund_window"),
@@ -772,6 +812,13 @@ mod tests {
                 "[policy.currency.usd]\nsecond_approval_from = \"60\"\nmax_amount = \"50\"",
                 "policy.currency.usd.second_approval_from",
             ),
+            ("[policy]\nescalate_after = \"4h\"\nremind_after = \"5h\"", "policy.remind_after"),
+            ("[policy]\nescalate_after = \"2d\"\nexpire_after = \"1d\"", "policy.escalate_after"),
+            ("[policy]\nremind_cooldown = \"0s\"", "policy.remind_cooldown"),
+            ("[policy]\ndigest_at = \"9am\"", "policy.digest_at"),
+            ("[policy]\ntimezone = \"Mars/Olympus\"", "policy.timezone"),
+            ("[policy]\nrequire_approval_note = \"yes\"", "policy.require_approval_note"),
+            ("[policy.currency.usd]\nsenior_from = \"lots\"", "policy.currency.usd.senior_from"),
         ] {
             let err = policy_from(text).unwrap_err().to_string();
             assert!(err.contains(&format!("{key}:")), "{text:?} gave {err}");

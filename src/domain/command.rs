@@ -294,7 +294,9 @@ pub fn usage() -> String {
          • `/refund ch_3Mtw... ¥1200 service_issue` (the amount is in the charge's currency)\n\
          Amount: `25`, `25.50`, `$1,234.56`, or `full` (the default) for everything still refundable.\n\
          Reasons: {}; short forms `dup`, `fraud`, `customer`. Default: `requested_by_customer`.\n\
-         Also: `/refund help`, `/refund status R-1001`.",
+         Also: `/refund help`, `/refund status R-1001`, `/refund list`, `/refund cancel R-1001`.\n\
+         Approvers away: `/refund delegate @someone until 2026-12-24` hands your approvals to them until that day ends; \
+         `/refund delegate off` ends it, `/refund delegate` shows it.",
         reason_list()
     )
 }

@@ -1295,6 +1295,115 @@ pub(crate) mod tests {
         assert_eq!(r.status, RequestStatus::AwaitingApproval);
     }
 
+    /// A waiting request whose policy asks for what `change` sets.
+    fn asking(change: impl FnOnce(&mut PolicyDecision)) -> RefundRequest {
+        let mut r = waiting();
+        let mut policy = one_approval();
+        change(&mut policy);
+        r.policy = Some(policy);
+        r
+    }
+
+    fn seniors() -> Authority {
+        Authority { seniors: Approvers::new([user("USEN")]), ..approvers() }
+    }
+
+    #[test]
+    fn at_or_above_senior_from_the_last_approval_must_be_a_seniors() {
+        let usd = Currency::parse("usd").unwrap();
+        let mut r = asking(|p| p.senior_from = Some(Money::new(2000, usd)));
+        let refused = r.approve(&user("UFIN"), &seniors(), &Approval::default(), Utc::now()).unwrap_err();
+        assert!(matches!(refused, DecisionError::SeniorNeeded { .. }), "{refused:?}");
+        assert!(r.approvals.is_empty());
+        r.approve(&user("USEN"), &seniors(), &Approval::default(), Utc::now()).unwrap();
+        assert!(r.approved.as_ref().unwrap().senior);
+
+        // With two approvals, an ordinary approver may give the first, not the second.
+        let mut two = asking(|p| p.senior_from = Some(Money::new(2000, usd)));
+        two.required_approvals = 2;
+        let authority = Authority { approvers: Approvers::new([user("UFIN"), user("UFIN2")]), ..seniors() };
+        two.approve(&user("UFIN"), &authority, &Approval::default(), Utc::now()).unwrap();
+        let refused = two.approve(&user("UFIN2"), &authority, &Approval::default(), Utc::now());
+        assert!(matches!(refused, Err(DecisionError::SeniorNeeded { .. })));
+        two.approve(&user("USEN"), &authority, &Approval::default(), Utc::now()).unwrap();
+        assert_eq!(two.status, RequestStatus::Approved);
+    }
+
+    #[test]
+    fn the_confirmation_form_needs_the_exact_amount_and_a_note_when_asked() {
+        let usd = Currency::parse("usd").unwrap();
+        let mut r = asking(|p| {
+            p.confirm_amount = true;
+            p.note_required = true;
+        });
+        let note = Some("checked the ticket".to_string());
+        let given = |typed: Option<u64>, note: Option<String>| Approval {
+            note,
+            typed_amount: typed.map(|m| Money::new(m, usd)),
+        };
+        let approve = |r: &mut RefundRequest, a: Approval| r.approve(&user("UFIN"), &approvers(), &a, Utc::now());
+        assert_eq!(approve(&mut r, given(None, note.clone())), Err(DecisionError::AmountNotConfirmed(r.id)));
+        assert_eq!(approve(&mut r, given(Some(250), note.clone())), Err(DecisionError::AmountMismatch(r.id)));
+        assert_eq!(approve(&mut r, given(Some(2500), Some("   ".into()))), Err(DecisionError::NoteRequired(r.id)));
+        assert!(r.approvals.is_empty(), "nothing recorded");
+        let t = approve(&mut r, given(Some(2500), note)).unwrap();
+        assert_eq!(t.detail.as_deref(), Some("note: checked the ticket"));
+        assert_eq!(r.approved.unwrap().note.as_deref(), Some("checked the ticket"));
+    }
+
+    #[test]
+    fn a_delegate_approves_on_behalf_and_the_delegator_cannot_add_a_second_approval() {
+        let now = Utc::now();
+        let mut r = waiting();
+        r.required_approvals = 2;
+        let delegation = crate::domain::Delegation {
+            from: user("UFIN"),
+            to: user("UDEL"),
+            until: now.date_naive(),
+            ends_at: now + chrono::Duration::hours(1),
+            set_at: now,
+        };
+        let authority = Authority {
+            approvers: Approvers::new([user("UFIN"), user("UFIN2")]),
+            delegations: vec![delegation],
+            ..Authority::default()
+        };
+        let t = r.approve(&user("UDEL"), &authority, &Approval::default(), now).unwrap();
+        assert_eq!(t.detail.as_deref(), Some("approval 1 of 2; on behalf of UFIN"));
+        assert_eq!(r.approvals[0].who(), "<@UDEL> on behalf of <@UFIN>");
+        let again = r.approve(&user("UFIN"), &authority, &Approval::default(), now);
+        assert_eq!(again, Err(DecisionError::AlreadyApprovedByYou(r.id)), "one approver's authority counts once");
+        r.approve(&user("UFIN2"), &authority, &Approval::default(), now).unwrap();
+        assert_eq!(r.status, RequestStatus::Approved);
+    }
+
+    #[test]
+    fn the_requester_may_nudge_once_per_cooldown_and_only_while_it_waits() {
+        let mut r = waiting();
+        let now = Utc::now();
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(r.nudge(&user("UFIN"), &approvers(), hour, now), Err(DecisionError::NotYourReminder(r.id)));
+        let t = r.nudge(&user("UREQ"), &approvers(), hour, now).unwrap();
+        assert_eq!(t.effects, vec![Effect::ThreadReply(Notice::Nudge { approvers: vec![user("UFIN")] })]);
+        let soon = now + chrono::Duration::minutes(59);
+        assert!(matches!(r.nudge(&user("UREQ"), &approvers(), hour, soon), Err(DecisionError::TooSoon { .. })));
+        r.nudge(&user("UREQ"), &approvers(), hour, now + chrono::Duration::minutes(61)).unwrap();
+        r.approve(&user("UFIN"), &approvers(), &Approval::default(), now).unwrap();
+        let late = now + chrono::Duration::hours(3);
+        assert!(matches!(r.nudge(&user("UREQ"), &approvers(), hour, late), Err(DecisionError::AlreadyDecided { .. })));
+    }
+
+    #[test]
+    fn a_request_is_escalated_once_to_the_escalation_approvers() {
+        let mut r = waiting();
+        let authority = Authority { escalation: Approvers::new([user("UESC")]), ..approvers() };
+        let t = r.escalate(&authority, Utc::now()).unwrap();
+        assert_eq!(t.effects[0], Effect::ThreadReply(Notice::Escalated { approvers: vec![user("UESC")] }));
+        assert!(r.escalate(&authority, Utc::now()).is_err(), "once");
+        assert_eq!(r.waiting_on(&authority), vec![user("UESC")], "reminders now go to them");
+        r.approve(&user("UESC"), &authority, &Approval::default(), Utc::now()).unwrap();
+    }
+
     #[test]
     fn two_approvals_need_two_different_approvers() {
         let mut r = waiting();

@@ -403,6 +403,15 @@ async fn a_lease_is_taken_and_renewed_by_its_holder_and_a_shared_value_is_read_b
     store.set_shared_value("members", "[\"U1\"]").await.unwrap();
     store.set_shared_value("members", "[\"U1\",\"U2\"]").await.unwrap();
     assert_eq!(store.shared_value("members").await.unwrap().as_deref(), Some("[\"U1\",\"U2\"]"));
+    // Listed by prefix, by key; `_` and `%` in a prefix are plain characters.
+    store.set_shared_value("delegation/U2", "b").await.unwrap();
+    store.set_shared_value("delegation/U1", "a").await.unwrap();
+    store.set_shared_value("delegationX", "not under the prefix").await.unwrap();
+    store.set_shared_value("a_b/1", "underscore").await.unwrap();
+    store.set_shared_value("axb/1", "no underscore").await.unwrap();
+    let listed = store.shared_values("delegation/").await.unwrap();
+    assert_eq!(listed, vec![("delegation/U1".into(), "a".into()), ("delegation/U2".into(), "b".into())]);
+    assert_eq!(store.shared_values("a_b/").await.unwrap(), vec![("a_b/1".into(), "underscore".into())]);
 }
 
 macro_rules! contract {
@@ -477,6 +486,7 @@ mod copy_to_postgres {
         store.remember_home_user("U1", now).await.unwrap();
         store.set_events_cursor(Some("evt_9")).await.unwrap();
         store.set_events_looked_back_at(1_700_000_000).await.unwrap();
+        store.set_shared_value("delegation/UFIN", "{\"to\":\"UDEL\"}").await.unwrap();
         let since = now - Span::hours(1);
         assert!(store.claim_alert("stripe_down", 7, since, now).await.unwrap());
         let mut parked = store.all_jobs().await.unwrap().remove(0);
@@ -497,6 +507,7 @@ mod copy_to_postgres {
         assert!(pg.has_home("U1").await.unwrap());
         assert_eq!(pg.events_cursor().await.unwrap().as_deref(), Some("evt_9"));
         assert_eq!(pg.events_looked_back_at().await.unwrap(), Some(1_700_000_000));
+        assert_eq!(pg.shared_values("delegation/").await.unwrap(), store.shared_values("delegation/").await.unwrap());
         assert_eq!(pg.outside_refunds().await.unwrap(), store.outside_refunds().await.unwrap());
         let today = now.date_naive();
         assert_eq!(pg.totals_on(today).await.unwrap(), store.totals_on(today).await.unwrap());
