@@ -267,17 +267,21 @@ async fn post_digest_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiv
     use crate::desk::digest::{Sent, due_day, post_digest_if_due};
     let mut done = None;
     loop {
+        let mut wait = Duration::from_secs(5);
         if let Some(day) = due_day(&ctx)
             && done != Some(day)
         {
             match post_digest_if_due(&ctx, lease_span(Duration::from_secs(60))).await {
                 Ok(Sent::Posted(day) | Sent::Already(day)) => done = Some(day),
-                Ok(Sent::NotDue | Sent::NotOurs) => {}
-                Err(e) => tracing::warn!(error = %e, %day, "could not post the daily digest; trying again"),
+                Ok(Sent::NotDue | Sent::NotOurs | Sent::Claimed(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, %day, "could not post the daily digest; trying again in a minute");
+                    wait = Duration::from_secs(60);
+                }
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

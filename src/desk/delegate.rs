@@ -72,7 +72,7 @@ pub async fn handle(ctx: &Arc<AppContext>, user: &UserId, command: DelegateComma
                 ends_at: ctx.settings.policy.end_of_day(until),
                 set_at: now,
             };
-            let value = serde_json::to_string(&Some(&delegation)).unwrap_or_else(|_| "null".into());
+            let value = serde_json::to_string(&Some(&delegation)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             ctx.store.set_shared_value(&key(user), &value).await?;
             tracing::info!(slack_user = %user, delegate = %delegate, %until, "delegation set");
             ctx.tell_privately(

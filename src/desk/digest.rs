@@ -1,7 +1,8 @@
 //! The daily digest: once a day, at `policy.digest_at` in `policy.timezone`, a message in the
-//! finance channel about the day before. One replica sends it (it holds the digest lease), and
-//! the day is recorded in the store the moment Slack accepts the message, so a restart or another
-//! replica does not send it again.
+//! finance channel about the day before. One replica looks (it holds the digest lease); the day
+//! is claimed in the store before posting, so two posters never both post (a replica that lost
+//! its lease while posting, a restart at that minute), and recorded the moment Slack accepts the
+//! message. A claim left by a poster that died unposted is taken over after ten minutes.
 
 use crate::context::{AppContext, DIGEST_LEASE};
 use crate::domain::RequestStatus;
@@ -30,6 +31,8 @@ pub enum Sent {
     Posted(NaiveDate),
     /// This day's digest was posted before.
     Already(NaiveDate),
+    /// Another poster is posting this day's digest now.
+    Claimed(NaiveDate),
     NotDue,
     /// Another replica holds the digest lease.
     NotOurs,
@@ -40,10 +43,33 @@ pub async fn post_digest(ctx: &AppContext, day: NaiveDate) -> anyhow::Result<Sen
     if ctx.store.shared_value(&record_key(day)).await?.is_some() {
         return Ok(Sent::Already(day));
     }
+    let key = record_key(day);
+    let now = ctx.now();
+    let claim = rand::random::<u64>() >> 1;
+    if !ctx.store.claim_alert(&key, claim, now - chrono::Duration::minutes(10), now).await? {
+        return Ok(Sent::Claimed(day));
+    }
+    match post(ctx, day).await {
+        Ok(ts) => {
+            ctx.store.set_shared_value(&key, &ts).await?;
+            Ok(Sent::Posted(day))
+        }
+        Err(e) => {
+            // Not posted: the next look may try at once.
+            if let Err(release) = ctx.store.release_alert(&key, claim).await {
+                tracing::warn!(error = %release, "could not release the digest's claim; it lapses in ten minutes");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Builds and posts the digest for `day`; returns the message's `ts`.
+async fn post(ctx: &AppContext, day: NaiveDate) -> anyhow::Result<String> {
     let tz = ctx.settings.policy.timezone;
     let (from, to) = (start_of_day(tz, day), start_of_day(tz, day.succ_opt().unwrap_or(day)));
     let figures = digest(day, from, to, &ctx.store.all_requests().await?);
-    let waiting = ctx.store.requests_with_status(RequestStatus::AwaitingApproval, 200).await?;
+    let waiting = ctx.store.requests_with_status(RequestStatus::AwaitingApproval, WAITING_READ).await?;
     let mut links = vec![];
     for r in waiting.iter().take(views::DIGEST_WAITING_SHOWN) {
         let link = match &r.card {
@@ -55,10 +81,12 @@ pub async fn post_digest(ctx: &AppContext, day: NaiveDate) -> anyhow::Result<Sen
     let message = views::digest_message(&figures, tz, &links, waiting.len(), ctx.now());
     let channel = ctx.settings.slack.finance_channel.as_str().into();
     let ts = ctx.slack.post_message(&channel, message, None).await?;
-    ctx.store.set_shared_value(&record_key(day), &ts.0).await?;
     tracing::info!(%day, requests = figures.requests, "daily digest posted");
-    Ok(Sent::Posted(day))
+    Ok(ts.0)
 }
+
+/// How many waiting requests the digest reads to count them; beyond, it says "or more".
+pub const WAITING_READ: usize = 1000;
 
 /// Posts the digest if one is due, this replica holds the lease, and it was not posted yet.
 pub async fn post_digest_if_due(ctx: &AppContext, lease: std::time::Duration) -> anyhow::Result<Sent> {

@@ -4,9 +4,28 @@
 //! of a day. Delegation does not chain: a delegate acts with the delegator's own roles only.
 
 use super::ids::UserId;
-use super::request::{Approvers, RefundRequest};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The users who may approve or deny.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Approvers(BTreeSet<UserId>);
+
+impl Approvers {
+    pub fn new(users: impl IntoIterator<Item = UserId>) -> Self {
+        Approvers(users.into_iter().collect())
+    }
+    pub fn contains(&self, user: &UserId) -> bool {
+        self.0.contains(user)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &UserId> {
+        self.0.iter()
+    }
+}
 
 /// An approver's decisions handed to someone else until the end of `until` (in the policy's
 /// time zone), which is `ends_at`.
@@ -51,28 +70,33 @@ impl Authority {
         Authority { approvers, ..Authority::default() }
     }
 
-    /// Whether `user` holds any approving role, so may delegate it.
+    /// Whether `user` is an approver (or a senior one), so may delegate their approvals.
+    /// Escalation approvers decide only what was escalated to them, and do not delegate that.
     pub fn may_delegate(&self, user: &UserId) -> bool {
-        self.approvers.contains(user) || self.seniors.contains(user) || self.escalation.contains(user)
+        self.approvers.contains(user) || self.seniors.contains(user)
     }
 
-    /// Whether `user`, on their own account, may decide `request` now.
-    fn decides_itself(&self, user: &UserId, request: &RefundRequest) -> bool {
-        self.approvers.contains(user)
-            || self.seniors.contains(user)
-            || (request.escalated_at.is_some() && self.escalation.contains(user))
+    /// Whether `user` has a queue of requests to decide in App Home: as an approver, a senior,
+    /// an escalation approver (what was escalated) or a delegate.
+    pub fn may_see_queue(&self, user: &UserId) -> bool {
+        self.may_delegate(user) || self.escalation.contains(user) || self.delegates_to(user).next().is_some()
     }
 
-    /// Every capacity in which `user` may decide `request`: their own first, then on behalf of
-    /// each delegator in force. Never on behalf of the requester: that would be the requester
-    /// approving their own request by proxy.
-    pub fn capacities(&self, user: &UserId, request: &RefundRequest) -> Vec<Capacity> {
+    /// Whether `user`, on their own account, may decide a request (`escalated` or not).
+    fn decides_itself(&self, user: &UserId, escalated: bool) -> bool {
+        self.approvers.contains(user) || self.seniors.contains(user) || (escalated && self.escalation.contains(user))
+    }
+
+    /// Every capacity in which `user` may decide a request made by `requester`: their own
+    /// first, then on behalf of each delegator in force. Never on behalf of the requester: that
+    /// would be the requester approving their own request by proxy.
+    pub fn capacities(&self, user: &UserId, requester: &UserId, escalated: bool) -> Vec<Capacity> {
         let mut all = vec![];
-        if self.decides_itself(user, request) {
+        if self.decides_itself(user, escalated) {
             all.push(Capacity { on_behalf_of: None, senior: self.seniors.contains(user) });
         }
-        for d in self.delegations.iter().filter(|d| d.to == *user && d.from != request.requester) {
-            if self.decides_itself(&d.from, request) {
+        for d in self.delegations.iter().filter(|d| d.to == *user && d.from != *requester) {
+            if self.decides_itself(&d.from, escalated) {
                 all.push(Capacity { on_behalf_of: Some(d.from.clone()), senior: self.seniors.contains(&d.from) });
             }
         }
@@ -93,7 +117,7 @@ impl Authority {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::request::tests::{user, waiting};
+    use crate::domain::request::tests::user;
 
     fn delegation(from: &str, to: &str) -> Delegation {
         let now = Utc::now();
@@ -108,7 +132,7 @@ mod tests {
 
     #[test]
     fn a_delegate_acts_with_the_delegators_own_roles_and_never_for_the_requester() {
-        let r = waiting(); // requested by UREQ
+        let requester = user("UREQ");
         let authority = Authority {
             approvers: Approvers::new([user("UFIN"), user("UREQ")]),
             seniors: Approvers::new([user("USEN")]),
@@ -116,19 +140,22 @@ mod tests {
             ..Authority::default()
         };
         assert_eq!(
-            authority.capacities(&user("UDEL"), &r),
+            authority.capacities(&user("UDEL"), &requester, false),
             vec![Capacity { on_behalf_of: Some(user("USEN")), senior: true }]
         );
-        assert!(authority.capacities(&user("UDEL2"), &r).is_empty(), "on behalf of the requester");
-        assert!(authority.capacities(&user("UCHAIN"), &r).is_empty(), "delegation does not chain");
+        assert!(authority.capacities(&user("UDEL2"), &requester, false).is_empty(), "on behalf of the requester");
+        assert!(authority.capacities(&user("UCHAIN"), &requester, false).is_empty(), "delegation does not chain");
     }
 
     #[test]
     fn escalation_approvers_decide_only_escalated_requests() {
-        let mut r = waiting();
+        let requester = user("UREQ");
         let authority = Authority { escalation: Approvers::new([user("UESC")]), ..Authority::default() };
-        assert!(authority.capacities(&user("UESC"), &r).is_empty());
-        r.escalated_at = Some(Utc::now());
-        assert_eq!(authority.capacities(&user("UESC"), &r), vec![Capacity { on_behalf_of: None, senior: false }]);
+        assert!(authority.capacities(&user("UESC"), &requester, false).is_empty());
+        assert_eq!(
+            authority.capacities(&user("UESC"), &requester, true),
+            vec![Capacity { on_behalf_of: None, senior: false }]
+        );
+        assert!(!authority.may_delegate(&user("UESC")), "escalation approvers do not delegate");
     }
 }

@@ -173,8 +173,12 @@ pub enum CommandError {
     Unknown(String),
     #[error("{DELEGATE_USAGE}")]
     Delegate,
-    #[error("`{0}` is not a date; write the last day of the delegation like `2026-12-24`.")]
-    DelegateDate(String),
+    #[error("`{text}` is not a date; write the last day of the delegation like `2026-12-24`.")]
+    DelegateDate {
+        text: String,
+        #[source]
+        cause: chrono::ParseError,
+    },
 }
 
 const DELEGATE_USAGE: &str = "To hand your approvals to someone, write `/refund delegate @someone until 2026-12-24` \
@@ -253,7 +257,7 @@ fn parse_delegate(rest: &str) -> Result<DelegateCommand, CommandError> {
     match rest[end + 1..].split_whitespace().collect::<Vec<_>>()[..] {
         [until, day] if until.eq_ignore_ascii_case("until") => {
             let until = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d")
-                .map_err(|_| CommandError::DelegateDate(day.to_string()))?;
+                .map_err(|cause| CommandError::DelegateDate { text: day.to_string(), cause })?;
             Ok(DelegateCommand::To { delegate, until })
         }
         _ => Err(CommandError::Delegate),
@@ -318,7 +322,9 @@ mod tests {
         assert_eq!(to("delegate OFF"), Ok(Command::Delegate(DelegateCommand::Off)));
         assert_eq!(to("delegate"), Ok(Command::Delegate(DelegateCommand::Show)));
         assert_eq!(to("delegate @jane until 2026-12-24"), Err(CommandError::Delegate), "an unescaped name says how");
-        assert_eq!(to("delegate <@U0123ABC> until 24/12"), Err(CommandError::DelegateDate("24/12".into())));
+        assert!(
+            matches!(to("delegate <@U0123ABC> until 24/12"), Err(CommandError::DelegateDate { text, .. }) if text == "24/12")
+        );
         assert_eq!(to("delegate <@U0123ABC>"), Err(CommandError::Delegate));
     }
 

@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod command;
+pub mod decisions;
 pub mod digest;
 pub mod ids;
 pub mod money;
@@ -10,14 +11,14 @@ pub mod policy;
 pub mod refund_news;
 pub mod request;
 
-pub use authority::{Authority, Capacity, Delegation};
+pub use authority::{Approvers, Authority, Capacity, Delegation};
 pub use command::{AmountAsked, Command, CommandError, Note, RefundCommand, RefundReason};
+pub use decisions::{Approval, DecisionError};
 pub use ids::{ChargeId, CustomerId, IdError, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
 pub use money::{AmountError, AmountInput, Currency, Money};
 pub use request::{
-    Actor, Approval, Approvers, CardFacts, ChargeFacts, Decision, DecisionError, Effect, EmailKind, Lane, MessageRef,
-    NewRequest, Notice, PriorRefund, RefundRecord, RefundRequest, RefundUpdate, RequestStatus, StateError, Transition,
-    owner_of_refund,
+    Actor, CardFacts, ChargeFacts, Decision, Effect, EmailKind, Lane, MessageRef, NewRequest, Notice, PriorRefund,
+    RefundRecord, RefundRequest, RefundUpdate, RequestStatus, StateError, Transition, owner_of_refund,
 };
 
 /// `text` with its first letter in upper case, for messages that start with a phrase.

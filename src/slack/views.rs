@@ -682,7 +682,12 @@ pub fn digest_message(
         _ => "*Time to a decision:* no request made that day was decided by a person".to_string(),
     });
     let mut blocks: Vec<SlackBlock> = vec![SlackSectionBlock::new().with_text(md!("{}", lines.join("\n"))).into()];
-    let mut still = vec![format!("*Still waiting* ({waiting_total}, oldest first)")];
+    let count = if waiting_total >= crate::desk::digest::WAITING_READ {
+        format!("{waiting_total} or more")
+    } else {
+        waiting_total.to_string()
+    };
+    let mut still = vec![format!("*Still waiting* ({count}, oldest first)")];
     if waiting.is_empty() {
         still.push("Nothing waits for approval.".to_string());
     }

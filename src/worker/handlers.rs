@@ -89,6 +89,7 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
         Effect::CheckRefund => check_refund(ctx, &request, job).await,
         Effect::Deadline => deadline(ctx, &request).await,
         Effect::RefreshHomes => refresh_homes(ctx, &request).await,
+        Effect::RefreshRequesterMessage => refresh_requester_message(ctx, &request).await,
         Effect::RecheckCharge => recheck_charge(ctx, &request).await,
         Effect::ReportParked { job_id, what, error } => report_parked(ctx, &request, *job_id, what, error, job).await,
         Effect::AlertKeyPermission { permission, what } => {
@@ -415,7 +416,7 @@ async fn refresh_card(ctx: &AppContext, request: &RefundRequest) -> Result<(), J
     let others = ctx.store.others_on_payment(request, views::OTHERS_SHOWN).await?;
     let content = views::approval_card(request, (&others.0, others.1), ctx.now());
     ctx.slack.update_message(&card.channel.as_str().into(), &card.ts.as_str().into(), content).await?;
-    refresh_requester_message(ctx, request).await
+    Ok(())
 }
 
 async fn thread_reply(ctx: &AppContext, request: &RefundRequest, notice: &Notice, job: &Job) -> Result<(), JobError> {
@@ -438,11 +439,11 @@ async fn notify_requester(
     notice: &Notice,
     job: &Job,
 ) -> Result<(), JobError> {
-    if job.posted_ts.is_some() {
-        return Ok(());
-    }
     if *notice == Notice::WithFinance {
         return tell_requester_with_finance(ctx, request, job).await;
+    }
+    if job.posted_ts.is_some() {
+        return Ok(());
     }
     let text = views::notice_text(request, notice, Audience::Requester);
     // A refusal replaces the "Got it" answer where the person typed `/refund`, while Slack
@@ -469,25 +470,38 @@ async fn notify_requester(
 }
 
 /// Once the card is posted, tells the requester their request is with finance, with the
-/// Remind approvers button; the message is recorded on the request, so it is edited when the
-/// request stops waiting.
+/// Remind approvers button. The message is recorded on the request, and every later change of
+/// the card edits it too ([`Effect::RefreshRequesterMessage`], queued behind this job in the
+/// requester's lane, so a decision made while it was posted still reaches it).
 async fn tell_requester_with_finance(ctx: &AppContext, request: &RefundRequest, job: &Job) -> Result<(), JobError> {
-    if request.status != RequestStatus::AwaitingApproval || request.requester_message.is_some() {
+    if request.requester_message.is_some() {
+        return Ok(());
+    }
+    // Posted by an earlier try that could not record it on the request: record it now.
+    if let Some((channel, ts)) = job.posted_ts.as_deref().and_then(|p| p.split_once(' ')) {
+        let message = MessageRef { channel: channel.to_string(), ts: ts.to_string() };
+        ctx.store.update_request(request.id, |r| r.requester_message = Some(message.clone())).await?;
+        return Ok(());
+    }
+    if request.status != RequestStatus::AwaitingApproval {
         // Decided before this ran: the outcome has its own message.
         return Ok(());
     }
     if request.card.is_none() {
-        // The card goes first (another lane); a card that cannot be posted parks and is reported.
-        return Err(JobError::Defer(Duration::from_secs(2)));
+        // The card goes first (another lane). One that cannot be posted parks and is reported
+        // to finance; after an hour without it, the requester hears the outcome instead.
+        let waited = (ctx.now() - job.created_at).num_seconds();
+        if waited > 3600 {
+            tracing::warn!(request_id = %request.id, "no card after an hour: the requester is not told it is with finance");
+            return Ok(());
+        }
+        return Err(JobError::Defer(Duration::from_secs(if waited < 60 { 2 } else { 60 })));
     }
     let (channel, ts) = ctx.slack.post_direct_message(&request.requester, views::with_finance_message(request)).await?;
-    ctx.store.record_job_posted(job, &ts.0).await?;
+    // On the job the moment Slack answers (so a retry never posts twice), then on the request.
+    ctx.store.record_job_posted(job, &format!("{} {}", channel.0, ts.0)).await?;
     let message = MessageRef { channel: channel.0, ts: ts.0 };
-    let moved = ctx.store.update_request(request.id, |r| r.requester_message = Some(message.clone())).await?;
-    // Decided while the message was being posted: its button must go at once.
-    if moved.status != RequestStatus::AwaitingApproval {
-        refresh_requester_message(ctx, &moved).await?;
-    }
+    ctx.store.update_request(request.id, |r| r.requester_message = Some(message.clone())).await?;
     Ok(())
 }
 
@@ -692,7 +706,7 @@ pub async fn home_for(
     authority: &crate::domain::Authority,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<slack_morphism::prelude::SlackView, StoreError> {
-    let is_approver = authority.may_delegate(user) || authority.delegates_to(user).next().is_some();
+    let is_approver = authority.may_see_queue(user);
     // Oldest first; more than the view shows, since some are the person's own.
     let waiting = if is_approver {
         let all = store.requests_with_status(RequestStatus::AwaitingApproval, 200).await?;

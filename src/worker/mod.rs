@@ -36,6 +36,7 @@ fn effect_name(effect: &Effect) -> &'static str {
         Effect::AlertKeyPermission { .. } => "alert_key_permission",
         Effect::Deadline => "deadline",
         Effect::RefreshHomes => "refresh_homes",
+        Effect::RefreshRequesterMessage => "refresh_requester_message",
         Effect::RecheckCharge => "recheck_charge",
     }
 }
@@ -55,6 +56,7 @@ pub fn describe(effect: &Effect) -> String {
         Effect::AlertKeyPermission { .. } => "reporting a missing Stripe permission".into(),
         Effect::Deadline => "reminding approvers or expiring the request".into(),
         Effect::RefreshHomes => "updating App Home".into(),
+        Effect::RefreshRequesterMessage => "updating the requester's message".into(),
         Effect::RecheckCharge => "reading the charge again".into(),
     }
 }

@@ -35,19 +35,30 @@ async fn waiting_for(app: &TestApp, amount: &str) -> (RequestId, Posted) {
     (id, card)
 }
 
-/// The newest private note `user` got, ephemeral or by direct message, containing `part`.
-async fn told(app: &TestApp, who: &str, part: &str) -> String {
+/// Every private note `who` got so far: ephemeral, or by direct message.
+fn notes(app: &TestApp, who: &str) -> Vec<String> {
+    let ephemeral = app
+        .slack
+        .ephemerals()
+        .into_iter()
+        .filter(|e| e["user"] == who)
+        .filter_map(|e| e["text"].as_str().map(str::to_string));
+    ephemeral.chain(app.direct_messages(who)).collect()
+}
+
+/// The private note `who` got after `before` (their notes until then) that contains `part`.
+async fn told(app: &TestApp, who: &str, part: &str, before: &[String]) -> String {
     let found = wait_for(DEADLINE, || {
-        let ephemeral = app
-            .slack
-            .ephemerals()
-            .into_iter()
-            .filter(|e| e["user"] == who)
-            .filter_map(|e| e["text"].as_str().map(str::to_string));
-        ephemeral.chain(app.direct_messages(who)).find(|t| t.contains(part))
+        let mut new = notes(app, who);
+        for old in before {
+            if let Some(i) = new.iter().position(|n| n == old) {
+                new.remove(i);
+            }
+        }
+        new.into_iter().find(|t| t.contains(part))
     })
     .await;
-    found.unwrap_or_else(|| panic!("{who} was never told {part:?}: {:?}", app.slack.ephemerals()))
+    found.unwrap_or_else(|| panic!("{who} was never told {part:?} after {before:?}: {:?}", notes(app, who)))
 }
 
 fn thread_has(app: &TestApp, card: &Posted, part: &str) -> bool {
@@ -62,8 +73,9 @@ async fn above_senior_from_a_non_senior_is_refused_and_a_senior_approves() {
     let (id, card) = waiting_for(&app, "3000.00").await;
     assert!(card.blocks.to_string().contains("one approval must come from a senior approver"), "{}", card.blocks);
 
+    let before = notes(&app, APPROVER);
     app.approve(APPROVER, id, &card).await;
-    let note = told(&app, APPROVER, "senior approver").await;
+    let note = told(&app, APPROVER, "senior approver", &before).await;
     assert!(note.contains("$3,000.00") && note.contains("$2,500.00"), "{note}");
     assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval, "nothing changed");
 
@@ -88,24 +100,40 @@ async fn a_request_waiting_past_escalate_after_is_escalated_once_and_the_escalat
     )
     .await;
     let (id, card) = waiting_for(&app, "40.00").await;
+    let before = notes(&app, ESCALATOR);
     app.approve(ESCALATOR, id, &card).await;
-    told(&app, ESCALATOR, "Only finance approvers").await;
-
-    let ctx = app.app.as_ref().unwrap().context();
-    ctx.advance_clock(Duration::from_secs(3 * 3600));
+    told(&app, ESCALATOR, "not escalated yet", &before).await;
     let store = app.store();
+    let ctx = app.app.as_ref().unwrap().context();
+
+    // Past remind_after: the reminder, no escalation yet.
+    ctx.advance_clock(Duration::from_secs(90 * 60));
+    let reminded = wait_for(DEADLINE, || thread_has(&app, &card, ":alarm_clock:").then_some(())).await;
+    assert!(reminded.is_some(), "{:?}", app.thread_texts(&card));
+    app.wait_until_idle().await;
+    assert_eq!(app.request(id).await.escalated_at, None, "not before escalate_after");
+
+    // Past escalate_after: escalated, and the thread calls the escalation approvers.
+    ctx.advance_clock(Duration::from_secs(60 * 60));
     wait_for_async(DEADLINE, || async { store.get_request(id).await.unwrap()?.escalated_at }).await.expect("escalated");
     let escalated = wait_for(DEADLINE, || {
         app.thread_texts(&card).into_iter().find(|t| t.contains("Escalated") && t.contains(&format!("<@{ESCALATOR}>")))
     })
     .await;
     assert!(escalated.is_some(), "{:?}", app.thread_texts(&card));
-    let texts = app.thread_texts(&card);
-    let reminder = texts.iter().position(|t| t.contains("has been waiting for approval") && !t.contains("Escalated"));
-    let escalation = texts.iter().position(|t| t.contains("Escalated"));
-    assert!(reminder < escalation && reminder.is_some(), "the reminder first, then the escalation: {texts:?}");
     let audit = app.store().audit_of(id).await.unwrap();
     assert_eq!(audit.iter().filter(|e| e.detail.as_deref().is_some_and(|d| d.starts_with("escalated"))).count(), 1);
+    let edited =
+        wait_for(DEADLINE, || app.slack.message(&card.ts).filter(|m| m.blocks.to_string().contains("Escalated")));
+    assert!(edited.await.is_some(), "the card says so");
+
+    // The requester's reminder now goes to the escalation approvers.
+    let dm =
+        wait_for(DEADLINE, || app.slack.messages_in(REQUESTER).into_iter().find(|m| m.text.contains("with finance")));
+    let dm = dm.await.expect("told it is with finance");
+    assert_eq!(press_remind(&app, REQUESTER, id, &dm).await, 200);
+    let nudge = wait_for(DEADLINE, || app.thread_texts(&card).into_iter().find(|t| t.contains(":wave:"))).await;
+    assert!(nudge.is_some_and(|t| t.contains(&format!("<@{ESCALATOR}>"))));
 
     // App Home shows it to the escalation approver, who may now approve.
     assert_eq!(app.driver.open_home(ESCALATOR).await, 200);
@@ -114,20 +142,24 @@ async fn a_request_waiting_past_escalate_after_is_escalated_once_and_the_escalat
     app.approve(ESCALATOR, id, &card).await;
     app.wait_for_status(id, RequestStatus::Submitted).await;
     app.wait_until_idle().await;
-    assert_eq!(texts.iter().filter(|t| t.contains("Escalated")).count(), 1, "escalated once");
+    let texts = app.thread_texts(&card);
+    assert_eq!(texts.iter().filter(|t| t.contains("Escalated")).count(), 1, "escalated once: {texts:?}");
 }
 
 #[tokio::test]
 async fn a_delegate_decides_on_behalf_of_an_approver_until_the_day_ends_but_never_their_own_request() {
-    let app = TestApp::spawn().await;
-    let today = chrono::Utc::now().date_naive();
+    // In Tokyo, so the day that ends is not UTC's.
+    let app = TestApp::spawn_with_policy("[policy]\ntimezone = \"Asia/Tokyo\"\n").await;
+    let tz = chrono_tz::Asia::Tokyo;
+    let today = chrono::Utc::now().with_timezone(&tz).date_naive();
     // Only approvers may delegate.
     let refused = app.slash_refund(OUTSIDER, &format!("delegate <@{DELEGATE}|dee> until {today}")).await;
     assert!(refused.contains("Only finance approvers"), "{refused}");
+    let before = notes(&app, DELEGATE);
     let answer = app.slash_refund(APPROVER, &format!("delegate <@{DELEGATE}|dee> until {today}")).await;
     assert!(answer.contains(&format!("<@{DELEGATE}>")) && answer.contains(&today.to_string()), "{answer}");
+    told(&app, DELEGATE, "handed you their refund approvals", &before).await;
     assert!(app.slash_refund(APPROVER, "delegate").await.contains(&format!("<@{DELEGATE}>")));
-    told(&app, DELEGATE, "handed you their refund approvals").await;
 
     // The delegate sees the request in App Home and approves it on the approver's behalf.
     let (id, card) = app.waiting_request().await;
@@ -151,16 +183,24 @@ async fn a_delegate_decides_on_behalf_of_an_approver_until_the_day_ends_but_neve
     let own = request_id_in(&app.slash_refund(DELEGATE, &format!("{charge} 25.00 duplicate")).await);
     app.wait_for_status(own, RequestStatus::AwaitingApproval).await;
     let own_card = app.card(own).await;
+    let before = notes(&app, DELEGATE);
     app.approve(DELEGATE, own, &own_card).await;
-    told(&app, DELEGATE, "someone else in finance has to approve").await;
+    told(&app, DELEGATE, "someone else in finance has to approve", &before).await;
     assert_eq!(app.request(own).await.status, RequestStatus::AwaitingApproval);
 
-    // Past the end of the day, the delegation is over.
-    let (later, later_card) = app.waiting_request().await;
-    app.app.as_ref().unwrap().context().advance_clock(Duration::from_secs(26 * 3600));
-    app.approve(DELEGATE, later, &later_card).await;
-    told(&app, DELEGATE, "Only finance approvers").await;
-    assert_eq!(app.request(later).await.status, RequestStatus::AwaitingApproval);
+    // A minute before the day ends in Tokyo it still holds; a minute after, it is over.
+    let (last, last_card) = app.waiting_request().await;
+    let (late, late_card) = app.waiting_request().await;
+    let ctx = app.app.as_ref().unwrap().context();
+    let ends = refund_desk::domain::policy::start_of_day(tz, today.succ_opt().unwrap());
+    ctx.advance_clock((ends - ctx.now() - chrono::Duration::minutes(1)).to_std().unwrap());
+    app.approve(DELEGATE, last, &last_card).await;
+    app.wait_for_status(last, RequestStatus::Submitted).await;
+    ctx.advance_clock(Duration::from_secs(120));
+    let before = notes(&app, DELEGATE);
+    app.approve(DELEGATE, late, &late_card).await;
+    told(&app, DELEGATE, "Only finance approvers", &before).await;
+    assert_eq!(app.request(late).await.status, RequestStatus::AwaitingApproval);
 }
 
 #[tokio::test]
@@ -174,8 +214,9 @@ async fn delegation_off_ends_it_and_a_past_day_is_refused() {
     let ended = app.slash_refund(APPROVER, "delegate off").await;
     assert!(ended.contains("has ended"), "{ended}");
     let (id, card) = app.waiting_request().await;
+    let before = notes(&app, DELEGATE);
     app.approve(DELEGATE, id, &card).await;
-    told(&app, DELEGATE, "Only finance approvers").await;
+    told(&app, DELEGATE, "Only finance approvers", &before).await;
     assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
 }
 
@@ -284,11 +325,15 @@ async fn the_requester_is_told_by_direct_message_and_may_remind_approvers_once_p
     );
 
     // Within the cooldown: told when, and nothing posted.
+    let before = notes(&app, REQUESTER);
     assert_eq!(press_remind(&app, REQUESTER, id, &dm).await, 200);
-    told(&app, REQUESTER, "you can remind them again after").await;
+    let when = told(&app, REQUESTER, "you can remind them again after", &before).await;
+    let next = app.request(id).await.nudged_at.unwrap() + chrono::Duration::hours(1);
+    assert!(when.contains(&next.format("%Y-%m-%d %H:%M").to_string()), "{when}");
     // Someone else cannot press it.
+    let before = notes(&app, OUTSIDER);
     assert_eq!(press_remind(&app, OUTSIDER, id, &dm).await, 200);
-    told(&app, OUTSIDER, "Only the person who asked").await;
+    told(&app, OUTSIDER, "Only the person who asked", &before).await;
     app.wait_until_idle().await;
     assert_eq!(nudge(&app), 1);
 
