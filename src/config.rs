@@ -13,7 +13,7 @@ use std::time::Duration;
 use url::Url;
 
 /// Every setting refund-desk reads, by its environment name.
-pub const KNOWN_SETTINGS: [&str; 32] = [
+pub const KNOWN_SETTINGS: [&str; 33] = [
     "STRIPE_EVENTS_POLL_SECS",
     "STRIPE_EVENTS_SWEEP_SECS",
     "REFUND_DESK_CACHE_MB",
@@ -46,7 +46,27 @@ pub const KNOWN_SETTINGS: [&str; 32] = [
     "SMTP_URL",
     "EMAIL_FROM",
     "REFUND_DESK_CONFIG",
+    "REFUND_DESK_LOG_FORMAT",
 ];
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Readable lines; colour only when stderr is a terminal.
+    Text,
+    /// One JSON object per line: timestamp, level, message, fields, and the spans' fields.
+    Json,
+}
+
+/// `REFUND_DESK_LOG_FORMAT` from the environment, read before anything else is (logging starts
+/// first), so it is not taken from the TOML file.
+pub fn log_format_from_env() -> Result<LogFormat, ConfigError> {
+    match std::env::var("REFUND_DESK_LOG_FORMAT").ok().as_deref().map(str::trim) {
+        None | Some("") | Some("text") => Ok(LogFormat::Text),
+        Some("json") => Ok(LogFormat::Json),
+        Some(other) => Err(invalid("REFUND_DESK_LOG_FORMAT", format!("`{other}`: use text or json"))),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

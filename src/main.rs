@@ -108,14 +108,24 @@ async fn run_jobs_command(action: JobsCmd) -> anyhow::Result<String> {
     }
 }
 
-fn init_tracing(default: &str) {
+/// Logs to stderr, as text (coloured only on a terminal) or JSON lines (`REFUND_DESK_LOG_FORMAT`).
+fn init_tracing(default: &str) -> Result<(), refund_desk::config::ConfigError> {
+    use std::io::IsTerminal;
+    let format = refund_desk::config::log_format_from_env()?;
     // slack-morphism's Socket Mode logs its connection URL, whose ticket is a credential.
     // The database driver's notices and the migration runner's chatter stay out unless asked for.
     let default =
         format!("{default},slack_morphism::hyper_tokio::socket_mode=off,tokio_postgres=warn,refinery_core=warn");
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        refund_desk::config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        refund_desk::config::LogFormat::Json => {
+            logs.json().flatten_event(true).with_current_span(true).with_span_list(true).init()
+        }
+    }
+    Ok(())
 }
 
 /// The manifest the command line asked for.
@@ -140,7 +150,10 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Cmd::Serve) {
         Cmd::Serve => {
-            init_tracing("info,refund_desk=info");
+            if let Err(e) = init_tracing("info,refund_desk=info") {
+                eprintln!("refund-desk: configuration error: {e}");
+                return ExitCode::from(2);
+            }
             let settings = match Settings::load() {
                 Ok(s) => s,
                 Err(e) => {
@@ -162,7 +175,10 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "demo")]
         Cmd::Demo { socket_mode } => {
-            init_tracing("warn");
+            if let Err(e) = init_tracing("warn") {
+                eprintln!("refund-desk: configuration error: {e}");
+                return ExitCode::from(2);
+            }
             match runtime.block_on(refund_desk::demo::run(socket_mode)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -249,6 +249,7 @@ async fn run_and_record(ctx: &Arc<AppContext>, mut job: Job) {
     };
     metrics::counter!("refund_desk_jobs_total", "effect" => effect_name(&job.effect), "outcome" => outcome)
         .increment(1);
+    tracing::debug!(outcome, "job ran");
     let stored = match result {
         Ok(()) => ctx.store.complete_job(&job).await,
         Err(JobError::Defer(delay)) => {

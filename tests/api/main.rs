@@ -15,6 +15,7 @@ mod happy_path;
 mod helpers;
 mod keys;
 mod load;
+mod logs;
 mod pacing;
 mod policy;
 mod process;
