@@ -1,8 +1,9 @@
-//! Operator commands that work on the database directly: listing and retrying jobs, checking
-//! and exporting the audit trail, copying the embedded store into PostgreSQL.
+//! Operator commands: listing and retrying jobs, checking and exporting the audit trail,
+//! backing up and restoring the embedded store, copying it into PostgreSQL, `check`.
 //!
-//! On PostgreSQL they work while the service runs. sled allows one process per database, so
-//! there they run while the service is stopped; the error says so when it is not.
+//! On PostgreSQL they work on the database while the service runs. sled allows one process
+//! per database, so while a desk runs on it the commands go through that desk's admin socket
+//! ([`crate::control`]); [`target_from_env`] says which.
 
 use crate::storage::{Job, Retry, Store, StoreError};
 use crate::stripe::StripeError;
@@ -10,6 +11,86 @@ use crate::worker::describe;
 use chrono::Utc;
 use secrecy::ExposeSecret;
 use std::path::Path;
+
+/// What an operator command works on: the store itself, or the running desk that holds it.
+pub enum Target {
+    Store(Store),
+    /// The desk running on the embedded store in this directory, through its admin socket.
+    Running(std::path::PathBuf),
+}
+
+/// The store the environment names; when a running desk holds the embedded store's lock, that
+/// desk (commands then go through its admin socket).
+pub async fn target_from_env() -> anyhow::Result<Target> {
+    match crate::config::store_from_env()? {
+        crate::config::StoreSettings::Sled { dir, .. } => match Store::open(&dir) {
+            Ok(store) => Ok(Target::Store(store)),
+            Err(e) if is_locked(&e) => Ok(Target::Running(dir)),
+            Err(e) => Err(open_error(&dir, e)),
+        },
+        _ => Ok(Target::Store(open_from_env().await?)),
+    }
+}
+
+fn is_locked(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
+}
+
+/// Why the embedded store in `dir` does not open, in one line with what to do.
+pub fn open_error(dir: &Path, e: StoreError) -> anyhow::Error {
+    match &e {
+        _ if is_locked(&e) => anyhow::anyhow!(
+            "the database in {} is in use by a running refund-desk; stop it first, then run this again",
+            dir.display()
+        ),
+        StoreError::Sled(sled::Error::Corruption { .. } | sled::Error::Unsupported(_)) | StoreError::Corrupt(_) => {
+            anyhow::anyhow!(
+                "the store in {} cannot be read: it is corrupt ({e}); nothing was changed or deleted. Restore the newest \
+                 backup into a new directory with `refund-desk restore --from <backup> --data-dir <new dir>`, then point \
+                 REFUND_DESK_DATA_DIR at it",
+                dir.display()
+            )
+        }
+        _ => anyhow::anyhow!("could not open the database in {}: {e}", dir.display()),
+    }
+}
+
+/// What a backup holds, in two lines.
+pub fn backup_summary(file: &Path, m: &crate::storage::sled::backup::BackupManifest) -> String {
+    let head = m.audit_head.as_ref().map(|(seq, hash)| format!("entry {seq}, hash {hash}")).unwrap_or("empty".into());
+    format!(
+        "Backed up to {} ({} bytes, SHA-256 {}), with its manifest beside it.\n\
+         Installation {}; the next request is R-{}; the audit chain's head: {head}.",
+        file.display(),
+        m.bytes,
+        m.sha256,
+        m.install_id,
+        m.next_request_number
+    )
+}
+
+/// `restore`: checks the backup against its manifest, loads it into the empty `dir`, verifies
+/// the audit chain, and says what it restored.
+pub async fn restore(from: &Path, dir: &Path) -> anyhow::Result<String> {
+    let manifest = crate::storage::sled::backup::restore(from, dir)?;
+    let store = open(dir)?;
+    let report = store.verify_audit().await?;
+    if let Some(problem) = report.problem {
+        anyhow::bail!("the restored audit trail does not verify: {problem}; do not start a desk on {}", dir.display());
+    }
+    let requests = store.all_requests().await?.len();
+    Ok(format!(
+        "Restored {} into {}: {requests} requests, {} audit entries (the chain verifies), the next request is R-{}, \
+         installation {}. At its next start the desk checks every approved, submitted or pending refund against \
+         Stripe before any job runs. Point REFUND_DESK_DATA_DIR at {} and start it.",
+        from.display(),
+        dir.display(),
+        report.entries,
+        manifest.next_request_number,
+        manifest.install_id,
+        dir.display()
+    ))
+}
 
 /// Opens the store the environment names (`DATABASE_URL`, else `REFUND_DESK_DATA_DIR`).
 pub async fn open_from_env() -> anyhow::Result<Store> {
@@ -24,15 +105,7 @@ pub async fn open_from_env() -> anyhow::Result<Store> {
 
 /// Opens the embedded store in `dir`, explaining a lock held by a running service.
 pub fn open(dir: &Path) -> anyhow::Result<Store> {
-    Store::open(dir).map_err(|e| match &e {
-        StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
-            anyhow::anyhow!(
-                "the database in {} is in use by a running refund-desk; stop it first, then run this again",
-                dir.display()
-            )
-        }
-        _ => anyhow::anyhow!("could not open the database in {}: {e}", dir.display()),
-    })
+    Store::open(dir).map_err(|e| open_error(dir, e))
 }
 
 /// `migrate`: copies the embedded store in `from` into the empty PostgreSQL database at `to`,

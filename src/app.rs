@@ -149,8 +149,27 @@ impl Application {
             .with_context(|| format!("could not listen on {}", settings.listen))?;
         let addr = listener.local_addr()?;
         let ctx = Arc::new(AppContext::new(settings, store, slack, stripe, mailer));
+        // A store restored from a backup may be behind Stripe: check before any job runs.
+        if let Some(sled) = ctx.store.as_sled()
+            && let Some(at) = sled.restored_at()?
+        {
+            let checked = crate::worker::handlers::reconcile_restored(&ctx).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "this store was restored from a backup ({at}) and its refunds could not be checked against Stripe: {e:#}. \
+                     Nothing ran; start again once Stripe answers"
+                )
+            })?;
+            sled.clear_restored().await?;
+            tracing::warn!(checked, restored_at = %at, "restored store checked against Stripe before any job ran");
+        }
 
         let (stop_tx, stop_rx) = watch::channel(false);
+        // On the embedded store, the operator commands reach the running desk here.
+        if let crate::config::StoreSettings::Sled { dir, .. } = &ctx.settings.store {
+            crate::control::serve(ctx.clone(), dir, stop_rx.clone())
+                .await
+                .with_context(|| format!("could not open the admin socket in {}", dir.display()))?;
+        }
         let worker_ctx = ctx.clone();
         let worker_stop = stop_rx.clone();
         let worker = tokio::spawn(async move {
@@ -161,6 +180,9 @@ impl Application {
         tokio::spawn(prune_seen_events_until_stopped(ctx.clone(), stop_rx.clone()));
         tokio::spawn(crate::stripe::events::read_events_until_stopped(ctx.clone(), stop_rx.clone()));
         tokio::spawn(run_metrics_upkeep_until_stopped(stop_rx.clone()));
+        if let Some(backups) = ctx.settings.backups.clone() {
+            tokio::spawn(take_backups_until_stopped(ctx.clone(), backups, stop_rx.clone()));
+        }
         if ctx.settings.policy.digest_at.is_some() {
             tokio::spawn(post_digest_until_stopped(ctx.clone(), stop_rx.clone()));
         }
@@ -261,6 +283,21 @@ async fn prune_seen_events_until_stopped(ctx: Arc<AppContext>, mut stop: watch::
     }
 }
 
+/// Takes a backup every `backups.every`, the first one a round after start.
+async fn take_backups_until_stopped(
+    ctx: Arc<AppContext>,
+    backups: crate::config::BackupSettings,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backups.every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        crate::desk::backup::backup_round(&ctx, &backups).await;
+    }
+}
+
 /// Posts the daily digest when it falls due. Looks every few seconds, which costs nothing
 /// once the day's digest is known to be out; the replica holding the lease posts it.
 async fn post_digest_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
@@ -354,7 +391,7 @@ async fn open_store(settings: &crate::config::StoreSettings) -> anyhow::Result<S
             {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => return Err(e).with_context(|| format!("could not open the database in {}", dir.display())),
+            Err(e) => return Err(crate::admin::open_error(dir, e)),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use url::Url;
 
 /// Every setting refund-desk reads, by its environment name.
-pub const KNOWN_SETTINGS: [&str; 33] = [
+pub const KNOWN_SETTINGS: [&str; 36] = [
     "STRIPE_EVENTS_POLL_SECS",
     "STRIPE_EVENTS_SWEEP_SECS",
     "REFUND_DESK_CACHE_MB",
@@ -47,6 +47,9 @@ pub const KNOWN_SETTINGS: [&str; 33] = [
     "EMAIL_FROM",
     "REFUND_DESK_CONFIG",
     "REFUND_DESK_LOG_FORMAT",
+    "REFUND_DESK_BACKUP_DIR",
+    "REFUND_DESK_BACKUP_EVERY",
+    "REFUND_DESK_BACKUP_KEEP",
 ];
 
 /// How log lines are written to stderr.
@@ -172,6 +175,16 @@ pub enum StoreSettings {
     Postgres { url: SecretString, lease: Duration },
 }
 
+impl Settings {
+    /// The embedded store's directory, when that is the store.
+    pub fn store_dir(&self) -> Option<PathBuf> {
+        match &self.store {
+            StoreSettings::Sled { dir, .. } => Some(dir.clone()),
+            StoreSettings::Postgres { .. } => None,
+        }
+    }
+}
+
 impl StoreSettings {
     /// Where it is, in words, with no secret: for logs and `check`.
     pub fn describe(&self) -> String {
@@ -216,10 +229,41 @@ pub struct Settings {
     pub jobs: JobSettings,
     /// The refund policy from the `[policy]` table; empty: every refund needs one approval.
     pub policy: Policy,
+    /// `None`: the service takes no backups itself.
+    pub backups: Option<BackupSettings>,
 }
 
-/// Where settings come from: a name → value lookup (the environment in production, a map in
-/// tests), plus the TOML file it may name.
+/// Backups the running service takes (`REFUND_DESK_BACKUP_DIR`).
+#[derive(Debug, Clone)]
+pub struct BackupSettings {
+    pub dir: PathBuf,
+    /// `REFUND_DESK_BACKUP_EVERY`, default an hour.
+    pub every: Duration,
+    /// `REFUND_DESK_BACKUP_KEEP`, default 48: older ones are removed.
+    pub keep: usize,
+}
+
+impl BackupSettings {
+    fn from_sources(src: &Sources, store: &StoreSettings) -> Result<Option<BackupSettings>, ConfigError> {
+        let Some(dir) = src.get("REFUND_DESK_BACKUP_DIR") else { return Ok(None) };
+        if matches!(store, StoreSettings::Postgres { .. }) {
+            return Err(invalid(
+                "REFUND_DESK_BACKUP_DIR",
+                "with DATABASE_URL, back up PostgreSQL with its own tools (pg_dump, point-in-time recovery)",
+            ));
+        }
+        let every = match src.get("REFUND_DESK_BACKUP_EVERY") {
+            None => Duration::from_secs(3600),
+            Some(text) => humantime::parse_duration(text)
+                .ok()
+                .filter(|d| *d >= Duration::from_secs(1))
+                .ok_or_else(|| invalid("REFUND_DESK_BACKUP_EVERY", format!("`{text}`: write it like 1h or 30m")))?,
+        };
+        let keep = number(src, "REFUND_DESK_BACKUP_KEEP", 48)? as usize;
+        Ok(Some(BackupSettings { dir: PathBuf::from(dir), every, keep }))
+    }
+}
+
 /// People with a role: named one by one, and the members of a user group.
 #[derive(Debug, Clone, Default)]
 pub struct Role {
@@ -238,6 +282,8 @@ impl Role {
     }
 }
 
+/// Where settings come from: a name → value lookup (the environment in production, a map in
+/// tests), plus the TOML file it may name.
 pub struct Sources {
     values: HashMap<String, String>,
     policy: Option<toml::Table>,
@@ -444,9 +490,12 @@ impl Settings {
                 "SLACK_ESCALATION_APPROVERS (or SLACK_ESCALATION_APPROVER_GROUP), which escalate_after needs",
             ));
         }
+        let store = StoreSettings::from_sources(src)?;
+        let backups = BackupSettings::from_sources(src, &store)?;
         Ok(Settings {
             listen,
-            store: StoreSettings::from_sources(src)?,
+            store,
+            backups,
             slack,
             stripe,
             email,

@@ -21,6 +21,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod context;
+pub mod control;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod desk;

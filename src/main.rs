@@ -24,17 +24,29 @@ enum Cmd {
     },
     /// Validate the configuration and reach Slack, Stripe and the mail server.
     Check,
-    /// List or retry the jobs that ran out of attempts (on sled with the service stopped; on
-    /// PostgreSQL at any time).
+    /// List or retry the jobs that ran out of attempts (also while the service runs).
     Jobs {
         #[command(subcommand)]
         action: JobsCmd,
     },
-    /// Check or export the audit trail (on sled with the service stopped; on PostgreSQL at any
-    /// time).
+    /// Check or export the audit trail (also while the service runs).
     Audit {
         #[command(subcommand)]
         action: AuditCmd,
+    },
+    /// Take a consistent backup of the embedded store now (through the running service when one
+    /// holds it), with its manifest beside it.
+    Backup {
+        #[arg(long, value_name = "FILE")]
+        to: std::path::PathBuf,
+    },
+    /// Restore a backup into an empty data directory (service stopped): checks its SHA-256,
+    /// verifies the audit chain, and says what it restored.
+    Restore {
+        #[arg(long, value_name = "FILE")]
+        from: std::path::PathBuf,
+        #[arg(long, value_name = "DIR")]
+        data_dir: std::path::PathBuf,
     },
     /// Copy the embedded store (a data directory, service stopped) into an empty PostgreSQL
     /// database, then check the copy.
@@ -85,8 +97,35 @@ enum AuditCmd {
     },
 }
 
+/// The running desk's answer to `method path`, or its error text as an error.
+async fn through_running_desk(dir: &std::path::Path, method: &str, path: &str) -> anyhow::Result<String> {
+    let answer = refund_desk::control::call(dir, method, path).await?;
+    if answer.ok { Ok(answer.text) } else { anyhow::bail!("{}", answer.text.trim_end()) }
+}
+
 async fn run_audit_command(action: AuditCmd) -> anyhow::Result<ExitCode> {
-    let store = refund_desk::admin::open_from_env().await?;
+    use refund_desk::admin::Target;
+    let store = match refund_desk::admin::target_from_env().await? {
+        Target::Store(store) => store,
+        Target::Running(dir) => {
+            return match action {
+                AuditCmd::Verify => {
+                    let answer = refund_desk::control::call(&dir, "GET", "/audit/verify").await?;
+                    println!("{}", answer.text.trim_end());
+                    Ok(if answer.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+                }
+                AuditCmd::Export { since, format } => {
+                    let since = since.map(|d| format!("&since={d}")).unwrap_or_default();
+                    let json = format == refund_desk::admin::ExportFormat::Json;
+                    print!(
+                        "{}",
+                        through_running_desk(&dir, "GET", &format!("/audit/export?json={json}{since}")).await?
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            };
+        }
+    };
     match action {
         AuditCmd::Verify => {
             let (intact, text) = refund_desk::admin::audit_verify(&store).await?;
@@ -101,7 +140,16 @@ async fn run_audit_command(action: AuditCmd) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_jobs_command(action: JobsCmd) -> anyhow::Result<String> {
-    let store = refund_desk::admin::open_from_env().await?;
+    use refund_desk::admin::Target;
+    let store = match refund_desk::admin::target_from_env().await? {
+        Target::Store(store) => store,
+        Target::Running(dir) => {
+            return match action {
+                JobsCmd::List { all } => through_running_desk(&dir, "GET", &format!("/jobs?all={all}")).await,
+                JobsCmd::Retry { id } => through_running_desk(&dir, "POST", &format!("/jobs/{id}/retry")).await,
+            };
+        }
+    };
     match action {
         JobsCmd::List { all } => refund_desk::admin::jobs_list(&store, all).await,
         JobsCmd::Retry { id } => refund_desk::admin::jobs_retry(&store, id).await,
@@ -126,6 +174,38 @@ fn init_tracing(default: &str) -> Result<(), refund_desk::config::ConfigError> {
         }
     }
     Ok(())
+}
+
+/// `backup --to FILE`: on the store, or through the running desk that holds it.
+async fn run_backup_command(to: std::path::PathBuf) -> anyhow::Result<String> {
+    use refund_desk::admin::Target;
+    // The running desk writes the file itself: give it a full path.
+    let to = match to.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => std::fs::canonicalize(parent)?.join(to.file_name().unwrap_or_default()),
+        None => std::env::current_dir()?.join(&to),
+    };
+    match refund_desk::admin::target_from_env().await? {
+        Target::Store(store) => Ok(refund_desk::admin::backup_summary(&to, &store.backup_to(&to).await?)),
+        Target::Running(dir) => {
+            let query: String =
+                url::form_urlencoded::Serializer::new(String::new()).append_pair("to", &to.to_string_lossy()).finish();
+            through_running_desk(&dir, "POST", &format!("/backup?{query}")).await
+        }
+    }
+}
+
+/// Prints `result`'s text, or its error; the exit code says which.
+fn report(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{}", text.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("refund-desk: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The manifest the command line asked for.
@@ -220,6 +300,8 @@ fn main() -> ExitCode {
             eprintln!("refund-desk: {e:#}");
             ExitCode::FAILURE
         }),
+        Cmd::Backup { to } => report(runtime.block_on(run_backup_command(to))),
+        Cmd::Restore { from, data_dir } => report(runtime.block_on(refund_desk::admin::restore(&from, &data_dir))),
         Cmd::Migrate { from_data_dir, to } => {
             match runtime.block_on(refund_desk::admin::migrate(&from_data_dir, &to)) {
                 Ok(text) => {

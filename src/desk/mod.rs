@@ -11,6 +11,7 @@
 //! jobs, in `worker::handlers`.
 
 pub mod ask;
+pub mod backup;
 pub mod decide;
 pub mod delegate;
 pub mod digest;

@@ -51,6 +51,8 @@ pub enum StoreError {
     Pool(String),
     #[error("stored data could not be read: {0}")]
     Corrupt(String),
+    #[error("the backup could not be written: {0}")]
+    Backup(String),
     #[error("{0} is not stored")]
     NotFound(RequestId),
     #[error(transparent)]
@@ -436,6 +438,18 @@ impl Store {
     }
 
     /// The embedded engine, for what only it has (its batching, its counters).
+    /// Writes a consistent backup of the whole store to `to`, with its manifest beside it. On
+    /// PostgreSQL, the database's own tools (`pg_dump`, point-in-time recovery) do this better.
+    pub async fn backup_to(&self, to: &std::path::Path) -> Result<self::sled::backup::BackupManifest, StoreError> {
+        match self {
+            Store::Sled(s) => s.backup_to(to).await,
+            Store::Postgres(_) => Err(StoreError::Backup(
+                "on PostgreSQL, back up the database with its own tools (pg_dump, or the provider's point-in-time recovery)"
+                    .into(),
+            )),
+        }
+    }
+
     pub fn as_sled(&self) -> Option<&self::sled::SledStore> {
         match self {
             Store::Sled(s) => Some(s),

@@ -602,6 +602,44 @@ async fn record_refund(
 
 /// A refund on the request's charge that this request [may claim](RefundRequest::may_claim):
 /// its metadata names this installation and this request.
+/// After a restore from a backup, before any job runs: every request whose refund was approved
+/// or under way is checked against Stripe, since the backup may predate what Stripe did. An
+/// approved request whose refund Stripe already made records it (so none is made again); a
+/// submitted or pending one takes Stripe's current status. Returns how many were checked.
+pub async fn reconcile_restored(ctx: &AppContext) -> anyhow::Result<usize> {
+    let mut checked = 0;
+    let now = ctx.now();
+    for status in [RequestStatus::Approved, RequestStatus::Submitted, RequestStatus::Pending] {
+        for request in ctx.store.requests_with_status(status, 1_000_000).await? {
+            checked += 1;
+            let failed = |e: JobError| anyhow::anyhow!("{}: {e:?}", request.id);
+            match &request.refund {
+                None => {
+                    if let Some(existing) = find_existing_refund(ctx, &request).await.map_err(failed)? {
+                        tracing::warn!(request_id = %request.id, refund = %existing.id, "restored: Stripe already made this refund");
+                        record_refund(ctx, &request, existing, now).await.map_err(failed)?;
+                    }
+                }
+                Some(refund) => {
+                    let current = ctx.stripe.get_refund(refund.id.as_str()).await?;
+                    let update = RefundUpdate {
+                        refund: refund.id.clone(),
+                        status: current.status.unwrap_or_else(|| refund.stripe_status.clone()),
+                        failure_reason: current.failure_reason,
+                        request_hint: Some(request.id),
+                        install: None,
+                        charge: None,
+                        payment_intent: None,
+                        amount: None,
+                    };
+                    ctx.store.apply_refund_updates(None, std::slice::from_ref(&update), now).await?;
+                }
+            }
+        }
+    }
+    Ok(checked)
+}
+
 async fn find_existing_refund(
     ctx: &AppContext,
     request: &RefundRequest,

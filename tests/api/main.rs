@@ -3,6 +3,7 @@
 
 mod approvals;
 mod approvers;
+mod backups;
 mod crash;
 mod decisions;
 mod desk;

@@ -151,6 +151,12 @@ impl Committer {
         self.shared.gate.clone().read_owned().await
     }
 
+    /// Holds every writer off (and the committer's flush) while held: what is read meanwhile
+    /// is one moment of the store, as a backup needs.
+    pub async fn exclusive(&self) -> tokio::sync::OwnedRwLockWriteGuard<()> {
+        self.shared.gate.clone().write_owned().await
+    }
+
     /// A ticket for every write already made. Take it after the write, then [`Committer::wait`].
     pub fn ticket(&self) -> Ticket {
         let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());

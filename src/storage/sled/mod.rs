@@ -19,6 +19,7 @@
 //! A transition writes the request, its audit entry and its effects' jobs in one transaction and
 //! is synced to disk (see [`commit`]) before the caller acknowledges anything.
 
+pub mod backup;
 mod batch;
 pub mod commit;
 pub mod jobs;
@@ -615,6 +616,20 @@ impl SledStore {
     /// When `refund-desk migrate` copied this store to PostgreSQL, if it did.
     pub fn migrated_at(&self) -> Result<Option<String>, StoreError> {
         Ok(self.meta.get(MIGRATED_KEY)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// When this store was restored from a backup, until the refunds it holds under way were
+    /// checked against Stripe ([`SledStore::clear_restored`]).
+    pub fn restored_at(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.meta.get(backup::RESTORED_KEY)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// The restored store's refunds were checked against Stripe; durable on return.
+    pub async fn clear_restored(&self) -> Result<(), StoreError> {
+        let permit = self.commit.write_permit().await;
+        self.meta.remove(backup::RESTORED_KEY)?;
+        drop(permit);
+        self.flush().await
     }
 
     /// Records that this store was copied to PostgreSQL; durable on return. A desk no longer
