@@ -372,6 +372,12 @@ fn base_url(name: &'static str, text: &str) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
+/// Where the service listens (`REFUND_DESK_LISTEN`), for `healthcheck`.
+pub fn listen_from_env() -> Result<SocketAddr, ConfigError> {
+    let src = Sources::from_env()?;
+    src.get("REFUND_DESK_LISTEN").unwrap_or("127.0.0.1:3000").parse().map_err(|e| invalid("REFUND_DESK_LISTEN", e))
+}
+
 /// Only where the store is, for commands that need nothing else.
 pub fn store_from_env() -> Result<StoreSettings, ConfigError> {
     StoreSettings::from_sources(&Sources::from_env()?)

@@ -24,6 +24,8 @@ enum Cmd {
     },
     /// Validate the configuration and reach Slack, Stripe and the mail server.
     Check,
+    /// Exit 0 if the service on REFUND_DESK_LISTEN answers /healthz (a container's HEALTHCHECK).
+    Healthcheck,
     /// List or retry the jobs that ran out of attempts (also while the service runs).
     Jobs {
         #[command(subcommand)]
@@ -194,6 +196,19 @@ async fn run_backup_command(to: std::path::PathBuf) -> anyhow::Result<String> {
     }
 }
 
+/// `healthcheck`: asks the service on `REFUND_DESK_LISTEN` (on this machine) for `/healthz`.
+async fn healthcheck() -> anyhow::Result<String> {
+    let mut addr = refund_desk::config::listen_from_env()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/healthz");
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(4)).build()?;
+    let status = client.get(&url).send().await?.status();
+    anyhow::ensure!(status.is_success(), "{url} answered {status}");
+    Ok(format!("{url}: {status}"))
+}
+
 /// Prints `result`'s text, or its error; the exit code says which.
 fn report(result: anyhow::Result<String>) -> ExitCode {
     match result {
@@ -301,6 +316,7 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }),
         Cmd::Backup { to } => report(runtime.block_on(run_backup_command(to))),
+        Cmd::Healthcheck => report(runtime.block_on(healthcheck())),
         Cmd::Restore { from, data_dir } => report(runtime.block_on(refund_desk::admin::restore(&from, &data_dir))),
         Cmd::Migrate { from_data_dir, to } => {
             match runtime.block_on(refund_desk::admin::migrate(&from_data_dir, &to)) {

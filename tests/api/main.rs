@@ -6,6 +6,7 @@ mod approvers;
 mod backups;
 mod crash;
 mod decisions;
+mod deploy;
 mod desk;
 mod digest;
 mod durability;
