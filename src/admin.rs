@@ -55,6 +55,16 @@ pub fn open_error(dir: &Path, e: StoreError) -> anyhow::Error {
     }
 }
 
+/// The bot token scopes the desk cannot work without, with these settings.
+fn needed_scopes(settings: &crate::config::Settings) -> Vec<&'static str> {
+    let mut needed = vec!["commands", "chat:write", "im:write"];
+    let slack = &settings.slack;
+    if slack.approver_group.is_some() || slack.seniors.group.is_some() || slack.escalation.group.is_some() {
+        needed.push("usergroups:read");
+    }
+    needed
+}
+
 /// What a backup holds, in two lines.
 pub fn backup_summary(file: &Path, m: &crate::storage::sled::backup::BackupManifest) -> String {
     let head = m.audit_head.as_ref().map(|(seq, hash)| format!("entry {seq}, hash {hash}")).unwrap_or("empty".into());
@@ -300,7 +310,40 @@ pub async fn check(settings: &crate::config::Settings) -> (bool, Vec<String>) {
         Ok(api) => api.whoami().await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     };
+    let reached = slack.is_ok();
     report("slack", slack);
+    if reached {
+        let channel = &settings.slack.finance_channel;
+        match crate::slack::SlackApi::setup_of(&settings.slack.api_url, &settings.slack.bot_token, channel).await {
+            Ok((granted, member)) => {
+                let missing: Vec<&str> =
+                    needed_scopes(settings).into_iter().filter(|s| !granted.iter().any(|g| g == s)).collect();
+                report(
+                    "slack scopes",
+                    if missing.is_empty() {
+                        Ok(granted.join(", "))
+                    } else {
+                        Err(format!(
+                            "the bot token lacks {}: add them under OAuth & Permissions (or install the app from \
+                             `refund-desk manifest`) and reinstall it",
+                            missing.join(", ")
+                        ))
+                    },
+                );
+                report(
+                    "slack finance channel",
+                    match member {
+                        Ok(true) => Ok(format!("the bot is in {channel}")),
+                        Ok(false) => Err(format!("the bot is not in {channel}: type `/invite @refund-desk` there")),
+                        Err(why) => {
+                            Err(format!("{channel} could not be looked up ({why}): check SLACK_FINANCE_CHANNEL"))
+                        }
+                    },
+                );
+            }
+            Err(why) => report("slack scopes", Err(why)),
+        }
+    }
     let stripe = crate::stripe::StripeClient::new(
         settings.stripe.api_url.clone(),
         settings.stripe.secret_key.clone(),

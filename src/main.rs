@@ -298,11 +298,22 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Check => {
+            // Every problem with the settings at once, before anything is reached.
+            let problems = match refund_desk::config::Sources::from_env() {
+                Ok(sources) => Settings::problems(&sources),
+                Err(e) => vec![e],
+            };
+            if !problems.is_empty() {
+                for problem in problems {
+                    println!("config: FAILED: {problem}");
+                }
+                return ExitCode::FAILURE;
+            }
             let settings = match Settings::load() {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("refund-desk: configuration error: {e}");
-                    return ExitCode::from(2);
+                    println!("config: FAILED: {e}");
+                    return ExitCode::FAILURE;
                 }
             };
             let (ok, lines) = runtime.block_on(refund_desk::admin::check(&settings));

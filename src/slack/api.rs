@@ -194,6 +194,46 @@ impl SlackApi {
         }
     }
 
+    /// Which scopes the bot token has, as `auth.test` reports them (`x-oauth-scopes`), and
+    /// whether the bot is a member of `channel` (`conversations.info`). For `check`: plain
+    /// HTTP, since the header is not in slack-morphism's answer.
+    pub async fn setup_of(
+        api_url: &str,
+        bot_token: &SecretString,
+        channel: &str,
+    ) -> Result<(Vec<String>, Result<bool, String>), String> {
+        let http = reqwest::Client::builder().timeout(CALL_TIMEOUT).build().map_err(|e| e.to_string())?;
+        let auth = http
+            .post(format!("{api_url}/auth.test"))
+            .bearer_auth(bot_token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| format!("Slack could not be reached: {e}"))?;
+        let scopes = auth
+            .headers()
+            .get("x-oauth-scopes")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        let info: serde_json::Value = http
+            .get(format!(
+                "{api_url}/conversations.info?{}",
+                url::form_urlencoded::Serializer::new(String::new()).append_pair("channel", channel).finish()
+            ))
+            .bearer_auth(bot_token.expose_secret())
+            .send()
+            .await
+            .map_err(|e| format!("Slack could not be reached: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("Slack's answer could not be read: {e}"))?;
+        let member = match info["ok"].as_bool() {
+            Some(true) => Ok(info["channel"]["is_member"].as_bool().unwrap_or(false)),
+            _ => Err(info["error"].as_str().unwrap_or("no answer").to_string()),
+        };
+        Ok((scopes, member))
+    }
+
     /// Who the token belongs to (`auth.test`): team and bot user.
     pub async fn whoami(&self) -> Result<String, SlackCallError> {
         let res = self.call("auth.test", async |s| s.auth_test().await).await?;

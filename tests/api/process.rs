@@ -194,3 +194,51 @@ async fn check_reaches_slack_stripe_and_smtp_and_says_which_fails() {
     assert!(out.lines().any(|l| l.contains("rak_charge_read") && l.contains("granted")), "{out}");
     assert!(stripe.refunds().is_empty(), "checking makes no refund");
 }
+
+#[test]
+fn check_names_every_missing_or_malformed_setting_at_once() {
+    let out = Command::new(BIN)
+        .arg("check")
+        .env_clear()
+        .env("SLACK_SIGNING_SECRET", "x")
+        .env("STRIPE_SECRET_KEY", "pk_test_publishable")
+        .env("REFUND_DESK_JOB_ATTEMPTS", "many")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    for name in [
+        "SLACK_BOT_TOKEN",
+        "SLACK_FINANCE_CHANNEL",
+        "SLACK_APPROVERS",
+        "STRIPE_SECRET_KEY is not valid",
+        "REFUND_DESK_JOB_ATTEMPTS is not valid",
+    ] {
+        assert!(stdout.lines().any(|l| l.starts_with("config: FAILED") && l.contains(name)), "{name}: {stdout}");
+    }
+    assert_eq!(stdout.lines().count(), 5, "one line each: {stdout}");
+}
+
+#[tokio::test]
+async fn check_says_which_slack_scope_is_missing_and_whether_the_bot_is_in_the_finance_channel() {
+    let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
+    let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let check = || {
+        let mut cmd = crate::helpers::desk_command(&slack.url, &stripe.url, dir.path());
+        cmd.arg("check");
+        tokio::process::Command::from(cmd).output()
+    };
+    let good = check().await.unwrap();
+    let out = String::from_utf8_lossy(&good.stdout).to_string();
+    assert!(good.status.success(), "{out}");
+    assert!(out.contains("slack scopes: ok") && out.contains("slack finance channel: ok (the bot is in"), "{out}");
+
+    slack.grant_scopes(&["commands", "chat:write", "channels:read"]);
+    slack.remove_bot_from(driver::FINANCE_CHANNEL);
+    let bad = check().await.unwrap();
+    let out = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert_eq!(bad.status.code(), Some(1), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("slack scopes: FAILED") && l.contains("im:write")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("slack finance channel: FAILED") && l.contains("/invite")), "{out}");
+}

@@ -51,6 +51,9 @@ struct SlackState {
     home_publishes: std::collections::HashMap<String, usize>,
     /// Channels the bot may not post in (`not_in_channel`).
     closed_channels: std::collections::HashSet<String>,
+    /// The scopes `auth.test` reports the token has (`x-oauth-scopes`); `None`: all the
+    /// manifest asks for.
+    scopes: Option<Vec<String>>,
     /// Socket Mode: the app-level token `apps.connections.open` takes, and where it sends the app.
     socket_mode: Option<(String, crate::socket::SocketModeStandIn)>,
     /// Posts to `response_url`s: (the URL's path, the body).
@@ -138,6 +141,11 @@ impl FakeSlack {
 
     /// From now on the bot may not post in `channel`: Slack answers `not_in_channel`, as it does
     /// when the bot was never invited (or was removed).
+    /// The token has only `scopes` from now on (as `auth.test` reports them).
+    pub fn grant_scopes(&self, scopes: &[&str]) {
+        self.lock().scopes = Some(scopes.iter().map(|s| s.to_string()).collect());
+    }
+
     pub fn remove_bot_from(&self, channel: &str) {
         self.lock().closed_channels.insert(channel.to_string());
     }
@@ -340,6 +348,21 @@ async fn handle(
     }
     let answer = match method.as_str() {
         "auth.test" => {
+            let scopes = s.scopes.clone().unwrap_or_else(|| {
+                [
+                    "commands",
+                    "chat:write",
+                    "chat:write.public",
+                    "im:write",
+                    "usergroups:read",
+                    "users:read",
+                    "channels:read",
+                    "groups:read",
+                ]
+                .map(String::from)
+                .to_vec()
+            });
+            out_headers.insert("x-oauth-scopes", scopes.join(",").parse().expect("scopes are a header value"));
             json!({ "ok": true, "url": "https://example.slack.com/", "team": "Example", "user": "refund-desk", "team_id": "T00000001", "user_id": "U0BOT0001", "bot_id": "B00000001" })
         }
         "chat.postMessage" => {
@@ -390,6 +413,18 @@ async fn handle(
                     json!({ "ok": true, "channel": channel, "ts": ts, "text": m.text,
                             "message": { "text": m.text, "user": "U0BOT0001", "bot_id": "B00000001" } })
                 }
+            }
+        }
+        "conversations.info" => {
+            let channel = body["channel"].as_str().unwrap_or_default();
+            let scopes = s.scopes.clone().unwrap_or_default();
+            if s.scopes.is_some() && !scopes.iter().any(|g| g == "channels:read" || g == "groups:read") {
+                json!({ "ok": false, "error": "missing_scope", "needed": "channels:read,groups:read" })
+            } else if !channel.starts_with('C') && !channel.starts_with('G') {
+                slack_error("channel_not_found")
+            } else {
+                json!({ "ok": true, "channel": { "id": channel, "name": "finance", "is_channel": true,
+                        "is_member": !s.closed_channels.contains(channel) } })
             }
         }
         "chat.getPermalink" => {
