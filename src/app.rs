@@ -180,6 +180,9 @@ impl Application {
         tokio::spawn(prune_seen_events_until_stopped(ctx.clone(), stop_rx.clone()));
         tokio::spawn(crate::stripe::events::read_events_until_stopped(ctx.clone(), stop_rx.clone()));
         tokio::spawn(run_metrics_upkeep_until_stopped(stop_rx.clone()));
+        if ctx.store.as_sled().is_some() {
+            tokio::spawn(write_marks_until_stopped(ctx.clone(), stop_rx.clone()));
+        }
         if let Some(backups) = ctx.settings.backups.clone() {
             tokio::spawn(take_backups_until_stopped(ctx.clone(), backups, stop_rx.clone()));
         }
@@ -241,6 +244,11 @@ impl Application {
             }
         }
         self.ctx.store.flush().await?;
+        if let Some(sled) = self.ctx.store.as_sled()
+            && let Err(e) = sled.write_mark().await
+        {
+            tracing::warn!(error = %e, "could not write the store's high-water mark");
+        }
         // Wait for short-lived tasks (private notes) to let go, so the database is closed and
         // its lock released when this returns.
         let mut ctx = self.ctx;
@@ -278,6 +286,21 @@ async fn prune_seen_events_until_stopped(ctx: Arc<AppContext>, mut stop: watch::
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Records every few seconds how far the embedded store has durably come, so a store whose
+/// files later lose data is refused at start rather than silently run on (see `sled::mark`).
+async fn write_marks_until_stopped(ctx: Arc<AppContext>, mut stop: watch::Receiver<bool>) {
+    let Some(sled) = ctx.store.as_sled().cloned() else { return };
+    loop {
+        if let Err(e) = sled.write_mark().await {
+            tracing::warn!(error = %e, "could not write the store's high-water mark");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
     }

@@ -437,7 +437,6 @@ impl Store {
         Ok(Store::Sled(self::sled::SledStore::open(dir)?))
     }
 
-    /// The embedded engine, for what only it has (its batching, its counters).
     /// Writes a consistent backup of the whole store to `to`, with its manifest beside it. On
     /// PostgreSQL, the database's own tools (`pg_dump`, point-in-time recovery) do this better.
     pub async fn backup_to(&self, to: &std::path::Path) -> Result<self::sled::backup::BackupManifest, StoreError> {
@@ -450,6 +449,7 @@ impl Store {
         }
     }
 
+    /// The embedded engine, for what only it has (its batching, its counters).
     pub fn as_sled(&self) -> Option<&self::sled::SledStore> {
         match self {
             Store::Sled(s) => Some(s),

@@ -241,3 +241,43 @@ fn a_corrupt_store_stops_start_up_with_one_line_naming_it_and_the_restore_comman
     assert_eq!(before, after, "nothing deleted or added");
     assert_eq!(std::fs::read(&conf).unwrap(), bytes, "nothing repaired");
 }
+
+#[tokio::test]
+async fn a_store_whose_files_lost_data_is_refused_at_start_not_silently_run_on() {
+    let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
+    let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut desk = KillOnDrop(
+        desk_command(&slack.url, &stripe.url, dir.path())
+            .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until_ready(port, DEADLINE).await;
+    let slack_driver = driver::SlackDriver::new(format!("http://127.0.0.1:{port}"));
+    let charge = stripe.add_charge(ChargeSpec::default()).0;
+    let (_, answer) = slack_driver.slash(REQUESTER, &format!("{charge} 25.00 duplicate")).await;
+    card_in(&slack, request_id_in(answer["text"].as_str().unwrap_or_default())).await;
+    assert_eq!(terminate(&mut desk.0, DEADLINE).await, Some(0));
+    // The log loses its tail, as a damaged disk would have it: sled alone opens what is left.
+    let db = dir.path().join("db");
+    std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(100).unwrap();
+    let log = dir.path().join("second-start.log");
+    let mut again = KillOnDrop(
+        desk_command(&slack.url, &stripe.url, dir.path())
+            .env("REFUND_DESK_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // A desk that started on what was left would still be running at the deadline.
+    let code = wait_for_exit(&mut again.0, DEADLINE).await;
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert_ne!(code, Some(0), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("sled dropped what it could not read") && last.contains("refund-desk restore"), "{stderr}");
+}

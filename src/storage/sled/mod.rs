@@ -23,6 +23,7 @@ pub mod backup;
 mod batch;
 pub mod commit;
 pub mod jobs;
+mod mark;
 
 use crate::storage::{AuditEntry, AuditReport, AuditTrail, EmailRecord, Job, StoreError, payments_of};
 use futures::FutureExt;
@@ -63,6 +64,8 @@ pub use crate::domain::refund_news::{EventOutcome, OutsideRefund, RefundOutcome}
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
+    /// Where its files are (and its high-water mark).
+    dir: std::path::PathBuf,
     requests: Tree,
     audit: Tree,
     jobs: Tree,
@@ -343,12 +346,14 @@ impl SledStore {
             outside_refunds: db.open_tree("outside_refunds")?,
             meta,
             db,
+            dir: dir.to_path_buf(),
             jobs_added: Arc::new(Notify::new()),
             install_id,
             commit,
             batch: Arc::default(),
             requests_read: Arc::default(),
         };
+        store.check_mark()?;
         store.ensure_queue_index()?;
         store.ensure_payment_index()?;
         Ok(store)
