@@ -14,7 +14,7 @@ use std::path::Path;
 
 /// What an operator command works on: the store itself, or the running desk that holds it.
 pub enum Target {
-    Store(Store),
+    Store(Box<Store>),
     /// The desk running on the embedded store in this directory, through its admin socket.
     Running(std::path::PathBuf),
 }
@@ -24,11 +24,11 @@ pub enum Target {
 pub async fn target_from_env() -> anyhow::Result<Target> {
     match crate::config::store_from_env()? {
         crate::config::StoreSettings::Sled { dir, .. } => match Store::open(&dir) {
-            Ok(store) => Ok(Target::Store(store)),
+            Ok(store) => Ok(Target::Store(Box::new(store))),
             Err(e) if is_locked(&e) => Ok(Target::Running(dir)),
             Err(e) => Err(open_error(&dir, e)),
         },
-        _ => Ok(Target::Store(open_from_env().await?)),
+        _ => Ok(Target::Store(Box::new(open_from_env().await?))),
     }
 }
 
