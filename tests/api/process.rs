@@ -86,11 +86,12 @@ async fn jobs_list_and_retry_work_on_a_stopped_desks_database() {
     let job = store.find_job(job_id).await.unwrap().unwrap();
     assert!(!job.parked && job.attempts == 0);
 
-    // While a desk holds the database, the command says why it cannot run.
+    // While something holds the database and serves no admin socket, the command says why it
+    // cannot run (a running desk answers through its socket: see `backups.rs`).
     let locked = run(&["jobs", "list"]);
     assert!(!locked.status.success());
     assert!(
-        String::from_utf8_lossy(&locked.stderr).contains("in use by a running refund-desk"),
+        String::from_utf8_lossy(&locked.stderr).contains("is in use, but the running refund-desk does not answer"),
         "{}",
         String::from_utf8_lossy(&locked.stderr)
     );
