@@ -287,16 +287,7 @@ fn main() -> ExitCode {
             eprintln!("refund-desk: this build has no demo (built without the `demo` feature)");
             ExitCode::from(2)
         }
-        Cmd::Jobs { action } => match runtime.block_on(run_jobs_command(action)) {
-            Ok(text) => {
-                println!("{}", text.trim_end());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("refund-desk: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+        Cmd::Jobs { action } => report(runtime.block_on(run_jobs_command(action))),
         Cmd::Check => {
             // Every problem with the settings at once, before anything is reached.
             let problems = match refund_desk::config::Sources::from_env() {
@@ -330,16 +321,7 @@ fn main() -> ExitCode {
         Cmd::Healthcheck => report(runtime.block_on(healthcheck())),
         Cmd::Restore { from, data_dir } => report(runtime.block_on(refund_desk::admin::restore(&from, &data_dir))),
         Cmd::Migrate { from_data_dir, to } => {
-            match runtime.block_on(refund_desk::admin::migrate(&from_data_dir, &to)) {
-                Ok(text) => {
-                    println!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("refund-desk: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            report(runtime.block_on(refund_desk::admin::migrate(&from_data_dir, &to)))
         }
         Cmd::Manifest { url, socket_mode } => match manifest(url.as_deref(), socket_mode) {
             Ok(m) => {

@@ -525,7 +525,10 @@ async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> 
     // Stripe forgets idempotency keys after 24 hours: past that, a retry could refund twice,
     // so first look for a refund an earlier try made.
     let first_try_age = (now - job.created_at).to_std().unwrap_or_default();
-    if first_try_age >= ctx.settings.stripe.idempotency_horizon
+    // A request that was in a backup this store was restored from may have been refunded after
+    // the backup was taken, by the store that was lost; its key may be older than Stripe keeps.
+    let in_restored_backup = ctx.store.restored_backup_taken_at()?.is_some_and(|taken| request.created_at <= taken);
+    if (first_try_age >= ctx.settings.stripe.idempotency_horizon || in_restored_backup)
         && let Some(existing) = find_existing_refund(ctx, request).await?
     {
         tracing::warn!(refund = %existing.id, "found the refund an earlier try made; not creating another");
@@ -621,17 +624,7 @@ pub async fn reconcile_restored(ctx: &AppContext) -> anyhow::Result<usize> {
                     }
                 }
                 Some(refund) => {
-                    let current = ctx.stripe.get_refund(refund.id.as_str()).await?;
-                    let update = RefundUpdate {
-                        refund: refund.id.clone(),
-                        status: current.status.unwrap_or_else(|| refund.stripe_status.clone()),
-                        failure_reason: current.failure_reason,
-                        request_hint: Some(request.id),
-                        install: None,
-                        charge: None,
-                        payment_intent: None,
-                        amount: None,
-                    };
+                    let update = read_back(ctx, &request, refund).await?;
                     ctx.store.apply_refund_updates(None, std::slice::from_ref(&update), now).await?;
                 }
             }
@@ -652,6 +645,26 @@ async fn find_existing_refund(
         .find(|r| crate::stripe::webhook::update_from(r).is_some_and(|u| request.may_recover(&u, install))))
 }
 
+/// What Stripe says now of `refund`, the one recorded for `request` (which is what makes it
+/// this request's).
+async fn read_back(
+    ctx: &AppContext,
+    request: &RefundRequest,
+    refund: &crate::domain::RefundRecord,
+) -> Result<RefundUpdate, StripeError> {
+    let current = ctx.stripe.get_refund(refund.id.as_str()).await?;
+    Ok(RefundUpdate {
+        refund: refund.id.clone(),
+        status: current.status.unwrap_or_else(|| refund.stripe_status.clone()),
+        failure_reason: current.failure_reason,
+        request_hint: Some(request.id),
+        install: None,
+        charge: None,
+        payment_intent: None,
+        amount: None,
+    })
+}
+
 /// A refund still pending with no webhook is read back from Stripe, so a lost webhook cannot
 /// leave a request hanging.
 async fn check_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> Result<(), JobError> {
@@ -666,18 +679,7 @@ async fn check_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> R
         return Err(JobError::Defer((due - now).to_std().unwrap_or(interval)));
     }
     let Some(refund) = &request.refund else { return Err(JobError::Defer(interval)) };
-    let current = ctx.stripe.get_refund(refund.id.as_str()).await.map_err(stripe_retry)?;
-    // Read by the refund id recorded for this request, which is what makes it this request's.
-    let update = RefundUpdate {
-        refund: refund.id.clone(),
-        status: current.status.unwrap_or_else(|| refund.stripe_status.clone()),
-        failure_reason: current.failure_reason,
-        request_hint: Some(request.id),
-        install: None,
-        charge: None,
-        payment_intent: None,
-        amount: None,
-    };
+    let update = read_back(ctx, request, refund).await.map_err(stripe_retry)?;
     let still_pending = matches!(update.status.as_str(), "pending" | "requires_action");
     ctx.store.apply_refund_updates(None, std::slice::from_ref(&update), now).await?;
     if still_pending { Err(JobError::Defer(interval)) } else { Ok(()) }

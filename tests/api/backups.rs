@@ -283,3 +283,52 @@ async fn a_store_whose_files_lost_data_is_refused_at_start_not_silently_run_on()
     let last = stderr.lines().last().unwrap_or_default();
     assert!(last.contains("sled dropped what it could not read") && last.contains("refund-desk restore"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_request_refunded_after_the_backup_is_not_refunded_again_on_the_restored_store() {
+    let mut app = TestApp::spawn().await;
+    if on_postgres(&app) {
+        return;
+    }
+    // Part of the charge, so Stripe would take a second refund of it.
+    let charge = app.add_charge(ChargeSpec::default());
+    let id = app.request_refund(&format!("{charge} 10.00 duplicate")).await;
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    let card = app.card(id).await;
+    let store = app.store();
+    wait_for_async(DEADLINE, || async { store.get_request(id).await.unwrap()?.card }).await.expect("card recorded");
+    drop(store);
+    let saved = tempfile::tempdir().unwrap();
+    let file = saved.path().join("before-the-refund.backup");
+    app.store().backup_to(&file).await.unwrap();
+    // After the backup, the lost store approved it and Stripe refunded it.
+    app.approve(APPROVER, id, &card).await;
+    app.wait_for_status(id, RequestStatus::Submitted).await;
+    assert_eq!(app.stripe.refunds_for(&id.to_string()).len(), 1);
+    app.stop().await;
+
+    // The store is lost; the backup is restored in its place, days later (Stripe forgot the key).
+    let restored = saved.path().join("restored");
+    refund_desk::admin::restore(&file, &restored).await.unwrap();
+    for entry in std::fs::read_dir(app.data_dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) }.unwrap();
+    }
+    for entry in std::fs::read_dir(&restored).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::rename(entry.path(), app.data_dir.path().join(entry.file_name())).unwrap();
+    }
+    app.stripe.forget_idempotency_keys();
+    app.restart().await;
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval, "as the backup had it");
+
+    // Approved again, it finds the refund Stripe made and makes none.
+    app.approve(APPROVER, id, &card).await;
+    let store = app.store();
+    let recorded =
+        wait_for_async(DEADLINE, || async { store.get_request(id).await.unwrap().and_then(|r| r.refund) }).await;
+    assert!(recorded.is_some(), "the existing refund is recorded");
+    app.wait_until_idle().await;
+    assert_eq!(app.stripe.refunds_for(&id.to_string()).len(), 1, "one refund, not two");
+    assert_eq!(app.stripe.refund_posts().len(), 1, "no second refund was even asked for");
+}

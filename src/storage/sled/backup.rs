@@ -20,6 +20,9 @@ const MAGIC: &[u8] = b"refund-desk backup v1\n";
 /// Marks a restored store: at its next start every request with a refund under way is checked
 /// against Stripe before any job runs.
 pub const RESTORED_KEY: &[u8] = b"restored_from_backup_at";
+/// When the backup a store was restored from was taken; kept for good: a request older than it
+/// may have been refunded after it, so its refund is looked for at Stripe before one is made.
+pub const BACKUP_TAKEN_KEY: &[u8] = b"restored_backup_taken_at";
 
 /// What a backup holds, written beside it as `<file>.manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +224,7 @@ pub fn restore(from: &Path, dir: &Path) -> Result<BackupManifest, RestoreError> 
     while db.generate_id().map_err(StoreError::from)? < floor {}
     let meta = db.open_tree("meta").map_err(StoreError::from)?;
     meta.insert(RESTORED_KEY, Utc::now().to_rfc3339().as_bytes()).map_err(StoreError::from)?;
+    meta.insert(BACKUP_TAKEN_KEY, manifest.created_at.to_rfc3339().as_bytes()).map_err(StoreError::from)?;
     db.flush().map_err(StoreError::from)?;
     Ok(manifest)
 }
