@@ -84,19 +84,25 @@ pub fn backup_summary(file: &Path, m: &crate::storage::sled::backup::BackupManif
 pub async fn restore(from: &Path, dir: &Path) -> anyhow::Result<String> {
     let manifest = crate::storage::sled::backup::restore(from, dir)?;
     let store = open(dir)?;
+    // On disk for real (sled's own flush is not power-safe), and marked, before "Restored".
+    store.flush().await?;
+    if let Some(sled) = store.as_sled() {
+        sled.write_mark().await?;
+    }
     let report = store.verify_audit().await?;
     if let Some(problem) = report.problem {
         anyhow::bail!("the restored audit trail does not verify: {problem}; do not start a desk on {}", dir.display());
     }
     let requests = store.all_requests().await?.len();
     Ok(format!(
-        "Restored {} into {}: {requests} requests, {} audit entries (the chain verifies), the next request is R-{}, \
+        "Restored {} into {}: {requests} requests, {} audit entries (the chain verifies); new requests are numbered \
+         from R-{} (a million on, so none the lost store numbered after the backup is reused), \
          installation {}. At its next start the desk checks every approved, submitted or pending refund against \
          Stripe before any job runs. Point REFUND_DESK_DATA_DIR at {} and start it.",
         from.display(),
         dir.display(),
         report.entries,
-        manifest.next_request_number,
+        manifest.next_request_number + crate::storage::sled::backup::NUMBERS_SKIPPED_AFTER_RESTORE,
         manifest.install_id,
         dir.display()
     ))

@@ -24,6 +24,9 @@ pub const RESTORED_KEY: &[u8] = b"restored_from_backup_at";
 /// may have been refunded after it, so its refund is looked for at Stripe before one is made.
 pub const BACKUP_TAKEN_KEY: &[u8] = b"restored_backup_taken_at";
 
+/// How far request numbers jump after a restore.
+pub const NUMBERS_SKIPPED_AFTER_RESTORE: u64 = 1_000_000;
+
 /// What a backup holds, written beside it as `<file>.manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupManifest {
@@ -84,9 +87,11 @@ impl SledStore {
         let gate = self.commit.exclusive().await;
         let store = self.clone();
         let to = to.to_path_buf();
-        tokio::task::spawn_blocking(move || {
+        let partial = to.with_extension("partial");
+        let written = partial.clone();
+        let result = tokio::task::spawn_blocking(move || {
             let held = gate;
-            let partial = to.with_extension("partial");
+            let partial = written;
             let file = std::fs::File::create(&partial).map_err(io)?;
             let mut out = Hashing { inner: std::io::BufWriter::new(file), hash: sha2::Sha256::new(), bytes: 0 };
             out.write_all(MAGIC).map_err(io)?;
@@ -135,7 +140,12 @@ impl SledStore {
             Ok(manifest)
         })
         .await
-        .map_err(|e| StoreError::Backup(format!("the backup task failed: {e}")))?
+        .map_err(|e| StoreError::Backup(format!("the backup task failed: {e}")))?;
+        if result.is_err() {
+            // A failed backup leaves nothing behind to fill the disk.
+            let _ = std::fs::remove_file(&partial);
+        }
+        result
     }
 }
 
@@ -224,6 +234,10 @@ pub fn restore(from: &Path, dir: &Path) -> Result<BackupManifest, RestoreError> 
     while db.generate_id().map_err(StoreError::from)? < floor {}
     let meta = db.open_tree("meta").map_err(StoreError::from)?;
     meta.insert(RESTORED_KEY, Utc::now().to_rfc3339().as_bytes()).map_err(StoreError::from)?;
+    // The lost store may have numbered requests after the backup, and a request's number is in
+    // its refund's idempotency key: numbering goes on a million further, so none is reused.
+    let next = manifest.next_request_number + NUMBERS_SKIPPED_AFTER_RESTORE;
+    meta.insert(NEXT_REQUEST_KEY, next.to_be_bytes().to_vec()).map_err(StoreError::from)?;
     meta.insert(BACKUP_TAKEN_KEY, manifest.created_at.to_rfc3339().as_bytes()).map_err(StoreError::from)?;
     db.flush().map_err(StoreError::from)?;
     Ok(manifest)

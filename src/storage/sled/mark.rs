@@ -45,7 +45,9 @@ impl SledStore {
         let mark = Mark { audit_seq, next_request_number, written_at: chrono::Utc::now() };
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let partial = dir.join(format!("{FILE}.partial"));
+            // Its own temporary file: two writers (the periodic one and the one at stop) never
+            // write into one file; whichever renames last wins, and either is true.
+            let partial = dir.join(format!("{FILE}.{:08x}.partial", rand::random::<u32>()));
             let mut file = std::fs::File::create(&partial)?;
             file.write_all(&serde_json::to_vec(&mark).map_err(std::io::Error::other)?)?;
             file.sync_all()?;
