@@ -69,7 +69,7 @@ async fn post(ctx: &AppContext, day: NaiveDate) -> anyhow::Result<String> {
     let tz = ctx.settings.policy.timezone;
     let (from, to) = (start_of_day(tz, day), start_of_day(tz, day.succ_opt().unwrap_or(day)));
     let figures = digest(day, from, to, &ctx.store.all_requests().await?);
-    let waiting = ctx.store.requests_with_status(RequestStatus::AwaitingApproval, WAITING_READ).await?;
+    let waiting = ctx.store.requests_with_status(RequestStatus::AwaitingApproval, views::DIGEST_WAITING_READ).await?;
     let mut links = vec![];
     for r in waiting.iter().take(views::DIGEST_WAITING_SHOWN) {
         let link = match &r.card {
@@ -84,9 +84,6 @@ async fn post(ctx: &AppContext, day: NaiveDate) -> anyhow::Result<String> {
     tracing::info!(%day, requests = figures.requests, "daily digest posted");
     Ok(ts.0)
 }
-
-/// How many waiting requests the digest reads to count them; beyond, it says "or more".
-pub const WAITING_READ: usize = 1000;
 
 /// Posts the digest if one is due, this replica holds the lease, and it was not posted yet.
 pub async fn post_digest_if_due(ctx: &AppContext, lease: std::time::Duration) -> anyhow::Result<Sent> {

@@ -430,17 +430,17 @@ fn view_error(block: &str, message: String) -> Option<SlackViewSubmissionRespons
     errors_response(HashMap::from([(block.to_string(), message)]))
 }
 
+/// The answer to a decision form that lost its request id: on `block`, click `button` again.
+fn lost_track(block: &str, button: &str) -> Option<SlackViewSubmissionResponse> {
+    view_error(block, format!("This form lost track of its request; close it and click {button} again."))
+}
+
 async fn handle_deny_submission(
     ctx: &Arc<AppContext>,
     user: UserId,
     form: &Form<'_>,
 ) -> Option<SlackViewSubmissionResponse> {
-    let Some(id) = views::modal_request(form.private_metadata()) else {
-        return view_error(
-            DENY_REASON_BLOCK,
-            "This form lost track of its request; close it and click Deny again.".into(),
-        );
-    };
+    let Some(id) = views::modal_request(form.private_metadata()) else { return lost_track(DENY_REASON_BLOCK, "Deny") };
     let reason = form.input(DENY_REASON_BLOCK, DENY_REASON_ACTION).unwrap_or_default();
     match crate::desk::decide::deny(ctx, id, &user, &reason).await {
         // An empty 200 closes the form.
@@ -464,10 +464,7 @@ async fn handle_approve_submission(
     form: &Form<'_>,
 ) -> Option<SlackViewSubmissionResponse> {
     let Some(id) = views::modal_request(form.private_metadata()) else {
-        return view_error(
-            APPROVE_NOTE_BLOCK,
-            "This form lost track of its request; close it and click Approve again.".into(),
-        );
+        return lost_track(APPROVE_NOTE_BLOCK, "Approve");
     };
     let request = match ctx.store.get_request(id).await {
         Ok(Some(r)) => r,

@@ -638,6 +638,8 @@ pub fn waited(since: DateTime<Utc>, now: DateTime<Utc>) -> String {
 
 /// How many waiting requests the digest lists.
 pub const DIGEST_WAITING_SHOWN: usize = 15;
+/// How many waiting requests the digest reads to count them; beyond, it says "or more".
+pub const DIGEST_WAITING_READ: usize = 1000;
 
 /// A length of time in words: `3h 20m`, `2d 4h`, `5m`, `40s`.
 fn duration_text(d: chrono::Duration) -> String {
@@ -682,7 +684,7 @@ pub fn digest_message(
         _ => "*Time to a decision:* no request made that day was decided by a person".to_string(),
     });
     let mut blocks: Vec<SlackBlock> = vec![SlackSectionBlock::new().with_text(md!("{}", lines.join("\n"))).into()];
-    let count = if waiting_total >= crate::desk::digest::WAITING_READ {
+    let count = if waiting_total >= DIGEST_WAITING_READ {
         format!("{waiting_total} or more")
     } else {
         waiting_total.to_string()
