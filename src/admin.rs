@@ -83,7 +83,16 @@ pub fn backup_summary(file: &Path, m: &crate::storage::sled::backup::BackupManif
 /// the audit chain, and says what it restored.
 pub async fn restore(from: &Path, dir: &Path) -> anyhow::Result<String> {
     let manifest = crate::storage::sled::backup::restore(from, dir)?;
-    let store = open(dir)?;
+    // sled's threads let go of the files a moment after the loading handle is dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let store = loop {
+        match Store::open(dir) {
+            Err(e) if is_locked(&e) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            opened => break opened.map_err(|e| open_error(dir, e))?,
+        }
+    };
     // On disk for real (sled's own flush is not power-safe), and marked, before "Restored".
     store.flush().await?;
     if let Some(sled) = store.as_sled() {
