@@ -281,7 +281,9 @@ mod tests {
     async fn dropping_the_committer_releases_the_store() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            // As the store opens it: no sled flusher thread, whose own handle would hold the
+            // lock a moment after the drop (this test flaked under CI's load that way).
+            let db = sled::Config::new().path(dir.path()).flush_every_ms(None).open().unwrap();
             let committer = Committer::start(db.clone(), dir.path()).unwrap();
             db.insert(b"k", b"v").unwrap();
             committer.sync().await.unwrap();
