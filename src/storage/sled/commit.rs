@@ -289,8 +289,22 @@ mod tests {
             committer.sync().await.unwrap();
             drop(db);
         }
-        // The thread's handle on the database is gone: it opens again in this process.
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        // The committer thread's handle on the database is gone: it opens again in this process.
+        // sled's own I/O pool may still hold the locked file a moment after the write it
+        // reported (`iobuf.rs` hands each buffer write to `threadpool::spawn` with a clone of
+        // the log), so the open is polled, with a deadline, as start-up does; a handle the
+        // committer kept would hold the lock past it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let db = loop {
+            match sled::Config::new().path(dir.path()).open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => break opened.unwrap(),
+            }
+        };
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }
