@@ -62,6 +62,10 @@ fn needed_scopes(settings: &crate::config::Settings) -> Vec<&'static str> {
     if slack.approver_group.is_some() || slack.seniors.group.is_some() || slack.escalation.group.is_some() {
         needed.push("usergroups:read");
     }
+    if !settings.api.tokens.is_empty() {
+        // API clients may name the requester by email.
+        needed.extend(["users:read", "users:read.email"]);
+    }
     needed
 }
 

@@ -87,6 +87,7 @@ pub fn router(ctx: Arc<AppContext>) -> Router {
         router = router.route("/stripe/webhook", post(crate::stripe::inbound::http_stripe_webhook));
     }
     router
+        .merge(crate::api::routes(ctx.clone()))
         .route("/healthz", get(|| async { StatusCode::OK }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(|| async { metrics_handle().render() }))

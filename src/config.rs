@@ -13,7 +13,7 @@ use std::time::Duration;
 use url::Url;
 
 /// Every setting refund-desk reads, by its environment name.
-pub const KNOWN_SETTINGS: [&str; 36] = [
+pub const KNOWN_SETTINGS: [&str; 40] = [
     "STRIPE_EVENTS_POLL_SECS",
     "STRIPE_EVENTS_SWEEP_SECS",
     "REFUND_DESK_CACHE_MB",
@@ -50,6 +50,10 @@ pub const KNOWN_SETTINGS: [&str; 36] = [
     "REFUND_DESK_BACKUP_DIR",
     "REFUND_DESK_BACKUP_EVERY",
     "REFUND_DESK_BACKUP_KEEP",
+    "REFUND_DESK_API_TOKENS",
+    "REFUND_DESK_API_RATE",
+    "REFUND_DESK_CALLBACK_URL",
+    "REFUND_DESK_CALLBACK_SECRET",
 ];
 
 /// How log lines are written to stderr.
@@ -231,6 +235,107 @@ pub struct Settings {
     pub policy: Policy,
     /// `None`: the service takes no backups itself.
     pub backups: Option<BackupSettings>,
+    /// The HTTP API for support tools; no tokens: every API call is refused.
+    pub api: ApiSettings,
+}
+
+/// The HTTP API for support tools (`/api/v1`): who may call it, how often, and where status
+/// changes are posted.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// `REFUND_DESK_API_TOKENS`.
+    pub tokens: Vec<ApiToken>,
+    /// `REFUND_DESK_API_RATE`: calls a minute each token may make (and the burst it may save
+    /// up), default 60.
+    pub per_minute: u32,
+    /// `REFUND_DESK_CALLBACK_URL` and its secret; `None`: no callbacks.
+    pub callback: Option<CallbackSettings>,
+}
+
+/// One API client: its name (shown in the audit trail), what it may do, and the SHA-256 of its
+/// token (the token itself is never configured, so never kept).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub name: String,
+    pub create: bool,
+    pub read: bool,
+    pub sha256: [u8; 32],
+}
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiToken")
+            .field("name", &self.name)
+            .field("create", &self.create)
+            .field("read", &self.read)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where status changes of API-made requests are posted, and the secret they are signed with.
+#[derive(Debug, Clone)]
+pub struct CallbackSettings {
+    pub url: Url,
+    pub secret: SecretString,
+}
+
+impl ApiSettings {
+    fn from_sources(src: &Sources) -> Result<ApiSettings, ConfigError> {
+        const NAME: &str = "REFUND_DESK_API_TOKENS";
+        let mut tokens: Vec<ApiToken> = vec![];
+        let entries = src.get(NAME).unwrap_or_default().split(',').map(str::trim).filter(|e| !e.is_empty());
+        for (n, entry) in entries.enumerate() {
+            let nth = n + 1;
+            let bad = |why: &str| invalid(NAME, format!("entry {nth}: {why}; write name:create+read:sha256hex"));
+            let mut parts = entry.splitn(3, ':');
+            let (Some(name), Some(scopes), Some(hash)) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(bad("it needs three parts"));
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(bad("the name must be letters, digits, `-`, `_` or `.`"));
+            }
+            let (mut create, mut read) = (false, false);
+            for scope in scopes.split('+') {
+                match scope {
+                    "create" => create = true,
+                    "read" => read = true,
+                    _ => return Err(bad(&format!("`{scope}` is not a scope (create, read)"))),
+                }
+            }
+            let sha256: [u8; 32] = hex::decode(hash)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| bad("the last part must be the token's SHA-256, 64 hex digits"))?;
+            if tokens.iter().any(|t| t.name == name) {
+                return Err(bad(&format!("the name `{name}` is used twice")));
+            }
+            if tokens.iter().any(|t| t.sha256 == sha256) {
+                return Err(bad("the same token is listed twice"));
+            }
+            tokens.push(ApiToken { name: name.to_string(), create, read, sha256 });
+        }
+        let callback = match (src.get("REFUND_DESK_CALLBACK_URL"), src.get("REFUND_DESK_CALLBACK_SECRET")) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(invalid("REFUND_DESK_CALLBACK_SECRET", "is set but REFUND_DESK_CALLBACK_URL is not"));
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::Missing("REFUND_DESK_CALLBACK_SECRET, which REFUND_DESK_CALLBACK_URL needs"));
+            }
+            (Some(url), Some(secret)) => {
+                if secret.len() < 16 {
+                    return Err(invalid("REFUND_DESK_CALLBACK_SECRET", "must be at least 16 characters"));
+                }
+                Some(CallbackSettings {
+                    url: base_url("REFUND_DESK_CALLBACK_URL", url)?,
+                    secret: SecretString::from(secret.to_string()),
+                })
+            }
+        };
+        let per_minute = u32::try_from(number(src, "REFUND_DESK_API_RATE", 60)?)
+            .map_err(|_| invalid("REFUND_DESK_API_RATE", "is too large"))?;
+        Ok(ApiSettings { tokens, per_minute, callback })
+    }
 }
 
 /// Backups the running service takes (`REFUND_DESK_BACKUP_DIR`).
@@ -356,6 +461,7 @@ fn stand_in_for(name: &str) -> Option<&'static str> {
         "SLACK_APPROVERS" | "SLACK_SENIOR_APPROVERS" | "SLACK_ESCALATION_APPROVERS" => "U0STANDIN",
         "STRIPE_SECRET_KEY" => "sk_test_stand_in",
         "EMAIL_FROM" => "refund-desk@example.com",
+        "REFUND_DESK_CALLBACK_SECRET" => "stand-in-callback-secret",
         _ => return None,
     })
 }
@@ -543,10 +649,12 @@ impl Settings {
         }
         let store = StoreSettings::from_sources(src)?;
         let backups = BackupSettings::from_sources(src, &store)?;
+        let api = ApiSettings::from_sources(src)?;
         Ok(Settings {
             listen,
             store,
             backups,
+            api,
             slack,
             stripe,
             email,
@@ -943,5 +1051,49 @@ mod tests {
             let err = policy_from(text).unwrap_err().to_string();
             assert!(err.contains(&format!("{key}:")), "{text:?} gave {err}");
         }
+    }
+
+    #[test]
+    fn api_tokens_are_read_as_name_scopes_and_hash_and_every_mistake_is_named() {
+        let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let other = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+        let mut vars = base();
+        vars.insert("REFUND_DESK_API_TOKENS", format!("helpdesk:create+read:{hash}, forms:create:{other}"));
+        let api = load(&vars).unwrap().api;
+        assert_eq!(api.per_minute, 60);
+        assert_eq!(api.tokens.len(), 2);
+        assert_eq!((api.tokens[0].name.as_str(), api.tokens[0].create, api.tokens[0].read), ("helpdesk", true, true));
+        assert_eq!((api.tokens[1].name.as_str(), api.tokens[1].create, api.tokens[1].read), ("forms", true, false));
+        assert_eq!(hex::encode(api.tokens[0].sha256), hash);
+        assert!(!format!("{:?}", api.tokens[0]).contains(hash), "Debug leaves the hash out");
+        for (entry, says) in [
+            (format!("helpdesk:create:{}", &hash[..60]), "entry 1: the last part"),
+            (format!("helpdesk:delete:{hash}"), "`delete` is not a scope"),
+            (format!("help desk:create:{hash}"), "the name must be"),
+            (format!("a:create:{hash},a:read:{other}"), "used twice"),
+            (format!("a:create:{hash},b:read:{hash}"), "the same token"),
+            ("helpdesk".to_string(), "three parts"),
+        ] {
+            vars.insert("REFUND_DESK_API_TOKENS", entry.clone());
+            let err = load(&vars).unwrap_err().to_string();
+            assert!(err.starts_with("REFUND_DESK_API_TOKENS") && err.contains(says), "{entry}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_callback_url_needs_its_secret_and_the_secret_needs_the_url() {
+        let mut vars = base();
+        vars.insert("REFUND_DESK_CALLBACK_URL", "https://helpdesk.example/refund-desk".into());
+        assert!(
+            matches!(load(&vars), Err(ConfigError::Missing(name)) if name.starts_with("REFUND_DESK_CALLBACK_SECRET"))
+        );
+        vars.insert("REFUND_DESK_CALLBACK_SECRET", "short".into());
+        assert!(load(&vars).unwrap_err().to_string().contains("at least 16"));
+        vars.insert("REFUND_DESK_CALLBACK_SECRET", "a-long-enough-callback-secret".into());
+        let callback = load(&vars).unwrap().api.callback.unwrap();
+        assert_eq!(callback.url.as_str(), "https://helpdesk.example/refund-desk");
+        assert!(!format!("{callback:?}").contains("a-long-enough"), "the secret stays wrapped");
+        vars.remove("REFUND_DESK_CALLBACK_URL");
+        assert!(load(&vars).unwrap_err().to_string().contains("REFUND_DESK_CALLBACK_URL is not"));
     }
 }

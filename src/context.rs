@@ -39,6 +39,8 @@ pub struct AppContext {
     pub stripe: StripeClient,
     /// `None` when `SMTP_URL` is not set.
     pub mailer: Option<Mailer>,
+    /// `None` when `REFUND_DESK_CALLBACK_URL` is not set.
+    pub callback: Option<crate::callback::CallbackClient>,
     /// Set while the job runner runs; `/readyz` reads it.
     pub workers_running: AtomicBool,
     /// Who holds each approving role now: the people named in the settings plus the members
@@ -255,12 +257,16 @@ impl AppContext {
             seniors: settings.slack.seniors.named.clone(),
             escalation: settings.slack.escalation.named.clone(),
         });
+        let callback = settings.api.callback.as_ref().map(|c| {
+            crate::callback::CallbackClient::new(c).expect("the HTTP client for callbacks could not be set up")
+        });
         AppContext {
             settings,
             store,
             slack,
             stripe,
             mailer,
+            callback,
             workers_running: AtomicBool::new(false),
             roster,
             clock: Clock::default(),

@@ -5,6 +5,8 @@
 //! - [`config`]: settings from the environment and the TOML file, secrets wrapped;
 //! - [`storage`]: the storage port and its engines (sled, PostgreSQL), the durable job queue;
 //! - [`slack`]: inbound routes and signature checks, Block Kit views, the Web API client;
+//! - [`api`]: the HTTP API for support tools (`/api/v1`), with bearer tokens;
+//! - [`callback`]: status changes of API-made requests, posted signed to the client;
 //! - [`stripe`]: the API client, webhook verification and parsing;
 //! - [`email`]: SMTP and the customer's messages;
 //! - [`desk`]: the use cases (ask, decide, Stripe's news), the one layer combining the store,
@@ -18,7 +20,9 @@
 //! - [`admin`]: operator commands on the database (jobs list, retry).
 
 pub mod admin;
+pub mod api;
 pub mod app;
+pub mod callback;
 pub mod config;
 pub mod context;
 pub mod control;

@@ -4,7 +4,8 @@
 
 use crate::context::AppContext;
 use crate::domain::{AmountAsked, NewRequest, PaymentRef, RefundRequest, UserId};
-use crate::storage::StoreError;
+use crate::slack::api::SlackCallError;
+use crate::storage::{ClientKey, KeyedInsert, StoreError};
 
 /// `SLACK_REQUESTERS`, when set, limits who may ask for refunds; `Err` is what to tell them.
 pub fn may_ask(ctx: &AppContext, user: &UserId) -> Result<(), String> {
@@ -20,6 +21,16 @@ pub fn may_ask(ctx: &AppContext, user: &UserId) -> Result<(), String> {
 /// Stores the request; durable on return.
 pub async fn ask(ctx: &AppContext, new: NewRequest) -> Result<RefundRequest, StoreError> {
     ctx.store.insert_request(new, ctx.now()).await
+}
+
+/// Stores a request from an API client, unless its key made one before; durable on return.
+pub async fn ask_as_client(ctx: &AppContext, new: NewRequest, key: &ClientKey) -> Result<KeyedInsert, StoreError> {
+    ctx.store.insert_keyed_request(new, key, ctx.now()).await
+}
+
+/// The Slack user an API client names by email; `None` when Slack has no such person.
+pub async fn requester_by_email(ctx: &AppContext, email: &str) -> Result<Option<UserId>, SlackCallError> {
+    Ok(ctx.slack.user_by_email(email).await?.and_then(|id| UserId::parse(&id.0).ok()))
 }
 
 /// Up to `shown` requests on the same payment made before `request`, to tell the asker. Only

@@ -17,8 +17,9 @@ pub use decisions::{Approval, DecisionError};
 pub use ids::{ChargeId, CustomerId, IdError, PaymentIntentId, PaymentRef, RefundId, RequestId, UserId};
 pub use money::{AmountError, AmountInput, Currency, Money};
 pub use request::{
-    Actor, CardFacts, ChargeFacts, Decision, Effect, EmailKind, Lane, MessageRef, NewRequest, Notice, PriorRefund,
-    RefundRecord, RefundRequest, RefundUpdate, RequestStatus, StateError, Transition, owner_of_refund,
+    Actor, ApiOrigin, CardFacts, ChargeFacts, Decision, Effect, EmailKind, Lane, MessageRef, NewRequest, Notice,
+    PriorRefund, RefundRecord, RefundRequest, RefundUpdate, RequestStatus, StateError, StatusChange, Transition,
+    owner_of_refund,
 };
 
 /// `text` with its first letter in upper case, for messages that start with a phrase.

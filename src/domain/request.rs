@@ -49,6 +49,25 @@ impl RequestStatus {
         )
     }
 
+    /// The status as API clients read it: `checking` while Stripe is asked, `refused` when the
+    /// payment could not be refunded as asked, else the variant's own name.
+    pub fn api_name(&self) -> &'static str {
+        match self {
+            RequestStatus::Requested => "checking",
+            RequestStatus::AwaitingApproval => "awaiting_approval",
+            RequestStatus::Approved => "approved",
+            RequestStatus::Submitted => "submitted",
+            RequestStatus::Pending => "pending",
+            RequestStatus::Succeeded => "succeeded",
+            RequestStatus::Failed => "failed",
+            RequestStatus::Canceled => "canceled",
+            RequestStatus::Denied => "denied",
+            RequestStatus::Rejected => "refused",
+            RequestStatus::Withdrawn => "withdrawn",
+            RequestStatus::Expired => "expired",
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             RequestStatus::Requested => "Checking with Stripe",
@@ -259,6 +278,31 @@ pub struct NewRequest {
     /// Where the command's private answer can be replaced (Slack's `response_url`), when the
     /// request came from `/refund`.
     pub response_url: Option<String>,
+    /// The API client that made the request, when it came through `/api/v1`.
+    pub api: Option<ApiOrigin>,
+}
+
+/// The API client a request came through: its token's name, and whether its status changes
+/// are posted to the callback URL (set when the request is made, so a request keeps the
+/// behaviour it was made with).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiOrigin {
+    pub client: String,
+    pub callbacks: bool,
+}
+
+/// A status change of an API-made request, for its client's callback: what it was, what it
+/// became, and when. Captured with the transition, so a delivery made late still says what
+/// happened then, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub from: RequestStatus,
+    pub to: RequestStatus,
+    pub at: DateTime<Utc>,
+    /// The amount to refund, once Stripe's charge is known.
+    pub amount: Option<Money>,
+    /// Stripe's refund, once there is one.
+    pub refund_id: Option<RefundId>,
 }
 
 impl NewRequest {
@@ -274,6 +318,7 @@ impl NewRequest {
             note: None,
             customer_email: None,
             response_url: None,
+            api: None,
         }
     }
 }
@@ -335,6 +380,9 @@ pub struct RefundRequest {
     /// The command's `response_url`: a refusal replaces the "Got it" answer there.
     #[serde(default)]
     pub response_url: Option<String>,
+    /// The API client that made the request, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiOrigin>,
 }
 
 fn one() -> u8 {
@@ -472,6 +520,8 @@ pub enum Effect {
         error: String,
     },
     EmailCustomer(EmailKind),
+    /// Post a status change of an API-made request to its client's callback URL.
+    Callback(StatusChange),
 }
 
 /// Effects of one request run in order within a lane; lanes do not wait on each other, so a
@@ -489,11 +539,22 @@ pub enum Lane {
     Home = 6,
     /// Direct messages to the requester: never held up behind a card that cannot be posted.
     Requester = 7,
+    /// Status changes posted to an API client, in order: a receiver that is down holds up
+    /// only its own deliveries.
+    Callback = 8,
 }
 
 impl Lane {
-    pub const ALL: [Lane; 7] =
-        [Lane::Stripe, Lane::Slack, Lane::Email, Lane::Alerts, Lane::Timers, Lane::Home, Lane::Requester];
+    pub const ALL: [Lane; 8] = [
+        Lane::Stripe,
+        Lane::Slack,
+        Lane::Email,
+        Lane::Alerts,
+        Lane::Timers,
+        Lane::Home,
+        Lane::Requester,
+        Lane::Callback,
+    ];
 }
 
 impl Effect {
@@ -506,6 +567,7 @@ impl Effect {
             Effect::ReportParked { .. } | Effect::AlertKeyPermission { .. } => Lane::Alerts,
             Effect::Deadline => Lane::Timers,
             Effect::RefreshHomes => Lane::Home,
+            Effect::Callback(_) => Lane::Callback,
         }
     }
 }
@@ -523,9 +585,19 @@ pub struct Transition {
 impl Transition {
     /// The jobs a transition leaves: its effects; whatever changed, App Home's refresh for the
     /// people who see the request there; and with the card, the requester's message, which
-    /// shows the same state (in the requester's own lane, so neither holds the other up).
-    pub fn jobs(&self) -> Vec<Effect> {
+    /// shows the same state (in the requester's own lane, so neither holds the other up); and
+    /// when the status of a request made through the API changed, its client's callback.
+    pub fn jobs(&self, request: &RefundRequest, now: DateTime<Utc>) -> Vec<Effect> {
         let mut effects = self.effects.clone();
+        if request.status != self.from && request.api.as_ref().is_some_and(|api| api.callbacks) {
+            effects.push(Effect::Callback(StatusChange {
+                from: self.from,
+                to: request.status,
+                at: now,
+                amount: request.amount,
+                refund_id: request.refund.as_ref().map(|r| r.id.clone()),
+            }));
+        }
         if effects.contains(&Effect::RefreshCard) && !effects.contains(&Effect::RefreshRequesterMessage) {
             effects.push(Effect::RefreshRequesterMessage);
         }
@@ -577,6 +649,7 @@ impl RefundRequest {
             nudged_at: None,
             requester_message: None,
             response_url: new.response_url,
+            api: new.api,
         }
     }
 
@@ -586,7 +659,13 @@ impl RefundRequest {
             actor: Actor::User(self.requester.clone()),
             from: RequestStatus::Requested,
             effects: vec![Effect::CheckPayment],
-            detail: Some(format!("asked for {} on {}", self.asked_text(), self.target)),
+            // The channel it came through: an API client by its token's name.
+            detail: Some(match &self.api {
+                Some(api) => {
+                    format!("asked for {} on {} through the API as {}", self.asked_text(), self.target, api.client)
+                }
+                None => format!("asked for {} on {}", self.asked_text(), self.target),
+            }),
         }
     }
 

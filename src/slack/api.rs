@@ -174,6 +174,20 @@ impl SlackApi {
         Ok(res.users)
     }
 
+    /// The workspace member with `email` (`users.lookupByEmail`, which needs the
+    /// `users:read.email` scope); `None` when there is none, or only a deactivated account or a
+    /// bot has it.
+    #[tracing::instrument(skip_all)]
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<SlackUserId>, SlackCallError> {
+        let req = SlackApiUsersLookupByEmailRequest::new(EmailAddress(email.to_string()));
+        match self.call("users.lookupByEmail", async |s| s.users_lookup_by_email(&req).await).await {
+            Ok(res) if res.user.deleted == Some(true) || res.user.flags.is_bot == Some(true) => Ok(None),
+            Ok(res) => Ok(Some(res.user.id)),
+            Err(SlackCallError::Refused(code)) if code == "users_not_found" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Publishes `user`'s App Home.
     #[tracing::instrument(skip(self, view))]
     pub async fn publish_home(&self, user: &SlackUserId, view: SlackView) -> Result<(), SlackCallError> {

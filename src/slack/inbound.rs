@@ -223,6 +223,7 @@ async fn store_request(
         note: rc.note,
         customer_email: None,
         response_url: trusted_response_url(ctx, &cmd.response_url),
+        api: None,
     };
     match crate::desk::ask::ask(ctx, new).await {
         Ok(r) => {
@@ -584,6 +585,7 @@ async fn handle_request_submission(
         note,
         customer_email: email,
         response_url: None,
+        api: None,
     };
     match crate::desk::ask::ask(ctx, new).await {
         Ok(request) => Some(SlackViewSubmissionResponse::Update(SlackViewSubmissionUpdateResponse::new(

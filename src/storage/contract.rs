@@ -414,6 +414,43 @@ async fn a_lease_is_taken_and_renewed_by_its_holder_and_a_shared_value_is_read_b
     assert_eq!(store.shared_values("a_b/").await.unwrap(), vec![("a_b/1".into(), "underscore".into())]);
 }
 
+async fn a_client_key_makes_one_request_however_many_times_and_at_once_it_comes(store: Store) {
+    let key = |client: &str, fingerprint: &str| ClientKey {
+        client: client.into(),
+        key: "ticket-4411".into(),
+        fingerprint: fingerprint.into(),
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store.insert_keyed_request(new_request("ch_1"), &key("helpdesk", "f1"), Utc::now()).await
+        });
+    }
+    let (mut created, mut existing) = (vec![], vec![]);
+    while let Some(done) = tasks.join_next().await {
+        match done.unwrap().unwrap() {
+            KeyedInsert::Created(r) => created.push(r.id),
+            KeyedInsert::Existing { request, same_body } => {
+                assert!(same_body);
+                existing.push(request.id);
+            }
+        }
+    }
+    assert_eq!(created.len(), 1, "ten inserts with one key at once make one request");
+    assert!(existing.iter().all(|id| *id == created[0]), "and the others get it back");
+    // Another body with the key is told apart; another client's same key is its own.
+    match store.insert_keyed_request(new_request("ch_2"), &key("helpdesk", "f2"), Utc::now()).await.unwrap() {
+        KeyedInsert::Existing { request, same_body } => assert_eq!((request.id, same_body), (created[0], false)),
+        other => panic!("{other:?}"),
+    }
+    let forms = store.insert_keyed_request(new_request("ch_1"), &key("forms", "f1"), Utc::now()).await.unwrap();
+    assert!(matches!(forms, KeyedInsert::Created(r) if r.id != created[0]));
+    assert_eq!(store.all_requests().await.unwrap().len(), 2);
+    let audit = store.audit_entries().await.unwrap();
+    assert_eq!(audit.len(), 2, "one audit entry per request made, none for a replay");
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod on_sled {
@@ -458,6 +495,7 @@ contract!(
     emails_home_users_and_the_events_cursor_are_kept,
     an_imported_request_keeps_its_number_and_new_ones_follow_it,
     a_lease_is_taken_and_renewed_by_its_holder_and_a_shared_value_is_read_back,
+    a_client_key_makes_one_request_however_many_times_and_at_once_it_comes,
 );
 
 /// `refund-desk migrate`: a sled store's whole content, copied into PostgreSQL, reads the same

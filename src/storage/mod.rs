@@ -212,6 +212,29 @@ impl Job {
     }
 }
 
+/// An API client's idempotency key for a new request, with the fingerprint (a hash) of the
+/// body it came with: the same key and body name the same request; the same key with another
+/// body is a mistake the client must hear about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// The token's name: keys of different clients never meet.
+    pub client: String,
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// What a keyed insert did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyedInsert {
+    Created(RefundRequest),
+    /// The key was used before: the request it made, as it is now, and whether the body was
+    /// the same.
+    Existing {
+        request: RefundRequest,
+        same_body: bool,
+    },
+}
+
 /// What [`Store::due_jobs`] found.
 #[derive(Debug, Default)]
 pub struct DueJobs {
@@ -246,6 +269,15 @@ pub trait Engine: Send + Sync {
         new: NewRequest,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<RefundRequest, StoreError>> + Send;
+    /// Stores a new request as [`Engine::insert_request`] does, unless `key` was used before:
+    /// then nothing is written and the request it made is returned. The key is written with
+    /// the request, in one transaction.
+    fn insert_keyed_request(
+        &self,
+        new: NewRequest,
+        key: &ClientKey,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<KeyedInsert, StoreError>> + Send;
     /// Applies `change` to request `id` as one compare-and-swap; with `charge`, `change` is
     /// given the holds of the open requests on it, read in the same transaction, so two requests
     /// on one charge cannot both count on the same money.
@@ -495,6 +527,27 @@ impl Store {
         metrics::counter!("refund_desk_requests_total").increment(1);
         tracing::info!(request_id = %request.id, "request stored");
         Ok(request)
+    }
+
+    /// Stores a new request from an API client, or finds the one `key` made before; durable
+    /// on return either way (the first answer may have been lost before its sync).
+    pub async fn insert_keyed_request(
+        &self,
+        new: NewRequest,
+        key: &ClientKey,
+        now: DateTime<Utc>,
+    ) -> Result<KeyedInsert, StoreError> {
+        let inserted = engine!(self, e => Engine::insert_keyed_request(e, new, key, now).await)?;
+        match &inserted {
+            KeyedInsert::Created(request) => {
+                metrics::counter!("refund_desk_requests_total").increment(1);
+                tracing::info!(request_id = %request.id, client = %key.client, "request stored");
+            }
+            KeyedInsert::Existing { request, same_body } => {
+                tracing::info!(request_id = %request.id, client = %key.client, same_body, "idempotency key used again");
+            }
+        }
+        Ok(inserted)
     }
 
     /// Applies `change` to the stored request as one compare-and-swap: if it returns a

@@ -6,7 +6,7 @@ use crate::context::AppContext;
 use crate::domain::policy::{Plan, plan};
 use crate::domain::{
     CardFacts, ChargeFacts, ChargeId, Currency, Effect, EmailKind, MessageRef, Money, Notice, PaymentIntentId,
-    PaymentRef, PriorRefund, RefundId, RefundRequest, RequestId, RequestStatus, capitalised,
+    PaymentRef, PriorRefund, RefundId, RefundRequest, RequestId, RequestStatus, StatusChange, capitalised,
 };
 use crate::email::{EmailError, mask_address};
 use crate::slack::SlackCallError;
@@ -96,7 +96,24 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
             alert_key_permission(ctx, &request, permission.as_deref(), what, job).await
         }
         Effect::EmailCustomer(kind) => email_customer(ctx, &request, *kind).await,
+        Effect::Callback(change) => post_callback(ctx, &request, change).await,
     }
+}
+
+/// Posts a status change of an API-made request to the client's callback URL, signed; tried
+/// again with backoff until it lands (then parked and reported, as any job), in order: the
+/// next change of the request waits behind it in its lane.
+async fn post_callback(ctx: &AppContext, request: &RefundRequest, change: &StatusChange) -> Result<(), JobError> {
+    let Some(client) = &ctx.callback else {
+        // The request was made while a callback URL was set; it has been removed since.
+        tracing::warn!(request_id = %request.id, "REFUND_DESK_CALLBACK_URL is no longer set; a status change is not posted");
+        return Ok(());
+    };
+    let event = crate::callback::StatusEvent::new(ctx.store.install_id(), request.id, change);
+    client.deliver(&event, ctx.now()).await.map_err(|e| {
+        let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
+        JobError::retry(format!("{e}{cause}"))
+    })
 }
 
 /// What Stripe says about the charge, without the customer's email (read separately, only when needed).

@@ -38,6 +38,7 @@ fn effect_name(effect: &Effect) -> &'static str {
         Effect::RefreshHomes => "refresh_homes",
         Effect::RefreshRequesterMessage => "refresh_requester_message",
         Effect::RecheckCharge => "recheck_charge",
+        Effect::Callback(_) => "callback",
     }
 }
 
@@ -58,6 +59,7 @@ pub fn describe(effect: &Effect) -> String {
         Effect::RefreshHomes => "updating App Home".into(),
         Effect::RefreshRequesterMessage => "updating the requester's message".into(),
         Effect::RecheckCharge => "reading the charge again".into(),
+        Effect::Callback(change) => format!("posting the change to {} to the API client", change.to.api_name()),
     }
 }
 

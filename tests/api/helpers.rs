@@ -32,8 +32,11 @@ pub struct TestApp {
     pub database: Option<secrecy::SecretString>,
     policy: refund_desk::domain::policy::Policy,
     /// Applied to the settings at every start.
-    customize: fn(&mut refund_desk::config::Settings),
+    customize: Customize,
 }
+
+/// A change to the desk's settings, applied at every start.
+pub type Customize = std::sync::Arc<dyn Fn(&mut refund_desk::config::Settings) + Send + Sync>;
 
 fn fast_jobs() -> JobSettings {
     JobSettings {
@@ -51,9 +54,12 @@ impl TestApp {
     }
 
     /// A desk with `[policy]` TOML and `customize` applied to its settings from the start.
-    pub async fn spawn_configured(policy_toml: &str, customize: fn(&mut refund_desk::config::Settings)) -> TestApp {
+    pub async fn spawn_configured(
+        policy_toml: &str,
+        customize: impl Fn(&mut refund_desk::config::Settings) + Send + Sync + 'static,
+    ) -> TestApp {
         let mut app = TestApp::build(policy_toml).await;
-        app.customize = customize;
+        app.customize = std::sync::Arc::new(customize);
         app.start().await;
         app
     }
@@ -91,7 +97,7 @@ impl TestApp {
             data_dir,
             database,
             policy,
-            customize: |_| {},
+            customize: std::sync::Arc::new(|_| {}),
         }
     }
 
@@ -119,8 +125,11 @@ impl TestApp {
     }
 
     /// Restarts the desk with `customize` applied to its settings.
-    pub async fn reconfigure(&mut self, customize: fn(&mut refund_desk::config::Settings)) {
-        self.customize = customize;
+    pub async fn reconfigure(
+        &mut self,
+        customize: impl Fn(&mut refund_desk::config::Settings) + Send + Sync + 'static,
+    ) {
+        self.customize = std::sync::Arc::new(customize);
         self.restart().await;
     }
 

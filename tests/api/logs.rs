@@ -5,9 +5,13 @@ use crate::helpers::*;
 use refund_desk_standins::driver::{self, SlackDriver};
 use refund_desk_standins::{ChargeSpec, FakeSlack, FakeStripe, SmtpSink, wait_for};
 use serde_json::Value;
+use sha2::Digest;
 use std::process::Stdio;
 
 const CUSTOMER: &str = "jenny.rosen@example.com";
+const API_TOKEN: &str = "rdt_logs_client_5d2e8f0a9b7c";
+const WRONG_API_TOKEN: &str = "rdt_logs_guess_1a2b3c4d5e6f";
+const CALLBACK_SECRET: &str = "logs-callback-secret-7788";
 
 /// Runs a desk process with `format` through a whole refund (command, card, approval, Stripe's
 /// confirmation, the customer's email), stops it, and returns what it wrote to stderr.
@@ -15,6 +19,7 @@ async fn stderr_of_a_whole_refund(format: Option<&str>) -> String {
     let slack = FakeSlack::start(driver::BOT_TOKEN).await.unwrap();
     let stripe = FakeStripe::start(driver::STRIPE_KEY).await.unwrap();
     let smtp = SmtpSink::start().await.unwrap();
+    let receiver = refund_desk_standins::CallbackReceiver::start(0).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("stderr.log");
     let port = free_port();
@@ -24,6 +29,9 @@ async fn stderr_of_a_whole_refund(format: Option<&str>) -> String {
         .env("RUST_LOG", "info,refund_desk=debug")
         .env("SMTP_URL", smtp.url())
         .env("EMAIL_FROM", driver::EMAIL_FROM)
+        .env("REFUND_DESK_API_TOKENS", format!("logs:create:{}", hex::encode(sha2::Sha256::digest(API_TOKEN))))
+        .env("REFUND_DESK_CALLBACK_URL", &receiver.url)
+        .env("REFUND_DESK_CALLBACK_SECRET", CALLBACK_SECRET)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap());
     if let Some(format) = format {
@@ -33,7 +41,7 @@ async fn stderr_of_a_whole_refund(format: Option<&str>) -> String {
     wait_until_ready(port, DEADLINE).await;
     let base = format!("http://127.0.0.1:{port}");
     stripe.send_webhooks_to(&format!("{base}/stripe/webhook"), driver::WEBHOOK_SECRET);
-    let slack_driver = SlackDriver::new(base);
+    let slack_driver = SlackDriver::new(base.clone());
 
     let charge = stripe.add_charge(ChargeSpec { billing_email: Some(CUSTOMER.into()), ..ChargeSpec::default() }).0;
     let (_, answer) = slack_driver.slash(REQUESTER, &format!("{charge} 25.00 duplicate")).await;
@@ -44,13 +52,39 @@ async fn stderr_of_a_whole_refund(format: Option<&str>) -> String {
     let event = stripe.refund_event(&refund, "refund.updated", "succeeded", None).unwrap();
     assert_eq!(stripe.deliver(&event).await.unwrap(), 200);
     wait_for(DEADLINE, || smtp.messages().first().cloned()).await.expect("the customer is emailed");
+
+    // A support tool asks through the API (its status changes posted to the callback), and a
+    // wrong token is refused.
+    let api = format!("{base}/api/v1/refund-requests");
+    let ask = |token: &'static str| {
+        let charge = stripe.add_charge(ChargeSpec::default()).0;
+        reqwest::Client::new()
+            .post(&api)
+            .bearer_auth(token)
+            .header("Idempotency-Key", "logs-1")
+            .json(&serde_json::json!({ "payment": charge, "requested_by": REQUESTER }))
+            .send()
+    };
+    assert_eq!(ask(WRONG_API_TOKEN).await.unwrap().status(), 401);
+    assert_eq!(ask(API_TOKEN).await.unwrap().status(), 202);
+    wait_for(DEADLINE, || receiver.deliveries().first().cloned()).await.expect("a status change is posted");
     assert_eq!(terminate(&mut desk.0, DEADLINE).await, Some(0));
     std::fs::read_to_string(&log_path).unwrap()
 }
 
 /// Fails if `log` holds any secret the desk was given, or the customer's whole address.
 fn assert_no_secret(log: &str) {
-    for secret in [driver::BOT_TOKEN, driver::SIGNING_SECRET, driver::STRIPE_KEY, driver::WEBHOOK_SECRET, CUSTOMER] {
+    assert!(log.contains("an API call was refused"), "the wrong token is logged, without itself");
+    for secret in [
+        driver::BOT_TOKEN,
+        driver::SIGNING_SECRET,
+        driver::STRIPE_KEY,
+        driver::WEBHOOK_SECRET,
+        CUSTOMER,
+        API_TOKEN,
+        WRONG_API_TOKEN,
+        CALLBACK_SECRET,
+    ] {
         assert!(!log.contains(secret), "{secret:?} is in the log");
     }
 }

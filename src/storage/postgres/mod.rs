@@ -497,7 +497,7 @@ async fn write_transition(
         let delta = if add { amount.minor() as i64 } else { -(amount.minor() as i64) };
         add_to_total(tx, now.date_naive(), &format!("refunded/{}", amount.currency().code()), delta).await?;
     }
-    insert_jobs(tx, request.id, &transition.jobs(), now).await?;
+    insert_jobs(tx, request.id, &transition.jobs(request, now), now).await?;
     audit.0.push((request.clone(), transition.clone()));
     Ok(())
 }
@@ -629,6 +629,54 @@ impl Engine for PgStore {
         })?;
         self.added_jobs();
         Ok(request)
+    }
+
+    async fn insert_keyed_request(
+        &self,
+        new: NewRequest,
+        key: &crate::storage::ClientKey,
+        now: DateTime<Utc>,
+    ) -> Result<crate::storage::KeyedInsert, StoreError> {
+        use crate::storage::KeyedInsert;
+        let inserted = in_tx!(self, tx => {
+            let number: i64 = tx.query_one("SELECT nextval('request_numbers')", &[]).await?.get(0);
+            // A concurrent insert with the same key waits here for the other to commit, then
+            // finds its row.
+            let claimed = tx
+                .execute(
+                    "INSERT INTO client_keys (client, key, fingerprint, request_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[&key.client, &key.key, &key.fingerprint, &number, &now],
+                )
+                .await?;
+            if claimed == 0 {
+                let row = tx
+                    .query_one(
+                        "SELECT fingerprint, request_id FROM client_keys WHERE client = $1 AND key = $2",
+                        &[&key.client, &key.key],
+                    )
+                    .await?;
+                let id = RequestId::new(row.get::<_, i64>(1) as u64);
+                let request = tx
+                    .query_opt("SELECT body FROM requests WHERE id = $1", &[&id_param(id)])
+                    .await?
+                    .map(|row| request_of(&row))
+                    .transpose()?
+                    .ok_or(StoreError::NotFound(id))?;
+                KeyedInsert::Existing { request, same_body: row.get::<_, String>(0) == key.fingerprint }
+            } else {
+                let request = RefundRequest::new(RequestId::new(number as u64), new.clone(), now);
+                let mut audit = AuditBatch::default();
+                add_to_total(&tx, now.date_naive(), "requested", 1).await?;
+                write_transition(&tx, &mut audit, &request, &request.created(), now).await?;
+                append_audit(&tx, audit, now).await?;
+                KeyedInsert::Created(request)
+            }
+        })?;
+        if matches!(inserted, KeyedInsert::Created(_)) {
+            self.added_jobs();
+        }
+        Ok(inserted)
     }
 
     async fn transition<E: Send, F: Change<E>>(

@@ -19,7 +19,7 @@ use super::{
     write_transition,
 };
 use crate::domain::{NewRequest, RefundRequest, RequestId};
-use crate::storage::Job;
+use crate::storage::{ClientKey, Job};
 use chrono::{DateTime, Utc};
 use sled::Transactional;
 use tokio::sync::oneshot;
@@ -29,6 +29,8 @@ use tokio::sync::oneshot;
 pub(super) enum Write {
     /// A new request, numbered in the order of the batch.
     Insert(NewRequest, DateTime<Utc>),
+    /// A new request from an API client, unless its key made one before.
+    InsertKeyed(NewRequest, ClientKey, DateTime<Utc>),
     /// A finished job removed; the next of its lane becomes due.
     CompleteJob(JobKey),
     /// A job's attempts, error, due time or parked flag stored.
@@ -39,6 +41,11 @@ pub(super) enum Write {
 #[derive(Debug)]
 pub(super) enum Written {
     Request(Box<RefundRequest>),
+    /// The key made this request before; nothing was written.
+    KeyUsed {
+        id: RequestId,
+        same_body: bool,
+    },
     JobCompleted,
     /// Whether the job was still stored.
     Job {
@@ -101,19 +108,26 @@ impl SledStore {
                 let mut written = Vec::with_capacity(batch.len());
                 for pending in &batch {
                     written.push(match &pending.write {
-                        Write::Insert(new, now) => {
-                            let number = match next_number {
-                                Some(n) => n,
-                                None => match meta.get(NEXT_REQUEST_KEY)? {
-                                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(corrupt)?),
-                                    None => FIRST_REQUEST_NUMBER,
-                                },
-                            };
-                            next_number = Some(number + 1);
-                            let request = RefundRequest::new(RequestId::new(number), new.clone(), *now);
-                            bump(index, &day_key(&now.format("%Y-%m-%d").to_string(), "requested"), 1, 0)?;
-                            write_transition(&tx, &request, &request.created(), *now)?;
-                            Written::Request(Box::new(request))
+                        Write::Insert(new, now) => insert_new(&tx, meta, &mut next_number, new, *now)?,
+                        Write::InsertKeyed(new, key, now) => {
+                            let stored = client_key(key);
+                            match index.get(&stored)? {
+                                Some(used) => {
+                                    let (fingerprint, id): (String, RequestId) =
+                                        serde_json::from_slice(&used).map_err(corrupt)?;
+                                    Written::KeyUsed { id, same_body: fingerprint == key.fingerprint }
+                                }
+                                None => {
+                                    let written = insert_new(&tx, meta, &mut next_number, new, *now)?;
+                                    if let Written::Request(request) = &written {
+                                        index.insert(
+                                            stored,
+                                            serde_json::to_vec(&(&key.fingerprint, request.id)).map_err(corrupt)?,
+                                        )?;
+                                    }
+                                    written
+                                }
+                            }
                         }
                         Write::CompleteJob(key) => {
                             complete_in(jobs, queue, *key)?;
@@ -152,6 +166,35 @@ impl SledStore {
             }
         }
     }
+}
+
+/// Numbers and writes a new request, its day's count, its audit entry and its first jobs.
+fn insert_new(
+    tx: &TxTrees<'_>,
+    meta: &sled::transaction::TransactionalTree,
+    next_number: &mut Option<u64>,
+    new: &NewRequest,
+    now: DateTime<Utc>,
+) -> TxResult<Written, ()> {
+    let number = match *next_number {
+        Some(n) => n,
+        None => match meta.get(NEXT_REQUEST_KEY)? {
+            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(corrupt)?),
+            None => FIRST_REQUEST_NUMBER,
+        },
+    };
+    *next_number = Some(number + 1);
+    let request = RefundRequest::new(RequestId::new(number), new.clone(), now);
+    bump(tx.index, &day_key(&now.format("%Y-%m-%d").to_string(), "requested"), 1, 0)?;
+    write_transition(tx, &request, &request.created(), now)?;
+    Ok(Written::Request(Box::new(request)))
+}
+
+/// Where an API client's idempotency key is kept, in the index tree: the fingerprint of the
+/// body it came with and the request it made.
+fn client_key(key: &ClientKey) -> Vec<u8> {
+    // The client's name holds no `/` (the settings refuse one), so two clients' keys never meet.
+    format!("client_key/{}/{}", key.client, key.key).into_bytes()
 }
 
 #[cfg(test)]

@@ -231,7 +231,7 @@ fn write_transition<E>(
     requests.insert(&request.id.to_key(), encode(request).map_err(corrupt)?)?;
     sync_hold(tx.holds, request)?;
     sync_index(tx.index, request, transition.from, now)?;
-    let effects = transition.jobs();
+    let effects = transition.jobs(request, now);
     let seq = audit.generate_id()?;
     let prev_hash = match audit.get(AUDIT_HEAD)? {
         Some(head) => serde_json::from_slice::<(u64, String)>(&head).map_err(corrupt)?.1,
@@ -1089,6 +1089,27 @@ impl crate::storage::Engine for SledStore {
 
     async fn insert_request(&self, new: NewRequest, now: DateTime<Utc>) -> Result<RefundRequest, StoreError> {
         SledStore::insert_request(self, new, now).await
+    }
+
+    async fn insert_keyed_request(
+        &self,
+        new: NewRequest,
+        key: &crate::storage::ClientKey,
+        now: DateTime<Utc>,
+    ) -> Result<crate::storage::KeyedInsert, StoreError> {
+        use crate::storage::KeyedInsert;
+        let inserted = match self.write_batched(batch::Write::InsertKeyed(new, key.clone(), now)).await? {
+            batch::Written::Request(request) => KeyedInsert::Created(*request),
+            batch::Written::KeyUsed { id, same_body } => {
+                let request = self.get_request(id)?.ok_or(StoreError::NotFound(id))?;
+                KeyedInsert::Existing { request, same_body }
+            }
+            other => unreachable!("an insert wrote {other:?}"),
+        };
+        // Durable before it is answered, either way: the first answer may have been lost with
+        // its write still unsynced.
+        self.committed(matches!(inserted, KeyedInsert::Created(_))).await?;
+        Ok(inserted)
     }
 
     async fn transition<E: Send, F: crate::storage::Change<E>>(

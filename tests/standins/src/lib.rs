@@ -8,12 +8,14 @@
 pub mod driver;
 pub mod load;
 pub mod postgres;
+pub mod receiver;
 pub mod render;
 pub mod slack;
 pub mod smtp;
 pub mod socket;
 pub mod stripe;
 
+pub use receiver::CallbackReceiver;
 pub use slack::FakeSlack;
 pub use smtp::SmtpSink;
 pub use stripe::{ChargeSpec, FakeStripe};

@@ -59,6 +59,8 @@ struct SlackState {
     /// Posts to `response_url`s: (the URL's path, the body).
     responses: Vec<(String, Value)>,
     responses_expired: bool,
+    /// Members by email, as `users.lookupByEmail` finds them: (user id, deactivated).
+    members: std::collections::HashMap<String, (String, bool)>,
 }
 
 /// A post to a slash command's `response_url`: Slack takes up to 5 per URL (then `used_url`),
@@ -141,6 +143,11 @@ impl FakeSlack {
 
     /// From now on the bot may not post in `channel`: Slack answers `not_in_channel`, as it does
     /// when the bot was never invited (or was removed).
+    /// A workspace member with `email` (deactivated when `deleted`), for `users.lookupByEmail`.
+    pub fn add_member(&self, email: &str, user: &str, deleted: bool) {
+        self.lock().members.insert(email.to_ascii_lowercase(), (user.to_string(), deleted));
+    }
+
     /// The token has only `scopes` from now on (as `auth.test` reports them).
     pub fn grant_scopes(&self, scopes: &[&str]) {
         self.lock().scopes = Some(scopes.iter().map(|s| s.to_string()).collect());
@@ -356,6 +363,7 @@ async fn handle(
                     "im:write",
                     "usergroups:read",
                     "users:read",
+                    "users:read.email",
                     "channels:read",
                     "groups:read",
                 ]
@@ -425,6 +433,27 @@ async fn handle(
             } else {
                 json!({ "ok": true, "channel": { "id": channel, "name": "finance", "is_channel": true,
                         "is_member": !s.closed_channels.contains(channel) } })
+            }
+        }
+        // Slack's answer: the full user object, deactivated accounts included (`deleted`);
+        // `users_not_found` for an address no member has; `missing_scope` without
+        // `users:read.email`.
+        "users.lookupByEmail" => {
+            let email = body["email"].as_str().unwrap_or_default().to_ascii_lowercase();
+            let granted = s.scopes.as_ref().is_none_or(|g| g.iter().any(|g| g == "users:read.email"));
+            if !granted {
+                json!({ "ok": false, "error": "missing_scope", "needed": "users:read.email" })
+            } else if email.is_empty() {
+                slack_error("invalid_arguments")
+            } else {
+                match s.members.get(&email) {
+                    None => slack_error("users_not_found"),
+                    Some((id, deleted)) => json!({ "ok": true, "user": {
+                        "id": id, "team_id": "T00000001", "name": email.split('@').next(), "deleted": deleted,
+                        "real_name": email, "tz": "Europe/London", "tz_label": "Greenwich Mean Time", "tz_offset": 0,
+                        "is_admin": false, "is_owner": false, "is_bot": false, "is_app_user": false, "updated": 1700000000,
+                        "profile": { "email": email, "real_name": email, "display_name": "" } } }),
+                }
             }
         }
         "chat.getPermalink" => {
