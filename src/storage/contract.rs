@@ -530,6 +530,11 @@ mod copy_to_postgres {
         let mut parked = store.all_jobs().await.unwrap().remove(0);
         (parked.parked, parked.attempts, parked.last_error) = (true, 12, Some("HTTP 503".into()));
         store.reschedule_job(&parked).await.unwrap();
+        let key = ClientKey { client: "helpdesk".into(), key: "t-1".into(), fingerprint: "f1".into() };
+        let keyed = match store.insert_keyed_request(new_request("ch_3"), &key, now).await.unwrap() {
+            KeyedInsert::Created(r) => r.id,
+            other => panic!("{other:?}"),
+        };
         let copy = store.as_sled().unwrap().export_copy().unwrap();
 
         PgStore::import_copy(&url, &copy).await.unwrap();
@@ -547,6 +552,11 @@ mod copy_to_postgres {
         assert_eq!(pg.events_looked_back_at().await.unwrap(), Some(1_700_000_000));
         assert_eq!(pg.shared_values("delegation/").await.unwrap(), store.shared_values("delegation/").await.unwrap());
         assert_eq!(pg.outside_refunds().await.unwrap(), store.outside_refunds().await.unwrap());
+        let replayed = pg.insert_keyed_request(new_request("ch_3"), &key, now).await.unwrap();
+        assert!(
+            matches!(&replayed, KeyedInsert::Existing { request, same_body: true } if request.id == keyed),
+            "an API client's key still names its request: {replayed:?}"
+        );
         let today = now.date_naive();
         assert_eq!(pg.totals_on(today).await.unwrap(), store.totals_on(today).await.unwrap());
         assert!(!pg.claim_alert("stripe_down", 8, since, now).await.unwrap(), "the alert's claim came along");

@@ -44,6 +44,9 @@ pub struct StoreCopy {
     /// What the replicas share: delegations, the digest's record, user groups' members.
     #[serde(default)]
     pub shared_values: Vec<(String, String)>,
+    /// API clients' idempotency keys: client, key, body fingerprint, the request it made.
+    #[serde(default)]
+    pub client_keys: Vec<(String, String, String, RequestId)>,
 }
 
 impl StoreCopy {

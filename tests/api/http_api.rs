@@ -176,7 +176,7 @@ async fn every_bad_field_is_named_in_a_problem_and_nothing_is_stored() {
 }
 
 #[tokio::test]
-async fn a_wrong_or_missing_token_is_refused_and_a_reading_token_cannot_ask() {
+async fn a_wrong_or_missing_token_is_refused_a_reading_token_cannot_ask_and_no_token_decides() {
     let app = TestApp::spawn_configured("", with_api_clients).await;
     let charge = app.add_charge(ChargeSpec::default());
     let body = body_for(&charge).to_string();
@@ -190,7 +190,23 @@ async fn a_wrong_or_missing_token_is_refused_and_a_reading_token_cannot_ask() {
     assert_eq!(reader.status, 403, "{}", reader.body);
     let read = get(&app, "rdt_wrong", "/api/v1/refund-requests/R-1001").await;
     assert_eq!(read.status, 401);
-    assert!(app.store().all_requests().await.unwrap().is_empty());
+    assert!(app.store().all_requests().await.unwrap().is_empty(), "nothing stored for the refused calls");
+    // Nothing in the API decides: no approving, denying or cancelling with a token.
+    let id = create(&app, HELPDESK_TOKEN, "k-made", &body_for(&charge)).await;
+    let http = reqwest::Client::new();
+    let path = format!("{}/api/v1/refund-requests/{id}", base(&app));
+    for call in [
+        http.post(format!("{path}/approve")),
+        http.post(format!("{path}/deny")),
+        http.delete(&path),
+        http.patch(&path).json(&json!({ "status": "approved" })),
+    ] {
+        let status = call.bearer_auth(HELPDESK_TOKEN).send().await.unwrap().status().as_u16();
+        assert!(matches!(status, 404 | 405), "{status}");
+    }
+    app.wait_for_status(id, RequestStatus::AwaitingApproval).await;
+    app.wait_until_idle().await;
+    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
 }
 
 #[tokio::test]

@@ -282,6 +282,13 @@ impl PgStore {
             tx.execute("INSERT INTO alert_claims (what, job_id, at) VALUES ($1, $2, $3)", &[what, &(*job as i64), at])
                 .await?;
         }
+        for (client, key, fingerprint, id) in &copy.client_keys {
+            tx.execute(
+                "INSERT INTO client_keys (client, key, fingerprint, request_id, created_at) VALUES ($1, $2, $3, $4, now())",
+                &[client, key, fingerprint, &id_param(*id)],
+            )
+            .await?;
+        }
         for (key, value) in &copy.shared_values {
             tx.execute("INSERT INTO meta (key, value) VALUES ($1, $2)", &[&format!("shared/{key}"), value]).await?;
         }
@@ -639,17 +646,31 @@ impl Engine for PgStore {
     ) -> Result<crate::storage::KeyedInsert, StoreError> {
         use crate::storage::KeyedInsert;
         let inserted = in_tx!(self, tx => {
-            let number: i64 = tx.query_one("SELECT nextval('request_numbers')", &[]).await?.get(0);
-            // A concurrent insert with the same key waits here for the other to commit, then
-            // finds its row.
-            let claimed = tx
-                .execute(
-                    "INSERT INTO client_keys (client, key, fingerprint, request_id, created_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                    &[&key.client, &key.key, &key.fingerprint, &number, &now],
-                )
-                .await?;
-            if claimed == 0 {
+            let known = "SELECT 1 FROM client_keys WHERE client = $1 AND key = $2";
+            // A replay takes no request number; a first use does, and claims the key with it. A
+            // concurrent first use of the same key waits on the key's row for the other to
+            // commit, then finds it.
+            let claimed: Option<i64> = if tx.query_opt(known, &[&key.client, &key.key]).await?.is_some() {
+                None
+            } else {
+                let number: i64 = tx.query_one("SELECT nextval('request_numbers')", &[]).await?.get(0);
+                let claimed = tx
+                    .execute(
+                        "INSERT INTO client_keys (client, key, fingerprint, request_id, created_at) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                        &[&key.client, &key.key, &key.fingerprint, &number, &now],
+                    )
+                    .await?;
+                (claimed == 1).then_some(number)
+            };
+            if let Some(number) = claimed {
+                let request = RefundRequest::new(RequestId::new(number as u64), new.clone(), now);
+                let mut audit = AuditBatch::default();
+                add_to_total(&tx, now.date_naive(), "requested", 1).await?;
+                write_transition(&tx, &mut audit, &request, &request.created(), now).await?;
+                append_audit(&tx, audit, now).await?;
+                KeyedInsert::Created(request)
+            } else {
                 let row = tx
                     .query_one(
                         "SELECT fingerprint, request_id FROM client_keys WHERE client = $1 AND key = $2",
@@ -664,13 +685,6 @@ impl Engine for PgStore {
                     .transpose()?
                     .ok_or(StoreError::NotFound(id))?;
                 KeyedInsert::Existing { request, same_body: row.get::<_, String>(0) == key.fingerprint }
-            } else {
-                let request = RefundRequest::new(RequestId::new(number as u64), new.clone(), now);
-                let mut audit = AuditBatch::default();
-                add_to_total(&tx, now.date_naive(), "requested", 1).await?;
-                write_transition(&tx, &mut audit, &request, &request.created(), now).await?;
-                append_audit(&tx, audit, now).await?;
-                KeyedInsert::Created(request)
             }
         })?;
         if matches!(inserted, KeyedInsert::Created(_)) {

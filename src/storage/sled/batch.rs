@@ -194,8 +194,13 @@ fn insert_new(
 /// body it came with and the request it made.
 fn client_key(key: &ClientKey) -> Vec<u8> {
     // The client's name holds no `/` (the settings refuse one), so two clients' keys never meet.
-    format!("client_key/{}/{}", key.client, key.key).into_bytes()
+    let mut stored = CLIENT_KEY_PREFIX.to_vec();
+    stored.extend_from_slice(format!("{}/{}", key.client, key.key).as_bytes());
+    stored
 }
+
+/// Where client keys start in the index tree (no other index key starts with `c`).
+pub(super) const CLIENT_KEY_PREFIX: &[u8] = b"client_key/";
 
 #[cfg(test)]
 mod tests {

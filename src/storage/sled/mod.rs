@@ -698,6 +698,15 @@ impl SledStore {
             day_totals.push(parsed.ok_or_else(|| StoreError::Corrupt(format!("a day's total {key:?}")))?);
         }
         let shared_values = self.shared_values_with("")?;
+        let mut client_keys = vec![];
+        for kv in self.index.scan_prefix(batch::CLIENT_KEY_PREFIX) {
+            let (key, value) = kv?;
+            let key = text(&key[batch::CLIENT_KEY_PREFIX.len()..]);
+            let (fingerprint, id): (String, RequestId) = decode(&value)?;
+            let (client, key) =
+                key.split_once('/').ok_or_else(|| StoreError::Corrupt(format!("a client key {key:?}")))?;
+            client_keys.push((client.to_string(), key.to_string(), fingerprint, id));
+        }
         let mut alert_claims = vec![];
         for kv in self.meta.scan_prefix(b"alert/") {
             let (key, value) = kv?;
@@ -729,6 +738,7 @@ impl SledStore {
             day_totals,
             alert_claims,
             shared_values,
+            client_keys,
         })
     }
 
