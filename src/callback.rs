@@ -7,7 +7,7 @@
 //! attempt: deliveries are at least once, and a receiver deduplicates on it.
 
 use crate::config::CallbackSettings;
-use crate::domain::{RequestId, StatusChange};
+use crate::domain::{RefundRequest, StatusChange};
 use chrono::{DateTime, Utc};
 use hmac::{KeyInit, Mac};
 use secrecy::{ExposeSecret, SecretString};
@@ -50,6 +50,8 @@ pub struct StatusEvent {
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub request_id: String,
+    /// The API client that made the request (its token's name).
+    pub client: String,
     pub from: &'static str,
     pub to: &'static str,
     pub at: DateTime<Utc>,
@@ -62,10 +64,10 @@ pub struct StatusEvent {
 impl StatusEvent {
     /// The event for `change` of `request`, with an id unique to this installation, request
     /// and change.
-    pub fn new(install_id: &str, request: RequestId, change: &StatusChange) -> StatusEvent {
+    pub fn new(install_id: &str, request: &RefundRequest, change: &StatusChange) -> StatusEvent {
         let mut h = sha2::Sha256::new();
         for part in
-            [install_id, &request.to_string(), change.from.api_name(), change.to.api_name(), &change.at.to_rfc3339()]
+            [install_id, &request.id.to_string(), change.from.api_name(), change.to.api_name(), &change.at.to_rfc3339()]
         {
             h.update(part.as_bytes());
             h.update(b"\n");
@@ -73,7 +75,8 @@ impl StatusEvent {
         StatusEvent {
             id: format!("evt_{}", &hex::encode(h.finalize())[..32]),
             kind: "refund_request.status_changed",
-            request_id: request.to_string(),
+            request_id: request.id.to_string(),
+            client: request.api.as_ref().map(|a| a.client.clone()).unwrap_or_default(),
             from: change.from.api_name(),
             to: change.to.api_name(),
             at: change.at,
@@ -99,6 +102,8 @@ impl CallbackClient {
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
             .user_agent(concat!("refund-desk/", env!("CARGO_PKG_VERSION")))
+            // A redirect is not a delivery: followed, a POST becomes a GET without its body.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(CallbackClient { http, url: settings.url.clone(), secret: settings.secret.clone() })
     }

@@ -66,8 +66,17 @@ pub fn parse(body: &serde_json::Value) -> Result<RequestBody, Invalid> {
             PaymentRef::parse(&p).map_err(|e| errors.push(FieldError::new("payment", capitalised(&e.to_string())))).ok()
         }
     };
+    // Never a full refund by default: a client that lost the amount must not refund it all.
     let amount = match amount.filter(|a| !a.is_empty()) {
-        None => Some(AmountAsked::Full),
+        None => {
+            if object.get("amount").is_none_or(|v| v.is_null() || v.is_string()) {
+                errors.push(FieldError::new(
+                    "amount",
+                    "is required: the amount in the charge's currency (\"25.00\"), or \"full\"",
+                ));
+            }
+            None
+        }
         Some(a) if a.eq_ignore_ascii_case("full") => Some(AmountAsked::Full),
         Some(a) => match AmountInput::parse(&a) {
             Ok(input) => Some(AmountAsked::Exact(input)),
@@ -187,10 +196,17 @@ mod tests {
     }
 
     #[test]
-    fn the_amount_defaults_to_full_and_the_reason_to_the_customers_request() {
+    fn full_must_be_written_and_the_reason_defaults_to_the_customers_request() {
         let body =
-            parse(&json!({"payment": "pi_3MtwBwLkdIwHu7ix28a3tqPa", "requested_by": "agent@example.com"})).unwrap();
+            json!({"payment": "pi_3MtwBwLkdIwHu7ix28a3tqPa", "amount": "FULL", "requested_by": "agent@example.com"});
+        let body = parse(&body).unwrap();
         assert_eq!((body.amount, body.reason), (AmountAsked::Full, RefundReason::RequestedByCustomer));
+        for amount in [json!(null), json!(""), json!("  ")] {
+            let without =
+                json!({"payment": "pi_3MtwBwLkdIwHu7ix28a3tqPa", "amount": amount, "requested_by": "U0AGENT01"});
+            let errors = parse(&without).unwrap_err().errors;
+            assert_eq!(errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["amount"], "{amount}");
+        }
         assert_eq!(body.requested_by, Requester::Email("agent@example.com".into()));
     }
 
@@ -205,10 +221,10 @@ mod tests {
         let mut fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         fields.sort_unstable();
         assert_eq!(fields, ["ammount", "amount", "customer_email", "payment", "reason", "requested_by"]);
-        assert!(errors.iter().all(|e| e.pointer == format!("#/{}", e.field)));
+        assert!(errors.iter().all(|e| e.pointer == Some(format!("#/{}", e.field))));
         let missing = parse(&json!({})).unwrap_err().errors;
         let fields: Vec<&str> = missing.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["payment", "requested_by"]);
+        assert_eq!(fields, ["payment", "amount", "requested_by"]);
         assert!(parse(&json!([1])).unwrap_err().errors.is_empty(), "not an object");
         let requester = parse(&json!({"payment": "nope", "requested_by": "U0AGENT01"})).unwrap_err().requested_by;
         assert_eq!(requester, Some(Requester::User(UserId::parse("U0AGENT01").unwrap())), "checked on its own");

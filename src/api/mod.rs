@@ -13,6 +13,7 @@ mod views;
 
 use crate::context::AppContext;
 use crate::domain::{NewRequest, RequestId};
+use crate::slack::api::SlackCallError;
 use crate::storage::{ClientKey, KeyedInsert};
 use axum::Router;
 use axum::extract::{Path, State};
@@ -43,7 +44,13 @@ pub fn routes(ctx: Arc<AppContext>) -> Router<Arc<AppContext>> {
         .route("/api/v1/refund-requests", post(handle_create))
         .route("/api/v1/refund-requests/{id}", get(handle_read))
         .route("/api/v1/openapi.json", get(handle_openapi))
+        .route("/api/v1/{*rest}", axum::routing::any(handle_unknown))
         .with_state(state)
+}
+
+/// Anything else under `/api/v1` is a 404, as a problem like every other API error.
+async fn handle_unknown() -> Response {
+    Problem::no_route().into_response()
 }
 
 async fn handle_openapi() -> Response {
@@ -67,21 +74,34 @@ async fn create(api: &ApiState, headers: &HeaderMap, body: axum::body::Body) -> 
         return Err(Problem::forbidden("This token may read requests, not make them.").into_response());
     }
     api.clients.admit(client).map_err(|p| p.into_response())?;
+    let bytes = axum::body::to_bytes(body, MAX_API_BODY_BYTES).await.map_err(|e| {
+        if is_too_large(&e) {
+            Problem::too_large(MAX_API_BODY_BYTES).into_response()
+        } else {
+            Problem::unreadable("The body could not be read; nothing was stored.").into_response()
+        }
+    })?;
     let key = match headers.get("idempotency-key").map(|v| v.to_str().map(str::trim)) {
         Some(Ok(k)) if !k.is_empty() && k.len() <= 255 => k.to_string(),
-        Some(_) => return Err(invalid("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
+        Some(_) => return Err(invalid_header("Idempotency-Key", "must be 1 to 255 visible ASCII characters")),
         None => {
-            return Err(invalid(
+            return Err(invalid_header(
                 "Idempotency-Key",
                 "is required: a unique key per request (a UUID), sent again unchanged with every retry",
             ));
         }
     };
-    let bytes = axum::body::to_bytes(body, MAX_API_BODY_BYTES)
-        .await
-        .map_err(|_| Problem::too_large(MAX_API_BODY_BYTES).into_response())?;
     let json: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Problem::unreadable(format!("The body is not JSON ({e}); nothing was stored.")).into_response())?;
+    let fingerprint = body::fingerprint(&json);
+    // A key used before is answered from what it made, before anything else is checked: a
+    // retry gets its request back even if Slack is down or the requester has left since.
+    match ctx.store.request_for_key(&client.name, &key).await {
+        Ok(Some((request, used_with))) if used_with == fingerprint => return Ok(accepted(&request, true)),
+        Ok(Some((request, _))) => return Err(Problem::key_reused(&request.id.to_string()).into_response()),
+        Ok(None) => {}
+        Err(e) => return Err(unavailable_store(e)),
+    }
     let parsed = body::parse(&json);
     let (mut errors, requested_by) = match &parsed {
         Ok(fields) => (vec![], Some(fields.requested_by.clone())),
@@ -98,6 +118,14 @@ async fn create(api: &ApiState, headers: &HeaderMap, body: axum::body::Body) -> 
             Ok(Some(user)) => Some(user),
             Ok(None) => {
                 errors.push(FieldError::new("requested_by", format!("Slack has no member with the email {email}")));
+                None
+            }
+            Err(SlackCallError::Refused(code)) => {
+                tracing::error!(code = %code, "Slack refused to look up a requester by email");
+                errors.push(FieldError::new(
+                    "requested_by",
+                    format!("this desk cannot look people up by email (Slack says {code}); give their Slack user id"),
+                ));
                 None
             }
             Err(e) => {
@@ -135,26 +163,40 @@ async fn create(api: &ApiState, headers: &HeaderMap, body: axum::body::Body) -> 
             callbacks: ctx.settings.api.callback.is_some(),
         }),
     };
-    let key = ClientKey { client: client.name.clone(), key, fingerprint: body::fingerprint(&json) };
+    let key = ClientKey { client: client.name.clone(), key, fingerprint };
     match crate::desk::ask::ask_as_client(ctx, new, &key).await {
         Ok(KeyedInsert::Created(request)) => Ok(accepted(&request, false)),
         Ok(KeyedInsert::Existing { request, same_body: true }) => Ok(accepted(&request, true)),
         Ok(KeyedInsert::Existing { request, same_body: false }) => {
             Err(Problem::key_reused(&request.id.to_string()).into_response())
         }
-        Err(e) => {
-            tracing::error!(error = %e, "could not store a request from an API client");
-            Err(Problem::unavailable(
-                "The request could not be stored, so nothing was. Try again with the same Idempotency-Key.",
-                30,
-            )
-            .into_response())
-        }
+        Err(e) => Err(unavailable_store(e)),
     }
 }
 
-fn invalid(field: &str, detail: &str) -> Response {
-    Problem::invalid(vec![FieldError::new(field, detail)]).into_response()
+fn unavailable_store(e: crate::storage::StoreError) -> Response {
+    tracing::error!(error = %e, "could not store or read a request for an API client");
+    Problem::unavailable(
+        "The request could not be stored, so nothing was. Try again with the same Idempotency-Key.",
+        30,
+    )
+    .into_response()
+}
+
+/// Whether reading a body failed on its length limit (not a client that went away).
+fn is_too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn invalid_header(name: &str, detail: &str) -> Response {
+    Problem::invalid(vec![FieldError::header(name, detail)]).into_response()
 }
 
 /// 202 with the request's id, status and where to read it; `Location` too.
@@ -173,7 +215,7 @@ fn accepted(request: &crate::domain::RefundRequest, replayed: bool) -> Response 
 /// `GET /api/v1/refund-requests/{id}`: status, amount, refund and timeline, for the client that
 /// made the request or any client with the `read` scope. Another client's request reads as
 /// missing, so a token learns nothing about requests it may not see.
-#[tracing::instrument(skip_all, fields(client, request_id = %id))]
+#[tracing::instrument(skip_all, fields(client, request_id))]
 async fn handle_read(State(api): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let client = match api.clients.authenticate(&headers) {
         Ok(c) => c,
@@ -185,6 +227,7 @@ async fn handle_read(State(api): State<Arc<ApiState>>, headers: HeaderMap, Path(
     }
     let missing = || Problem::not_found(format!("There is no request {id} this token may read.")).into_response();
     let Ok(id) = RequestId::parse(&id) else { return missing() };
+    tracing::Span::current().record("request_id", tracing::field::display(id));
     let ctx = &api.ctx;
     let request = match ctx.store.get_request_durable(id).await {
         Ok(Some(r)) => r,

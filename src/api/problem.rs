@@ -10,14 +10,22 @@ use serde::Serialize;
 pub struct FieldError {
     /// The field's name, as in the body.
     pub field: String,
-    /// A JSON Pointer to it, in the form RFC 9457's own example uses.
-    pub pointer: String,
+    /// A JSON Pointer to it in the body, in the form RFC 9457's own example uses; none for a
+    /// header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
     pub detail: String,
 }
 
 impl FieldError {
+    /// A field of the body.
     pub fn new(field: &str, detail: impl Into<String>) -> FieldError {
-        FieldError { field: field.to_string(), pointer: format!("#/{field}"), detail: detail.into() }
+        FieldError { field: field.to_string(), pointer: Some(format!("#/{field}")), detail: detail.into() }
+    }
+
+    /// A header of the call.
+    pub fn header(name: &str, detail: impl Into<String>) -> FieldError {
+        FieldError { field: name.to_string(), pointer: None, detail: detail.into() }
     }
 }
 
@@ -62,6 +70,15 @@ impl Problem {
 
     pub fn not_found(detail: impl Into<String>) -> Problem {
         Problem::new(StatusCode::NOT_FOUND, "/api/v1/problems/not-found", "No such request", detail)
+    }
+
+    pub fn no_route() -> Problem {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "/api/v1/problems/not-found",
+            "No such route",
+            "The API has POST /api/v1/refund-requests and GET /api/v1/refund-requests/{id}; see /api/v1/openapi.json.",
+        )
     }
 
     pub fn invalid(errors: Vec<FieldError>) -> Problem {

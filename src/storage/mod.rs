@@ -278,6 +278,13 @@ pub trait Engine: Send + Sync {
         key: &ClientKey,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<KeyedInsert, StoreError>> + Send;
+    /// The fingerprint of the body `client`'s `key` came with, and the request it made, if the
+    /// key was used.
+    fn client_key(
+        &self,
+        client: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<(String, RequestId)>, StoreError>> + Send;
     /// Applies `change` to request `id` as one compare-and-swap; with `charge`, `change` is
     /// given the holds of the open requests on it, read in the same transaction, so two requests
     /// on one charge cannot both count on the same money.
@@ -548,6 +555,20 @@ impl Store {
             }
         }
         Ok(inserted)
+    }
+
+    /// What `client`'s `key` made, if it was used: the request as it is now (durable) and the
+    /// fingerprint of the body the key first came with.
+    pub async fn request_for_key(
+        &self,
+        client: &str,
+        key: &str,
+    ) -> Result<Option<(RefundRequest, String)>, StoreError> {
+        let Some((fingerprint, id)) = engine!(self, e => Engine::client_key(e, client, key).await)? else {
+            return Ok(None);
+        };
+        let request = self.get_request_durable(id).await?.ok_or(StoreError::NotFound(id))?;
+        Ok(Some((request, fingerprint)))
     }
 
     /// Applies `change` to the stored request as one compare-and-swap: if it returns a

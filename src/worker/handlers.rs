@@ -105,11 +105,11 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
 /// next change of the request waits behind it in its lane.
 async fn post_callback(ctx: &AppContext, request: &RefundRequest, change: &StatusChange) -> Result<(), JobError> {
     let Some(client) = &ctx.callback else {
-        // The request was made while a callback URL was set; it has been removed since.
-        tracing::warn!(request_id = %request.id, "REFUND_DESK_CALLBACK_URL is no longer set; a status change is not posted");
-        return Ok(());
+        // The request was made while a callback URL was set; it has been removed since. Parked
+        // (and reported), not dropped: set the URL again and retry the job.
+        return Err(JobError::Permanent("REFUND_DESK_CALLBACK_URL is no longer set".into()));
     };
-    let event = crate::callback::StatusEvent::new(ctx.store.install_id(), request.id, change);
+    let event = crate::callback::StatusEvent::new(ctx.store.install_id(), request, change);
     client.deliver(&event, ctx.now()).await.map_err(|e| {
         let cause = std::error::Error::source(&e).map(|s| format!(": {s}")).unwrap_or_default();
         JobError::retry(format!("{e}{cause}"))

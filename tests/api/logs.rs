@@ -12,6 +12,7 @@ const CUSTOMER: &str = "jenny.rosen@example.com";
 const API_TOKEN: &str = "rdt_logs_client_5d2e8f0a9b7c";
 const WRONG_API_TOKEN: &str = "rdt_logs_guess_1a2b3c4d5e6f";
 const CALLBACK_SECRET: &str = "logs-callback-secret-7788";
+const AGENT_EMAIL: &str = "sam.agent@acme.example";
 
 /// Runs a desk process with `format` through a whole refund (command, card, approval, Stripe's
 /// confirmation, the customer's email), stops it, and returns what it wrote to stderr.
@@ -62,9 +63,10 @@ async fn stderr_of_a_whole_refund(format: Option<&str>) -> String {
             .post(&api)
             .bearer_auth(token)
             .header("Idempotency-Key", "logs-1")
-            .json(&serde_json::json!({ "payment": charge, "requested_by": REQUESTER }))
+            .json(&serde_json::json!({ "payment": charge, "amount": "full", "requested_by": AGENT_EMAIL }))
             .send()
     };
+    slack.add_member(AGENT_EMAIL, REQUESTER, false);
     assert_eq!(ask(WRONG_API_TOKEN).await.unwrap().status(), 401);
     assert_eq!(ask(API_TOKEN).await.unwrap().status(), 202);
     wait_for(DEADLINE, || receiver.deliveries().first().cloned()).await.expect("a status change is posted");
@@ -84,6 +86,7 @@ fn assert_no_secret(log: &str) {
         API_TOKEN,
         WRONG_API_TOKEN,
         CALLBACK_SECRET,
+        AGENT_EMAIL,
     ] {
         assert!(!log.contains(secret), "{secret:?} is in the log");
     }

@@ -96,7 +96,7 @@ async fn every_answer_and_callback_fits_the_openapi_document() {
     let url = receiver.url.clone();
     let app = TestApp::spawn_configured("", move |s| {
         with_api_clients(s);
-        s.api.per_minute = 4;
+        s.api.per_minute = 5;
         s.api.callback =
             Some(CallbackSettings { url: url.parse().unwrap(), secret: secrecy::SecretString::from(CALLBACK_SECRET) });
     })
@@ -114,7 +114,15 @@ async fn every_answer_and_callback_fits_the_openapi_document() {
     let problem = "application/problem+json";
 
     let charge = app.add_charge(ChargeSpec::default());
-    let body = json!({ "payment": charge, "amount": "25.00", "requested_by": OUTSIDER });
+    // Every property the document lists is one the API takes.
+    let body = json!({ "payment": charge, "amount": "25.00", "reason": "duplicate", "note": "ticket 7",
+                       "customer_email": "jenny@example.com", "requested_by": OUTSIDER });
+    let documented = &doc["components"]["schemas"]["NewRefundRequest"];
+    let mut listed: Vec<&String> = documented["properties"].as_object().unwrap().keys().collect();
+    let mut sent: Vec<&String> = body.as_object().unwrap().keys().collect();
+    (listed.sort(), sent.sort());
+    assert_eq!(listed, sent);
+    assert_fits(&doc, documented, &body, "the body");
     let made = post(&app, HELPDESK_TOKEN, "o-1", &body).await;
     assert_eq!(made.status, 202);
     assert_fits(&doc, response_schema(&doc, "post", create, 202, json), &made.body, "202");
@@ -122,6 +130,12 @@ async fn every_answer_and_callback_fits_the_openapi_document() {
 
     let bad = post(&app, HELPDESK_TOKEN, "o-2", &json!({ "payment": "nope", "color": 1 })).await;
     assert_eq!(bad.status, 400);
+    // What the document calls required is what the API says is missing from an empty body.
+    let empty = post(&app, HELPDESK_TOKEN, "o-2", &json!({})).await;
+    let mut required: Vec<&str> =
+        documented["required"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    required.sort_unstable();
+    assert_eq!(empty.bad_fields(), required);
     assert_fits(&doc, response_schema(&doc, "post", create, 400, problem), &bad.body, "400");
     let unauthorized = post_raw(&app, Some("wrong"), Some("o-3"), body.to_string()).await;
     assert_fits(&doc, response_schema(&doc, "post", create, 401, problem), &unauthorized.body, "401");
@@ -134,7 +148,7 @@ async fn every_answer_and_callback_fits_the_openapi_document() {
     assert_eq!(big.status, 413);
     assert_fits(&doc, response_schema(&doc, "post", create, 413, problem), &big.body, "413");
 
-    // The helpdesk token has used its 4 calls a minute (a refused token's calls are not its).
+    // The helpdesk token has used its 5 calls a minute (a refused token's calls are not its).
     let limited = get(&app, HELPDESK_TOKEN, &format!("/api/v1/refund-requests/{id}")).await;
     assert_eq!(limited.status, 429);
     assert_fits(&doc, response_schema(&doc, "get", read, 429, problem), &limited.body, "429");
@@ -146,6 +160,9 @@ async fn every_answer_and_callback_fits_the_openapi_document() {
     let doc_of_request = get(&app, AUDITOR_TOKEN, &path).await;
     assert_eq!(doc_of_request.status, 200);
     assert_fits(&doc, response_schema(&doc, "get", read, 200, json), &doc_of_request.body, "200");
+    let no_route = get(&app, AUDITOR_TOKEN, "/api/v1/refunds").await;
+    assert_eq!((no_route.status, no_route.header("content-type")), (404, Some(problem)));
+    assert_fits(&doc, &doc["components"]["schemas"]["Problem"], &no_route.body, "an unknown route");
     let missing = get(&app, AUDITOR_TOKEN, "/api/v1/refund-requests/R-999999").await;
     assert_fits(&doc, response_schema(&doc, "get", read, 404, problem), &missing.body, "404");
 
@@ -156,6 +173,7 @@ async fn every_answer_and_callback_fits_the_openapi_document() {
     .await
     .expect("the callbacks were posted");
     let event_schema = &doc["webhooks"]["statusChanged"]["post"]["requestBody"]["content"][json]["schema"];
+    assert!(event_schema.is_object(), "the callback is documented");
     for delivery in posted {
         assert_fits(&doc, event_schema, &serde_json::from_str(&delivery.body).unwrap(), "callback");
     }

@@ -638,6 +638,18 @@ impl Engine for PgStore {
         Ok(request)
     }
 
+    async fn client_key(&self, client: &str, key: &str) -> Result<Option<(String, RequestId)>, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT fingerprint, request_id FROM client_keys WHERE client = $1 AND key = $2",
+                &[&client, &key],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), RequestId::new(r.get::<_, i64>(1) as u64))))
+    }
+
     async fn insert_keyed_request(
         &self,
         new: NewRequest,

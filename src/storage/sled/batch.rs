@@ -192,7 +192,7 @@ fn insert_new(
 
 /// Where an API client's idempotency key is kept, in the index tree: the fingerprint of the
 /// body it came with and the request it made.
-fn client_key(key: &ClientKey) -> Vec<u8> {
+pub(super) fn client_key(key: &ClientKey) -> Vec<u8> {
     // The client's name holds no `/` (the settings refuse one), so two clients' keys never meet.
     let mut stored = CLIENT_KEY_PREFIX.to_vec();
     stored.extend_from_slice(format!("{}/{}", key.client, key.key).as_bytes());

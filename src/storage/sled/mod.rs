@@ -1101,6 +1101,15 @@ impl crate::storage::Engine for SledStore {
         SledStore::insert_request(self, new, now).await
     }
 
+    async fn client_key(&self, client: &str, key: &str) -> Result<Option<(String, RequestId)>, StoreError> {
+        let stored = batch::client_key(&crate::storage::ClientKey {
+            client: client.into(),
+            key: key.into(),
+            fingerprint: String::new(),
+        });
+        self.index.get(stored)?.map(|v| decode(&v)).transpose()
+    }
+
     async fn insert_keyed_request(
         &self,
         new: NewRequest,

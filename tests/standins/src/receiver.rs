@@ -21,6 +21,8 @@ struct ReceiverState {
     deliveries: Vec<Delivery>,
     /// How many more deliveries to answer with 500.
     failures_left: usize,
+    /// While set, every delivery is answered 500.
+    down: bool,
 }
 
 #[derive(Clone)]
@@ -42,6 +44,11 @@ impl CallbackReceiver {
         Ok(CallbackReceiver { url, state })
     }
 
+    /// Answers every delivery with 500 while `down`.
+    pub fn set_down(&self, down: bool) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).down = down;
+    }
+
     /// Every delivery so far, failed ones included, in the order they came.
     pub fn deliveries(&self) -> Vec<Delivery> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).deliveries.clone()
@@ -50,7 +57,9 @@ impl CallbackReceiver {
 
 async fn receive(State(state): State<Arc<Mutex<ReceiverState>>>, headers: HeaderMap, body: String) -> StatusCode {
     let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
-    let status = if s.failures_left > 0 {
+    let status = if s.down {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else if s.failures_left > 0 {
         s.failures_left -= 1;
         StatusCode::INTERNAL_SERVER_ERROR
     } else {
