@@ -120,7 +120,8 @@ async fn every_answer_and_callback_fits_the_openapi_document() {
     let documented = &doc["components"]["schemas"]["NewRefundRequest"];
     let mut listed: Vec<&String> = documented["properties"].as_object().unwrap().keys().collect();
     let mut sent: Vec<&String> = body.as_object().unwrap().keys().collect();
-    (listed.sort(), sent.sort());
+    listed.sort();
+    sent.sort();
     assert_eq!(listed, sent);
     assert_fits(&doc, documented, &body, "the body");
     let made = post(&app, HELPDESK_TOKEN, "o-1", &body).await;
