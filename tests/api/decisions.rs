@@ -44,13 +44,7 @@ async fn a_denial_without_a_reason_is_refused_on_the_field() {
 async fn the_requester_cannot_approve_their_own_request_even_as_an_approver() {
     let app = TestApp::spawn().await;
     let (id, card) = app.waiting_request().await;
-    app.approve(REQUESTER, id, &card).await;
-    let note = wait_for(DEADLINE, || app.slack.ephemerals().pop()).await.expect("told privately");
-    assert_eq!(note["user"], REQUESTER);
-    assert!(note["text"].as_str().unwrap().contains("someone else"), "{note}");
-    app.wait_until_idle().await;
-    assert_eq!(app.request(id).await.status, RequestStatus::AwaitingApproval);
-    assert!(app.stripe.refund_posts().is_empty());
+    app.approve_own_request_and_be_refused(id, &card).await;
     // Nor deny it: the form does not even open.
     assert_eq!(app.click(REQUESTER, "refund_deny", id, &card).await, 200);
     wait_for(DEADLINE, || (app.slack.ephemerals().len() == 2).then_some(())).await.expect("told again");

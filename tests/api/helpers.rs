@@ -238,6 +238,18 @@ impl TestApp {
         assert_eq!(self.click(user, "refund_approve", id, card).await, 200);
     }
 
+    /// The requester (an approver too) clicks Approve on their own request: told privately
+    /// that someone else must, and nothing changes.
+    pub async fn approve_own_request_and_be_refused(&self, id: RequestId, card: &Posted) {
+        self.approve(REQUESTER, id, card).await;
+        let note = wait_for(DEADLINE, || self.slack.ephemerals().pop()).await.expect("told privately");
+        assert_eq!(note["user"], REQUESTER);
+        assert!(note["text"].as_str().unwrap().contains("someone else"), "{note}");
+        self.wait_until_idle().await;
+        assert_eq!(self.request(id).await.status, RequestStatus::AwaitingApproval);
+        assert!(self.stripe.refund_posts().is_empty());
+    }
+
     /// Approves and lets Stripe confirm: the request ends succeeded.
     pub async fn approve_and_settle(&self, id: RequestId) {
         let card = self.card(id).await;
