@@ -42,41 +42,19 @@ pub fn parse(body: &serde_json::Value) -> Result<RequestBody, Invalid> {
     for name in object.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
         errors.push(FieldError::new(name, format!("`{name}` is not a field of a refund request")));
     }
-    // A string field: absent or null is `None`; anything but a string is an error.
-    let mut text = |name: &str| -> Option<String> {
-        match object.get(name) {
-            None | Some(serde_json::Value::Null) => None,
-            Some(serde_json::Value::String(s)) => Some(s.trim().to_string()),
-            Some(_) => {
-                let hint = if name == "amount" { " (like \"25.00\", or \"full\")" } else { "" };
-                errors.push(FieldError::new(name, format!("must be a string{hint}")));
-                None
-            }
-        }
-    };
-    let (payment, amount, reason, note, email, requested_by) =
-        (text("payment"), text("amount"), text("reason"), text("note"), text("customer_email"), text("requested_by"));
-    let target = match payment.filter(|p| !p.is_empty()) {
-        None if object.get("payment").is_none_or(|v| v.is_null() || v.is_string()) => {
-            errors.push(FieldError::new("payment", "is required: the charge (ch_...) or payment intent (pi_...)"));
-            None
-        }
-        None => None,
-        Some(p) => {
-            PaymentRef::parse(&p).map_err(|e| errors.push(FieldError::new("payment", capitalised(&e.to_string())))).ok()
-        }
-    };
+    let mut read = |name: &str, required: Option<&str>| read_text(object, name, required, &mut errors);
+    let payment = read("payment", Some("the charge (ch_...) or payment intent (pi_...)"));
     // Never a full refund by default: a client that lost the amount must not refund it all.
-    let amount = match amount.filter(|a| !a.is_empty()) {
-        None => {
-            if object.get("amount").is_none_or(|v| v.is_null() || v.is_string()) {
-                errors.push(FieldError::new(
-                    "amount",
-                    "is required: the amount in the charge's currency (\"25.00\"), or \"full\"",
-                ));
-            }
-            None
-        }
+    let amount = read("amount", Some("the amount in the charge's currency (\"25.00\"), or \"full\""));
+    let reason = read("reason", None);
+    let note = read("note", None);
+    let email = read("customer_email", None);
+    let requested_by = read("requested_by", Some("the Slack user id (U012AB3CD) or email of the person asking"));
+    let target = payment.and_then(|p| {
+        PaymentRef::parse(&p).map_err(|e| errors.push(FieldError::new("payment", capitalised(&e.to_string())))).ok()
+    });
+    let amount = match amount {
+        None => None,
         Some(a) if a.eq_ignore_ascii_case("full") => Some(AmountAsked::Full),
         Some(a) => match AmountInput::parse(&a) {
             Ok(input) => Some(AmountAsked::Exact(input)),
@@ -86,7 +64,7 @@ pub fn parse(body: &serde_json::Value) -> Result<RequestBody, Invalid> {
             }
         },
     };
-    let reason = match reason.filter(|r| !r.is_empty()) {
+    let reason = match reason {
         None => Some(RefundReason::RequestedByCustomer),
         Some(r) => RefundReason::parse(&r).or_else(|| {
             let names: Vec<&str> = RefundReason::ALL.iter().map(|r| r.as_str()).collect();
@@ -101,23 +79,15 @@ pub fn parse(body: &serde_json::Value) -> Result<RequestBody, Invalid> {
             None
         }
     };
-    let customer_email = match email.filter(|e| !e.is_empty()) {
+    let customer_email = match email {
         Some(e) if e.parse::<lettre::Address>().is_err() => {
             errors.push(FieldError::new("customer_email", format!("`{e}` is not an email address")));
             None
         }
         other => Some(other),
     };
-    let requested_by = match requested_by.filter(|r| !r.is_empty()) {
-        None => {
-            if object.get("requested_by").is_none_or(|v| v.is_null() || v.is_string()) {
-                errors.push(FieldError::new(
-                    "requested_by",
-                    "is required: the Slack user id (U012AB3CD) or email of the person asking",
-                ));
-            }
-            None
-        }
+    let requested_by = match requested_by {
+        None => None,
         Some(r) if r.contains('@') => match r.parse::<lettre::Address>() {
             Ok(_) => Some(Requester::Email(r)),
             Err(_) => {
@@ -138,6 +108,29 @@ pub fn parse(body: &serde_json::Value) -> Result<RequestBody, Invalid> {
         }
         (.., requested_by) => Err(Invalid { errors, requested_by }),
     }
+}
+
+/// The trimmed text of string field `name`, `None` when it is absent, null or empty (an error
+/// when `required`, saying what it needs) or not a string (an error).
+fn read_text(
+    object: &serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    required: Option<&str>,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    let text = match object.get(name) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.trim().to_string()).filter(|s| !s.is_empty()),
+        Some(_) => {
+            let hint = if name == "amount" { " (like \"25.00\", or \"full\")" } else { "" };
+            errors.push(FieldError::new(name, format!("must be a string{hint}")));
+            return None;
+        }
+    };
+    if let (None, Some(what)) = (&text, required) {
+        errors.push(FieldError::new(name, format!("is required: {what}")));
+    }
+    text
 }
 
 /// The SHA-256 of `body` with its object keys in order and no spaces, so the same request

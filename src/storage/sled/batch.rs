@@ -110,7 +110,7 @@ impl SledStore {
                     written.push(match &pending.write {
                         Write::Insert(new, now) => insert_new(&tx, meta, &mut next_number, new, *now)?,
                         Write::InsertKeyed(new, key, now) => {
-                            let stored = client_key(key);
+                            let stored = client_key(&key.client, &key.key);
                             match index.get(&stored)? {
                                 Some(used) => {
                                     let (fingerprint, id): (String, RequestId) =
@@ -192,10 +192,10 @@ fn insert_new(
 
 /// Where an API client's idempotency key is kept, in the index tree: the fingerprint of the
 /// body it came with and the request it made.
-pub(super) fn client_key(key: &ClientKey) -> Vec<u8> {
+pub(super) fn client_key(client: &str, key: &str) -> Vec<u8> {
     // The client's name holds no `/` (the settings refuse one), so two clients' keys never meet.
     let mut stored = CLIENT_KEY_PREFIX.to_vec();
-    stored.extend_from_slice(format!("{}/{}", key.client, key.key).as_bytes());
+    stored.extend_from_slice(format!("{client}/{key}").as_bytes());
     stored
 }
 

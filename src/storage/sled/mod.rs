@@ -1102,12 +1102,7 @@ impl crate::storage::Engine for SledStore {
     }
 
     async fn client_key(&self, client: &str, key: &str) -> Result<Option<(String, RequestId)>, StoreError> {
-        let stored = batch::client_key(&crate::storage::ClientKey {
-            client: client.into(),
-            key: key.into(),
-            fingerprint: String::new(),
-        });
-        self.index.get(stored)?.map(|v| decode(&v)).transpose()
+        self.index.get(batch::client_key(client, key))?.map(|v| decode(&v)).transpose()
     }
 
     async fn insert_keyed_request(
