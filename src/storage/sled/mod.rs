@@ -135,6 +135,14 @@ fn status_key(status: RequestStatus, id: RequestId) -> Vec<u8> {
     k
 }
 
+/// `a` ‖ request ‖ audit sequence number: one request's audit entries, in order.
+fn audit_index_key(id: RequestId, seq: u64) -> Vec<u8> {
+    let mut k = vec![b'a'];
+    k.extend_from_slice(&id.to_key());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 fn user_prefix(user: &str) -> Vec<u8> {
     let mut k = vec![b'u'];
     k.extend_from_slice(user.as_bytes());
@@ -241,6 +249,7 @@ fn write_transition<E>(
     let entry = AuditEntry::new(seq, prev_hash, request, transition, now).map_err(corrupt)?;
     audit.insert(&seq.to_be_bytes(), encode(&entry).map_err(corrupt)?)?;
     audit.insert(AUDIT_HEAD, encode(&(seq, &entry.hash)).map_err(corrupt)?)?;
+    tx.index.insert(audit_index_key(request.id, seq), &[])?;
     enqueue_in(jobs, tx.queue, request.id, &effects, now)
 }
 
@@ -356,6 +365,7 @@ impl SledStore {
         store.check_mark()?;
         store.ensure_queue_index()?;
         store.ensure_payment_index()?;
+        store.ensure_audit_index()?;
         Ok(store)
     }
 
@@ -569,6 +579,21 @@ impl SledStore {
             for key in payment_keys(&request) {
                 self.index.insert(key, &[])?;
             }
+        }
+        self.meta.insert(VERSION_KEY, b"1")?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Adds the by-request index entries of audit entries written before that index existed.
+    fn ensure_audit_index(&self) -> Result<(), StoreError> {
+        const VERSION_KEY: &[u8] = b"audit_index_version";
+        if self.meta.get(VERSION_KEY)?.is_some() {
+            return Ok(());
+        }
+        for entry in self.audit_entries() {
+            let entry = entry?;
+            self.index.insert(audit_index_key(entry.request_id, entry.seq), &[])?;
         }
         self.meta.insert(VERSION_KEY, b"1")?;
         self.db.flush()?;
@@ -804,12 +829,13 @@ impl SledStore {
 
     /// The audit trail of one request, in order.
     pub fn audit_of(&self, id: RequestId) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut prefix = vec![b'a'];
+        prefix.extend_from_slice(&id.to_key());
         let mut out = vec![];
-        for entry in self.audit_entries() {
-            let entry = entry?;
-            if entry.request_id == id {
-                out.push(entry);
-            }
+        for kv in self.index.scan_prefix(&prefix) {
+            let (key, _) = kv?;
+            let entry = self.audit.get(&key[prefix.len()..])?;
+            out.push(decode(&entry.ok_or_else(|| StoreError::Corrupt(format!("an audit entry of {id} is missing")))?)?);
         }
         Ok(out)
     }
@@ -1410,6 +1436,35 @@ pub(crate) mod tests {
         let effects: Vec<_> = store.all_jobs().unwrap().into_iter().map(|j| j.effect).collect();
         assert_eq!(effects, [Effect::CheckPayment, Effect::RefreshHomes]);
         assert_eq!(store.audit_of(id).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_requests_audit_entries_are_read_by_index_and_an_older_store_gets_the_index_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = {
+            let store = SledStore::open(dir.path()).unwrap();
+            let a = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
+            let b = store.insert_request(new_request(), Utc::now()).await.unwrap().id;
+            let now = Utc::now();
+            store.transition(a, now, |r| r.withdraw(&r.requester.clone(), now).map(Some)).await.unwrap().unwrap();
+            let trail = store.audit_of(a).unwrap();
+            assert_eq!(
+                trail.iter().map(|e| e.to).collect::<Vec<_>>(),
+                [RequestStatus::Requested, RequestStatus::Withdrawn]
+            );
+            assert!(store.audit_of(b).unwrap().iter().all(|e| e.request_id == b));
+            // As a store written before the index existed.
+            for kv in store.index.scan_prefix(b"a") {
+                store.index.remove(kv.unwrap().0).unwrap();
+            }
+            store.meta.remove(b"audit_index_version").unwrap();
+            assert!(store.audit_of(a).unwrap().is_empty());
+            store.flush().await.unwrap();
+            (a, b)
+        };
+        let store = reopen(dir.path());
+        assert_eq!(store.audit_of(a).unwrap().len(), 2);
+        assert_eq!(store.audit_of(b).unwrap().len(), 1);
     }
 
     #[tokio::test]
