@@ -488,14 +488,6 @@ impl Store {
         }
     }
 
-    /// When the backup this store was restored from was taken (embedded store only).
-    pub fn restored_backup_taken_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        match self {
-            Store::Sled(s) => s.restored_backup_taken_at(),
-            Store::Postgres(_) => Ok(None),
-        }
-    }
-
     /// The embedded engine, for what only it has (its batching, its counters).
     pub fn as_sled(&self) -> Option<&self::sled::SledStore> {
         match self {

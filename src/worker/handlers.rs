@@ -85,7 +85,7 @@ pub async fn run(ctx: &AppContext, job: &Job) -> Result<(), JobError> {
         Effect::RefreshCard => refresh_card(ctx, &request).await,
         Effect::ThreadReply(notice) => thread_reply(ctx, &request, notice, job).await,
         Effect::NotifyRequester(notice) => notify_requester(ctx, &request, notice, job).await,
-        Effect::CreateRefund => create_refund(ctx, &request, job).await,
+        Effect::CreateRefund => create_refund(ctx, &request).await,
         Effect::CheckRefund => check_refund(ctx, &request, job).await,
         Effect::Deadline => deadline(ctx, &request).await,
         Effect::RefreshHomes => refresh_homes(ctx, &request).await,
@@ -532,20 +532,19 @@ async fn refresh_requester_message(ctx: &AppContext, request: &RefundRequest) ->
     Ok(())
 }
 
-async fn create_refund(ctx: &AppContext, request: &RefundRequest, job: &Job) -> Result<(), JobError> {
+async fn create_refund(ctx: &AppContext, request: &RefundRequest) -> Result<(), JobError> {
     if request.status != RequestStatus::Approved || request.refund.is_some() {
         return Ok(());
     }
     let amount =
         request.amount.ok_or_else(|| JobError::Permanent(format!("{} was approved without an amount", request.id)))?;
     let now = ctx.now();
-    // Stripe forgets idempotency keys after 24 hours: past that, a retry could refund twice,
-    // so first look for a refund an earlier try made.
-    let first_try_age = (now - job.created_at).to_std().unwrap_or_default();
-    // A request that was in a backup this store was restored from may have been refunded after
-    // the backup was taken, by the store that was lost; its key may be older than Stripe keeps.
-    let in_restored_backup = ctx.store.restored_backup_taken_at()?.is_some_and(|taken| request.created_at <= taken);
-    if (first_try_age >= ctx.settings.stripe.idempotency_horizon || in_restored_backup)
+    // Stripe forgets idempotency keys after 24 hours. Any refund made for this request (by an
+    // earlier try of this job, or by a store since lost and restored from a backup, or copied
+    // by `migrate`) was made after the request was: while the request is younger than that,
+    // Stripe's key still answers for it; once older, look for the refund first.
+    let request_age = (now - request.created_at).to_std().unwrap_or_default();
+    if request_age >= ctx.settings.stripe.idempotency_horizon
         && let Some(existing) = find_existing_refund(ctx, request).await?
     {
         tracing::warn!(refund = %existing.id, "found the refund an earlier try made; not creating another");
@@ -620,8 +619,6 @@ async fn record_refund(
     Ok(())
 }
 
-/// A refund on the request's charge that this request [may claim](RefundRequest::may_claim):
-/// its metadata names this installation and this request.
 /// After a restore from a backup, before any job runs: every request whose refund was approved
 /// or under way is checked against Stripe, since the backup may predate what Stripe did. An
 /// approved request whose refund Stripe already made records it (so none is made again); a
@@ -650,6 +647,8 @@ pub async fn reconcile_restored(ctx: &AppContext) -> anyhow::Result<usize> {
     Ok(checked)
 }
 
+/// A refund on the request's charge that this request [may claim](RefundRequest::may_claim):
+/// its metadata names this installation and this request.
 async fn find_existing_refund(
     ctx: &AppContext,
     request: &RefundRequest,

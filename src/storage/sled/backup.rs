@@ -20,9 +20,6 @@ const MAGIC: &[u8] = b"refund-desk backup v1\n";
 /// Marks a restored store: at its next start every request with a refund under way is checked
 /// against Stripe before any job runs.
 pub const RESTORED_KEY: &[u8] = b"restored_from_backup_at";
-/// When the backup a store was restored from was taken; kept for good: a request older than it
-/// may have been refunded after it, so its refund is looked for at Stripe before one is made.
-pub const BACKUP_TAKEN_KEY: &[u8] = b"restored_backup_taken_at";
 
 /// How far request numbers jump after a restore.
 pub const NUMBERS_SKIPPED_AFTER_RESTORE: u64 = 1_000_000;
@@ -238,7 +235,6 @@ pub fn restore(from: &Path, dir: &Path) -> Result<BackupManifest, RestoreError> 
     // its refund's idempotency key: numbering goes on a million further, so none is reused.
     let next = manifest.next_request_number + NUMBERS_SKIPPED_AFTER_RESTORE;
     meta.insert(NEXT_REQUEST_KEY, next.to_be_bytes().to_vec()).map_err(StoreError::from)?;
-    meta.insert(BACKUP_TAKEN_KEY, manifest.created_at.to_rfc3339().as_bytes()).map_err(StoreError::from)?;
     db.flush().map_err(StoreError::from)?;
     Ok(manifest)
 }

@@ -654,15 +654,6 @@ impl SledStore {
         Ok(self.meta.get(backup::RESTORED_KEY)?.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
-    /// When the backup this store was restored from was taken, if it was restored.
-    pub fn restored_backup_taken_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let Some(v) = self.meta.get(backup::BACKUP_TAKEN_KEY)? else { return Ok(None) };
-        let text = String::from_utf8_lossy(&v);
-        DateTime::parse_from_rfc3339(&text)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|e| StoreError::Corrupt(format!("when the restored backup was taken ({text}): {e}")))
-    }
-
     /// The restored store's refunds were checked against Stripe; durable on return.
     pub async fn clear_restored(&self) -> Result<(), StoreError> {
         let permit = self.commit.write_permit().await;
