@@ -32,7 +32,9 @@ pub async fn target_from_env() -> anyhow::Result<Target> {
     }
 }
 
-fn is_locked(e: &StoreError) -> bool {
+/// Whether the embedded store could not be opened because another process (or sled's own
+/// threads, a moment after a handle is dropped) holds its lock.
+pub fn is_locked(e: &StoreError) -> bool {
     matches!(e, StoreError::Sled(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock"))
 }
 

@@ -410,9 +410,7 @@ async fn open_store(settings: &crate::config::StoreSettings) -> anyhow::Result<S
             }
             // sled reports a held lock as an `Other` error with this text; its flusher thread can
             // hold the file a moment after the last handle of a stopped desk is dropped.
-            Err(crate::storage::StoreError::Sled(sled::Error::Io(e)))
-                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-            {
+            Err(e) if crate::admin::is_locked(&e) && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(crate::admin::open_error(dir, e)),

@@ -68,7 +68,11 @@ pub enum LogFormat {
 /// `REFUND_DESK_LOG_FORMAT` from the environment, read before anything else is (logging starts
 /// first), so it is not taken from the TOML file.
 pub fn log_format_from_env() -> Result<LogFormat, ConfigError> {
-    match std::env::var("REFUND_DESK_LOG_FORMAT").ok().as_deref().map(str::trim) {
+    log_format(std::env::var("REFUND_DESK_LOG_FORMAT").ok().as_deref())
+}
+
+fn log_format(value: Option<&str>) -> Result<LogFormat, ConfigError> {
+    match value.map(str::trim) {
         None | Some("") | Some("text") => Ok(LogFormat::Text),
         Some("json") => Ok(LogFormat::Json),
         Some(other) => Err(invalid("REFUND_DESK_LOG_FORMAT", format!("`{other}`: use text or json"))),
@@ -423,6 +427,10 @@ impl Sources {
                 if !KNOWN_SETTINGS.contains(&name.as_str()) {
                     return Err(file_err(format!("unknown setting `{key}`")));
                 }
+                if name == "REFUND_DESK_LOG_FORMAT" {
+                    // Logging starts before the file is read.
+                    return Err(file_err(format!("`{key}` is read from the environment only")));
+                }
                 let text = match value {
                     toml::Value::String(s) => s,
                     toml::Value::Array(items) => items
@@ -521,14 +529,19 @@ impl Settings {
                 Err(e) => e,
             };
             let name = match &error {
+                // A name, perhaps followed by why it is needed ("X, which Y needs").
                 ConfigError::Missing(name) | ConfigError::Invalid { name, .. } => {
-                    name.split(' ').next().unwrap_or(name)
+                    name.split([' ', ',']).next().unwrap_or(name)
                 }
                 ConfigError::File { .. } | ConfigError::Policy { .. } => {
                     problems.push(error);
                     break;
                 }
             };
+            // A problem that setting aside did not clear would come back every round.
+            if problems.iter().any(|p: &ConfigError| p.to_string() == error.to_string()) {
+                break;
+            }
             let name = name.to_string();
             match stand_in_for(&name) {
                 Some(value) => src.values.insert(name, value.to_string()),
@@ -540,6 +553,8 @@ impl Settings {
     }
 
     pub fn from_sources(src: &Sources) -> Result<Settings, ConfigError> {
+        // Applied from the environment before anything else; checked here so `check` says so.
+        log_format(src.get("REFUND_DESK_LOG_FORMAT"))?;
         let listen = src
             .get("REFUND_DESK_LISTEN")
             .unwrap_or("127.0.0.1:3000")
@@ -1095,5 +1110,29 @@ mod tests {
         assert!(!format!("{callback:?}").contains("a-long-enough"), "the secret stays wrapped");
         vars.remove("REFUND_DESK_CALLBACK_URL");
         assert!(load(&vars).unwrap_err().to_string().contains("REFUND_DESK_CALLBACK_URL is not"));
+    }
+
+    #[test]
+    fn every_problem_is_named_once_even_one_that_setting_aside_cannot_clear() {
+        let mut vars = base();
+        vars.remove("SLACK_BOT_TOKEN");
+        vars.insert("REFUND_DESK_LOG_FORMAT", "jsn".into());
+        vars.insert("REFUND_DESK_CALLBACK_URL", "https://helpdesk.example/hook".into());
+        let problems = |vars: &HashMap<&'static str, String>| -> Vec<String> {
+            Settings::problems(&Sources::from_lookup(|n| vars.get(n).cloned()).unwrap())
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        let found = problems(&vars);
+        assert_eq!(found.len(), 3, "{found:#?}");
+        for name in ["REFUND_DESK_LOG_FORMAT", "SLACK_BOT_TOKEN", "REFUND_DESK_CALLBACK_SECRET"] {
+            assert_eq!(found.iter().filter(|p| p.starts_with(name)).count(), 1, "{name}: {found:#?}");
+        }
+        // A secret with no URL cannot be set aside by a stand-in: named once, not forty times.
+        vars.remove("REFUND_DESK_CALLBACK_URL");
+        vars.insert("REFUND_DESK_CALLBACK_SECRET", "a-long-enough-callback-secret".into());
+        let found = problems(&vars);
+        assert_eq!(found.iter().filter(|p| p.starts_with("REFUND_DESK_CALLBACK_SECRET")).count(), 1, "{found:#?}");
     }
 }
