@@ -90,6 +90,8 @@ pub struct SledStore {
     batch: Arc<batch::WriteQueue>,
     /// See [`SledStore::requests_read`].
     requests_read: Arc<std::sync::atomic::AtomicU64>,
+    /// What the high-water mark last written says (see [`mark`]): an idle store writes none.
+    marked: Arc<std::sync::Mutex<Option<(u64, u64)>>>,
 }
 
 /// Why a transaction closure stopped.
@@ -361,6 +363,7 @@ impl SledStore {
             commit,
             batch: Arc::default(),
             requests_read: Arc::default(),
+            marked: Arc::default(),
         };
         store.check_mark()?;
         store.ensure_queue_index()?;
@@ -1391,16 +1394,18 @@ pub(crate) mod tests {
     /// lock a moment after the last handle is dropped (the service waits the same way, in
     /// `app::open_store`); polled, with a deadline.
     pub(crate) fn reopen(dir: &Path) -> SledStore {
+        reopen_result(dir).unwrap_or_else(|e| panic!("the store did not open again: {e}"))
+    }
+
+    /// Opens the store in `dir` again in this process, once sled's threads let go of its lock.
+    pub(crate) fn reopen_result(dir: &Path) -> Result<SledStore, StoreError> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match SledStore::open(dir) {
-                Ok(store) => return store,
-                Err(StoreError::Sled(sled::Error::Io(e)))
-                    if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
-                {
+                Err(e) if crate::admin::is_locked(&e) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                Err(e) => panic!("the store did not open again: {e}"),
+                opened => return opened,
             }
         }
     }
