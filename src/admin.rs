@@ -356,6 +356,10 @@ pub async fn check(settings: &crate::config::Settings) -> (bool, Vec<String>) {
                     match member {
                         Ok(true) => Ok(format!("the bot is in {channel}")),
                         Ok(false) => Err(format!("the bot is not in {channel}: type `/invite @refund-desk` there")),
+                        Err(why) if why == "missing_scope" => Err(format!(
+                            "{channel} could not be looked up: the bot token lacks channels:read (a public channel) \
+                             or groups:read (a private one); add it and reinstall the app"
+                        )),
                         Err(why) => {
                             Err(format!("{channel} could not be looked up ({why}): check SLACK_FINANCE_CHANNEL"))
                         }

@@ -242,4 +242,10 @@ async fn check_says_which_slack_scope_is_missing_and_whether_the_bot_is_in_the_f
     assert_eq!(bad.status.code(), Some(1), "{out}");
     assert!(out.lines().any(|l| l.starts_with("slack scopes: FAILED") && l.contains("im:write")), "{out}");
     assert!(out.lines().any(|l| l.starts_with("slack finance channel: FAILED") && l.contains("/invite")), "{out}");
+
+    // Without the scope to look the channel up, check names the scope, not the setting.
+    slack.grant_scopes(&["commands", "chat:write"]);
+    let out = String::from_utf8_lossy(&check().await.unwrap().stdout).to_string();
+    let line = out.lines().find(|l| l.starts_with("slack finance channel: FAILED")).expect(&out);
+    assert!(line.contains("channels:read") && !line.contains("check SLACK_FINANCE_CHANNEL"), "{line}");
 }
